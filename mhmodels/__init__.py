@@ -1,0 +1,18 @@
+"""mhmodels: multi-hardware mobile models (Multi-AVG, Multi-MAX, MobileNet baselines).
+
+    model = mhmodels.build('multi_max', width=1.0)
+    mhmodels.profile('multi_avg').madds_m
+
+Importing the package is cheap: TensorFlow / Keras load on the first build.
+"""
+from mhmodels.builder import build_model
+from mhmodels.profile import Profile, profile
+from mhmodels.registry import build, get_entry, get_spec, list_models, register, unregister
+from mhmodels.spec import LayerSpec, ModelSpec, SpecError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build", "build_model", "get_entry", "get_spec", "list_models", "register", "unregister",
+    "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError",
+]

@@ -1,0 +1,44 @@
+"""`python -m mhmodels <command> [flags]`: summary | benchmark | train.
+
+Each command lives in its own module that defines its absl flags; only the chosen one is
+imported, so `--helpfull` lists exactly that command's flags.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+COMMANDS = {
+    "summary": ("mhmodels.summary", "params / MAdds of zoo models beside the paper's Table 1"),
+    "benchmark": ("mhmodels.benchmark", "LiteRT latency of zoo models (Table 1 shape) + plot"),
+    "train": ("mhmodels.train", "train / evaluate a zoo model (same as python -m mhmodels.train)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m mhmodels <command> [flags]   (--helpfull after a command lists its "
+             "flags)", "", "commands:"]
+    lines += [f"  {name:10s} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    command = argv[1]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[command][0])
+    from absl import app
+    sys.argv = [f"{argv[0]} {command}"] + argv[2:]
+    app.run(module.main)
+
+
+if __name__ == "__main__":
+    run()

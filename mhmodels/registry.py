@@ -1,0 +1,151 @@
+"""Names -> specs: the built-in zoo, entries the search emitted, and the user's own.
+
+Entries are JSON files named `<name>.json` (a spec plus optional `provenance`) found in
+  1. the built-in zoo (`zoo/models/` of the checkout, `mhmodels/zoo/models/` when installed),
+  2. every directory listed in `$MHMODELS_ZOO_PATH` (os.pathsep-separated),
+  3. specs registered in this process with `register()`.
+A name defined twice is an error naming both places, never a silent override.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mhmodels.builder import build_model
+from mhmodels.spec import ModelSpec, SpecError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+ZOO_PATH_ENV = "MHMODELS_ZOO_PATH"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    spec: ModelSpec
+    source: str  # file path or "<registered>"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+_registered: dict[str, ZooEntry] = {}
+
+
+def builtin_zoo_dir() -> Path:
+    """The shipped zoo: inside the installed package, else the checkout's top-level zoo/."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "zoo", package_dir.parent / "zoo"):
+        if (candidate / "models").is_dir():
+            return candidate
+    raise FileNotFoundError(f"mhmodels' zoo directory is missing (looked in {package_dir / 'zoo'}"
+                            f" and {package_dir.parent / 'zoo'}): the installation is broken")
+
+
+def zoo_dirs() -> list[Path]:
+    dirs = [builtin_zoo_dir() / "models"]
+    for item in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep):
+        if item:
+            dirs.append(Path(item))
+    return dirs
+
+
+def read_entry(path: Path) -> ZooEntry:
+    """Parse and validate one zoo entry file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise SpecError(f"zoo entry {path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"zoo entry {path}: expected a JSON object")
+    provenance = data.pop("provenance", {})
+    spec = ModelSpec.from_dict(data, source=f"zoo entry {path}")
+    if spec.name != Path(path).stem:
+        raise SpecError(f"zoo entry {path}: its name {spec.name!r} does not match the file name "
+                        f"(expected {Path(path).stem}.json)")
+    return ZooEntry(spec, str(path), provenance)
+
+
+def entries() -> dict[str, ZooEntry]:
+    found: dict[str, ZooEntry] = {}
+    for directory in zoo_dirs():
+        if not directory.is_dir():
+            raise FileNotFoundError(f"zoo directory {directory} (from ${ZOO_PATH_ENV}) does not "
+                                    "exist")
+        for path in sorted(directory.glob("*.json")):
+            entry = read_entry(path)
+            _add(found, entry)
+    for entry in _registered.values():
+        _add(found, entry)
+    return found
+
+
+def _add(found: dict[str, ZooEntry], entry: ZooEntry) -> None:
+    name = entry.spec.name
+    if name in found:
+        raise SpecError(f"model {name!r} is defined twice: {found[name].source} and {entry.source}")
+    found[name] = entry
+
+
+def list_models() -> list[str]:
+    """Every buildable name: built-in, emitted by the search, or registered."""
+    return sorted(entries())
+
+
+def get_entry(name: str) -> ZooEntry:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    all_entries = entries()
+    if name not in all_entries:
+        close = difflib.get_close_matches(name.lower(), list(all_entries), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} Known models: "
+                         f"{', '.join(sorted(all_entries))}")
+    return all_entries[name]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The architecture of a registered model, at width 1.0."""
+    return get_entry(name).spec
+
+
+def register(spec: ModelSpec, provenance: Mapping[str, Any] | None = None) -> None:
+    """Make `spec` buildable by name in this process (a clash is an error)."""
+    spec.validate()
+    if not NAME_PATTERN.match(spec.name):
+        raise SpecError(f"model name {spec.name!r} must match {NAME_PATTERN.pattern}")
+    if spec.name in entries():
+        raise SpecError(f"model {spec.name!r} already exists; pick another name")
+    _registered[spec.name] = ZooEntry(spec, "<registered>", dict(provenance or {}))
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def build(name: str | ModelSpec, width: float = 1.0, *,
+          input_shape: Sequence[int] = (224, 224, 3), num_classes: int | None = None,
+          classes: int | None = None, include_top: bool = True, pooling: str | None = None,
+          dropout: float = 0.2, classifier_activation: str | None = None,
+          weights: str | os.PathLike | None = None, frontend: str = "keras"):
+    """Build a zoo model (or a `ModelSpec`) as a Keras model.
+
+    Args follow keras.applications: `num_classes` (alias `classes`, default 1001 = ImageNet
+    with background), `include_top`, `pooling` (None | 'avg' | 'max' without the top),
+    `classifier_activation` (None gives logits), `weights` (None, 'imagenet', a local
+    `.weights.h5` path or a URL). `frontend='tf_keras'` builds the Keras 2 twin used for QAT.
+    """
+    if num_classes is not None and classes is not None and num_classes != classes:
+        raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
+    num_classes = num_classes if num_classes is not None else classes
+    num_classes = 1001 if num_classes is None else num_classes
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
+                        include_top=include_top, pooling=pooling, dropout=dropout,
+                        classifier_activation=classifier_activation, frontend=frontend)
+    if weights is not None:
+        from mhmodels import weights as weights_lib
+        path = weights_lib.resolve_weights(spec.name, width, weights)
+        model.load_weights(str(path))
+    return model

@@ -1,0 +1,1 @@
+"""Zoo entries as data (JSON specs, weight manifest, cost models); shipped as mhmodels.zoo."""
