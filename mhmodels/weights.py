@@ -1,0 +1,830 @@
+"""Pretrained checkpoints: manifest lookup, download, cache and verification.
+
+Why this module exists: `mhmodels.build(name, weights=...)` and `mhmodels.download_tflite(...)`
+must turn "imagenet", a local path or a URL into a file on disk that is known to be the one the
+manifest promises. Everything here is plain Python (urllib, hashlib, tarfile, zipfile, tqdm);
+it never imports TensorFlow and never unpickles anything.
+
+Guarantees:
+- The manifest (`zoo/weights.json`, or `$MHMODELS_WEIGHTS_MANIFEST`) is validated strictly.
+- Downloads go to `<cache>/<subdir>/<name>.part`, are resumed with an HTTP Range request when a
+  `.part` exists (a server that ignores Range makes us restart from zero), and are checked for
+  size and sha256 before an atomic `os.replace` puts them in place. A checksum or size mismatch
+  deletes the `.part` and raises `ChecksumError`: nothing is left in the cache. Only an
+  *interrupted* transfer (connection dropped before the announced length arrived) keeps its
+  `.part`, so that calling again resumes it; the final file never exists unverified.
+- Archives (tar.gz, zip) are checked member by member (no absolute paths, no `..`, no links or
+  special files that leave the destination) and extracted into a temporary directory that is
+  renamed into place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+__all__ = [
+    "FORMATS",
+    "QUANTIZATIONS",
+    "ARCHIVES",
+    "Checkpoint",
+    "ChecksumError",
+    "DownloadError",
+    "UnverifiedDownloadWarning",
+    "manifest_path",
+    "load_manifest",
+    "find_checkpoint",
+    "cache_dir",
+    "fetch",
+    "fetch_checkpoint",
+    "resolve_weights",
+    "download_tflite",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_ENV = "MHMODELS_WEIGHTS_MANIFEST"
+HOME_ENV = "MHMODELS_HOME"
+MANIFEST_FORMAT_VERSION = 1
+
+QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
+FORMATS = ("keras",) + tuple(f"tflite_{q}" for q in QUANTIZATIONS)
+ARCHIVES = ("tar.gz", "zip")
+
+_CHUNK = 1 << 16
+_DEFAULT_TIMEOUT = 60.0
+_EXTRACT_MARKER = ".mhmodels-extracted.json"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_URL_SCHEMES = ("http", "https", "file")
+_REQUIRED_FIELDS = ("model", "width", "format", "dataset", "url", "sha256", "size")
+_OPTIONAL_FIELDS = ("archive", "member")
+_WIDTH_TOL = 1e-6
+
+
+class ChecksumError(ValueError):
+    """Downloaded or cached bytes do not match the expected size or sha256 (never retried
+    silently into the cache: the bad file is deleted)."""
+
+
+class DownloadError(IOError):
+    """The transfer itself failed (HTTP error, unreachable host, dropped connection)."""
+
+
+class UnverifiedDownloadWarning(UserWarning):
+    """A file was fetched from a URL with no known sha256, so its content is not verified."""
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One manifest entry: where a (model, width, format, dataset) checkpoint lives and what its
+    bytes must hash to."""
+
+    model: str
+    width: float
+    format: str
+    dataset: str
+    url: str
+    sha256: str
+    size: int
+    archive: str | None = None
+    member: str | None = None
+
+    @property
+    def suffix(self) -> str:
+        """File suffix of the usable artefact (Keras' `load_weights` dispatches on it)."""
+        return ".weights.h5" if self.format == "keras" else ".tflite"
+
+    @property
+    def cache_filename(self) -> str:
+        """Name of the downloaded file in the cache, independent of the URL's spelling."""
+        stem = f"{self.model}-w{self.width:g}-{self.dataset}"
+        if self.format != "keras":
+            stem += "-" + self.format
+        if self.archive:
+            return stem + "." + self.archive
+        return stem + self.suffix
+
+    def describe(self) -> str:
+        return f"{self.model} width={self.width:g} format={self.format} dataset={self.dataset}"
+
+
+def manifest_path() -> Path:
+    """Path of the weights manifest: `$MHMODELS_WEIGHTS_MANIFEST`, else the `zoo/weights.json`
+    shipped with the package (source checkout or installed `mhmodels/zoo`)."""
+    env = os.environ.get(MANIFEST_ENV)
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "zoo" / "weights.json", here / "zoo" / "weights.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return candidates[0]
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> list[Checkpoint]:
+    """Read and strictly validate a weights manifest; a typo must fail loudly rather than make
+    a checkpoint silently unfindable."""
+    path = Path(path) if path is not None else manifest_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"weights manifest not found: {path}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"weights manifest {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"weights manifest {path}: top level must be an object")
+    unknown = sorted(set(data) - {"format_version", "checkpoints"})
+    if unknown:
+        raise ValueError(f"weights manifest {path}: unknown top-level field(s) {unknown}")
+    if data.get("format_version") != MANIFEST_FORMAT_VERSION:
+        raise ValueError(
+            f"weights manifest {path}: field 'format_version' must be {MANIFEST_FORMAT_VERSION}, "
+            f"got {data.get('format_version')!r}")
+    entries = data.get("checkpoints")
+    if not isinstance(entries, list):
+        raise ValueError(f"weights manifest {path}: field 'checkpoints' must be a list")
+    checkpoints: list[Checkpoint] = []
+    seen: dict[tuple, int] = {}
+    for index, entry in enumerate(entries):
+        ckpt = _parse_entry(entry, index, path)
+        key = (ckpt.model, round(ckpt.width, 6), ckpt.format, ckpt.dataset)
+        if key in seen:
+            raise ValueError(
+                f"weights manifest {path}: checkpoints[{index}] ({ckpt.describe()}) duplicates "
+                f"checkpoints[{seen[key]}]")
+        seen[key] = index
+        checkpoints.append(ckpt)
+    return checkpoints
+
+
+def _parse_entry(entry: object, index: int, path: Path) -> Checkpoint:
+    where = f"weights manifest {path}: checkpoints[{index}]"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object")
+    if isinstance(entry.get("model"), str):
+        where += f" (model {entry['model']!r})"
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"{where}: field {field!r} {why}, got {entry.get(field)!r}")
+
+    unknown = sorted(set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}")
+    for field in _REQUIRED_FIELDS:
+        if field not in entry:
+            raise ValueError(f"{where}: missing required field {field!r}")
+
+    model = entry["model"]
+    if not isinstance(model, str) or not _NAME_RE.match(model):
+        raise bad("model", "must be a registry name")
+    width = entry["width"]
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
+            math.isfinite(width) and width > 0):
+        raise bad("width", "must be a positive number")
+    fmt = entry["format"]
+    if fmt not in FORMATS:
+        raise bad("format", f"must be one of {list(FORMATS)}")
+    dataset = entry["dataset"]
+    if not isinstance(dataset, str) or not _DATASET_RE.match(dataset):
+        raise bad("dataset", "must be a name such as 'imagenet'")
+    url = entry["url"]
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in _URL_SCHEMES or (
+            urllib.parse.urlsplit(url).scheme != "file" and not urllib.parse.urlsplit(url).netloc):
+        raise bad("url", f"must be an absolute URL with scheme {list(_URL_SCHEMES)}")
+    sha = entry["sha256"]
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+        raise bad("sha256", "must be 64 lowercase hex digits")
+    size = entry["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise bad("size", "must be a positive integer (bytes)")
+    archive = entry.get("archive")
+    if archive is not None and archive not in ARCHIVES:
+        raise bad("archive", f"must be null or one of {list(ARCHIVES)}")
+    member = entry.get("member")
+    suffix = ".weights.h5" if fmt == "keras" else ".tflite"
+    if archive is None:
+        if member is not None:
+            raise bad("member", "is only allowed together with 'archive'")
+    else:
+        if not isinstance(member, str) or not member:
+            raise bad("member", "must name the file inside the archive")
+        try:
+            _safe_relpath(member)
+        except ValueError:
+            raise bad("member", "must be a relative path inside the archive") from None
+        if not member.endswith(suffix):
+            raise bad("member", f"must end with {suffix!r} for format {fmt!r}")
+    return Checkpoint(model=model, width=float(width), format=fmt, dataset=dataset, url=url,
+                      sha256=sha, size=size, archive=archive, member=member)
+
+
+def find_checkpoint(model: str, width: float, fmt: str, dataset: str = "imagenet",
+                    manifest: Sequence[Checkpoint] | str | os.PathLike | None = None
+                    ) -> Checkpoint:
+    """Find the manifest entry for (model, width, format, dataset); the error lists what *is*
+    published so the user can pick a width/format that exists."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {list(FORMATS)}")
+    if manifest is None or isinstance(manifest, (str, os.PathLike)):
+        source = str(manifest) if manifest is not None else str(manifest_path())
+        checkpoints = load_manifest(manifest)
+    else:
+        source = "the given manifest"
+        checkpoints = list(manifest)
+    for ckpt in checkpoints:
+        if (ckpt.model == model and abs(ckpt.width - float(width)) < _WIDTH_TOL
+                and ckpt.format == fmt and ckpt.dataset == dataset):
+            return ckpt
+    wanted = f"model {model!r} width={float(width):g} format={fmt} dataset={dataset}"
+    if not checkpoints:
+        raise ValueError(
+            f"no pretrained checkpoint for {wanted}: {source} lists no checkpoints at all. "
+            "Pass weights=<local .weights.h5 path or URL>, or point "
+            f"${MANIFEST_ENV} at a manifest that has one.")
+    same_model = [c for c in checkpoints if c.model == model]
+    if same_model:
+        available = "; ".join(
+            f"width={c.width:g} format={c.format} dataset={c.dataset}" for c in same_model)
+        raise ValueError(f"no pretrained checkpoint for {wanted} in {source}. "
+                         f"Available for {model!r}: {available}")
+    models = sorted({c.model for c in checkpoints})
+    raise ValueError(f"no pretrained checkpoint for {wanted} in {source}: "
+                     f"no checkpoints for {model!r} at all. Models with checkpoints: {models}")
+
+
+# --------------------------------------------------------------------------------------------
+# Cache and fetch
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Root of the download cache: `$MHMODELS_HOME`, else `~/.cache/mhmodels`."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "mhmodels"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlsplit(text).scheme.lower() in _URL_SCHEMES
+
+
+def _local_source(url: str | os.PathLike) -> Path | None:
+    """The local file a `file://` URL or plain path names; None for http(s)."""
+    if isinstance(url, os.PathLike):
+        return Path(url)
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URL with a remote host is not supported: {url}")
+        return Path(urllib.request.url2pathname(parts.path))
+    if scheme in ("http", "https"):
+        return None
+    if "://" in url:
+        raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; "
+                         f"expected one of {list(_URL_SCHEMES)} or a local path")
+    return Path(url)
+
+
+def _check_filename(name: str) -> str:
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+            or name.endswith(".part")):
+        raise ValueError(f"invalid cache file name {name!r}")
+    return name
+
+
+def _safe_relpath(name: str) -> PurePosixPath:
+    """Validate an archive-relative path: no absolute paths, drive letters or `..`."""
+    if not name or "\x00" in name:
+        raise ValueError(f"empty or invalid archive member name {name!r}")
+    normalised = name.replace("\\", "/")
+    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
+        raise ValueError(f"archive member {name!r} has an absolute path")
+    parts = [p for p in normalised.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(f"archive member {name!r} contains '..' (path traversal)")
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = None, *,
+          cache_subdir: str = "checkpoints", filename: str | None = None,
+          progress: bool = True, extract: str | None = None, member: str | None = None,
+          timeout: float = _DEFAULT_TIMEOUT) -> Path:
+    """Return a verified local copy of `url` (http(s)://, file:// or a local path) in the cache.
+
+    Why: weights must be downloaded once, resumably, and never used unless their size and
+    sha256 match. With `extract` ('tar.gz' | 'zip') the archive is unpacked safely next to it
+    and the directory (or `member` inside it) is returned.
+    """
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if not _SHA256_RE.match(sha256):
+            raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be a non-negative integer, got {size!r}")
+    if extract is not None and extract not in ARCHIVES:
+        raise ValueError(f"extract must be None or one of {list(ARCHIVES)}, got {extract!r}")
+    if member is not None and extract is None:
+        raise ValueError("member= needs extract= (it names a file inside the archive)")
+    if member is not None:
+        _safe_relpath(member)
+    subdir = _safe_relpath(cache_subdir)
+    url_text = os.fspath(url)
+    local = _local_source(url)
+
+    if filename is None:
+        if local is not None:
+            filename = local.name
+        else:
+            url_path = urllib.parse.urlsplit(url_text).path
+            filename = posixpath.basename(urllib.parse.unquote(url_path))
+        try:
+            _check_filename(filename)
+        except ValueError:
+            filename = (sha256[:16] if sha256 else "download") + (
+                "." + extract if extract else "")
+    _check_filename(filename)
+
+    directory = cache_dir() / subdir
+    if sha256 is None:
+        # Unverified content: keep different URLs apart so one cannot answer for another.
+        directory = directory / ("url-" + hashlib.sha256(url_text.encode()).hexdigest()[:16])
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / filename
+
+    digest = _fetch_file(url_text, local, target, sha256=sha256, size=size, progress=progress,
+                         timeout=timeout)
+    if sha256 is None and local is None:
+        warnings.warn(
+            f"{url_text} was fetched without a known sha256, so its content is unverified "
+            f"(its sha256 is {digest}; pass sha256= or add it to the manifest to verify it)",
+            UnverifiedDownloadWarning, stacklevel=2)
+    if extract is None:
+        return target
+    dest = _extract_cached(target, digest, extract)
+    if member is None:
+        return dest
+    result = dest.joinpath(*_safe_relpath(member).parts)
+    if not result.is_file():
+        found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                       if p.is_file() and p.name != _EXTRACT_MARKER)
+        raise ValueError(f"member {member!r} not found in archive {target.name}; "
+                         f"it contains {found[:20]}")
+    return result
+
+
+def _fetch_file(url: str, local: Path | None, target: Path, *, sha256: str | None,
+                size: int | None, progress: bool, timeout: float) -> str:
+    """Make `target` hold the verified bytes of `url`; return their sha256."""
+    if target.is_file():
+        actual_size = target.stat().st_size
+        if size is not None and actual_size != size:
+            logger.warning("cached %s has %d bytes, expected %d; downloading again",
+                           target, actual_size, size)
+            _unlink(target)
+        else:
+            digest = _sha256_file(target)
+            if sha256 is None or digest == sha256:
+                logger.info("using cached %s", target)
+                return digest
+            logger.warning("cached %s has sha256 %s, expected %s; downloading again",
+                           target, digest, sha256)
+            _unlink(target)
+    elif target.exists():
+        raise DownloadError(f"cache path {target} exists and is not a regular file")
+
+    part = target.with_name(target.name + ".part")
+    for attempt in range(2):
+        resumed = part.is_file() and part.stat().st_size > 0 and local is None
+        if local is not None:
+            _copy_local(local, part, size=size, progress=progress, desc=target.name)
+        else:
+            _download_http(url, part, size=size, progress=progress, desc=target.name,
+                           timeout=timeout)
+        actual_size = part.stat().st_size
+        digest = _sha256_file(part)
+        problem = None
+        if size is not None and actual_size != size:
+            problem = (f"size mismatch for {url}: got {actual_size} bytes, expected {size} "
+                       "(truncated or wrong file)")
+        elif sha256 is not None and digest != sha256:
+            problem = f"sha256 mismatch for {url}: got {digest}, expected {sha256}"
+        if problem is None:
+            break
+        _unlink(part)
+        if resumed and attempt == 0:
+            logger.warning("%s after resuming a partial download; restarting from zero", problem)
+            continue
+        raise ChecksumError(problem + "; nothing was kept in the cache")
+    os.replace(part, target)
+    _fsync_dir(target.parent)
+    return digest
+
+
+def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm  # light, but only needed when downloading
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
+                unit_divisor=1024, file=sys.stderr, disable=not enabled, leave=True)
+
+
+def _copy_local(source: Path, part: Path, *, size: int | None, progress: bool,
+                desc: str) -> None:
+    """Copy a local file into `part` (from zero: a local read cannot be interrupted usefully)."""
+    try:
+        total = source.stat().st_size
+        if not source.is_file():
+            raise DownloadError(f"{source} is not a regular file")
+    except FileNotFoundError:
+        raise DownloadError(f"local file not found: {source}") from None
+    if size is not None and total != size:
+        _unlink(part)
+        raise ChecksumError(f"size mismatch for {source}: it has {total} bytes, expected {size} "
+                            "(truncated or wrong file); nothing was kept in the cache")
+    with open(source, "rb") as src, open(part, "wb") as dst, \
+            _progress_bar(total, 0, desc, progress) as bar:
+        for block in iter(lambda: src.read(_CHUNK), b""):
+            dst.write(block)
+            bar.update(len(block))
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
+    """`bytes a-b/total` → (a, b, total); `bytes */total` → (None, None, total)."""
+    if not value:
+        return None, None, None
+    m = _CONTENT_RANGE_RE.match(value)
+    if not m:
+        return None, None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    end = int(m.group(2)) if m.group(2) is not None else None
+    total = int(m.group(3)) if m.group(3) not in (None, "*") else None
+    return start, end, total
+
+
+def _download_http(url: str, part: Path, *, size: int | None, progress: bool, desc: str,
+                   timeout: float) -> None:
+    """Download `url` into `part`, resuming from its current length with a Range request.
+
+    Leaves `part` in place only when the connection dropped early (so a later call resumes);
+    raises ChecksumError (and deletes `part`) when the server announces the wrong size or
+    sends more than `size` bytes.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    if size is not None and offset > size:
+        _unlink(part)
+        offset = 0
+    if size is not None and offset == size and offset > 0:
+        return  # complete from an earlier run that stopped before verifying
+    headers = {"User-Agent": "mhmodels-weights/1", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        with e:
+            if e.code == 416 and offset:
+                _, _, total = _parse_content_range(e.headers.get("Content-Range"))
+                if total == offset:
+                    return  # the .part already holds the whole file
+                logger.warning("server refused to resume %s at byte %d; restarting", url, offset)
+                _unlink(part)
+                return _download_http(url, part, size=size, progress=progress, desc=desc,
+                                      timeout=timeout)
+            raise DownloadError(f"HTTP {e.code} {e.reason} while downloading {url}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"could not download {url}: {reason}") from e
+
+    with response:
+        status = response.status
+        length_header = response.headers.get("Content-Length")
+        try:
+            length = int(length_header) if length_header is not None else None
+        except ValueError:
+            length = None
+        if status == 206 and offset:
+            start, _, total = _parse_content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                logger.warning("server resumed %s at byte %s instead of %d; restarting",
+                               url, start, offset)
+                response.close()
+                _unlink(part)
+                return _download_http(url, part, size=size, progress=progress, desc=desc,
+                                      timeout=timeout)
+            mode = "ab"
+            if total is None and length is not None:
+                total = offset + length
+        elif status == 200:
+            if offset:
+                logger.info("server ignored the Range request for %s; restarting from zero", url)
+                offset = 0
+            mode = "wb"
+            total = length
+        else:
+            raise DownloadError(f"unexpected HTTP status {status} while downloading {url}")
+        if size is not None and total is not None and total != size:
+            _unlink(part)
+            raise ChecksumError(
+                f"size mismatch for {url}: the server has {total} bytes, expected {size} "
+                "(truncated or wrong file); nothing was kept in the cache")
+
+        received = 0
+        too_big = False
+        failure: BaseException | None = None
+        with open(part, mode) as f, _progress_bar(total, offset, desc, progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (http.client.HTTPException, OSError) as e:
+                    failure = e
+                    break
+                if not chunk:
+                    break
+                if size is not None and offset + received + len(chunk) > size:
+                    too_big = True
+                    break
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    if too_big:
+        _unlink(part)
+        raise ChecksumError(f"{url} sent more than the expected {size} bytes; "
+                            "nothing was kept in the cache")
+    if failure is not None or (length is not None and received < length):
+        have = offset + received
+        expected = offset + length if length is not None else "?"
+        raise DownloadError(
+            f"download of {url} was interrupted after {have} of {expected} bytes"
+            + (f" ({failure})" if failure is not None else "")
+            + f"; the partial file {part} was kept and the next call resumes it")
+
+
+# --------------------------------------------------------------------------------------------
+# Archives
+# --------------------------------------------------------------------------------------------
+
+
+def _extract_dest(archive: Path, kind: str) -> Path:
+    name = archive.name
+    for suffix in ("." + kind, ".tgz", ".tar.gz", ".zip"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return archive.with_name(name[: -len(suffix)])
+    return archive.with_name(name + "_extracted")
+
+
+def _extract_cached(archive: Path, digest: str, kind: str) -> Path:
+    """Extract `archive` once per content hash; a marker inside the directory records it."""
+    dest = _extract_dest(archive, kind)
+    marker = dest / _EXTRACT_MARKER
+    if dest.is_dir() and marker.is_file():
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")).get("sha256") == digest:
+                return dest
+        except (OSError, ValueError):
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=archive.parent))
+    try:
+        if kind == "zip":
+            _extract_zip(archive, tmp)
+        else:
+            _extract_tar(archive, tmp)
+        (tmp / _EXTRACT_MARKER).write_text(json.dumps({"sha256": digest}), encoding="utf-8")
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=".old-", dir=archive.parent))
+            os.replace(dest, old / "d")
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(dest.parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (ValueError, tarfile.TarError, zipfile.BadZipFile)):
+            # A verified-but-unsafe (or broken) archive must not stay in the cache either.
+            _unlink(archive)
+            if not isinstance(e, ValueError):
+                raise ValueError(f"cannot extract {archive.name}: {e}") from e
+        raise
+    return dest
+
+
+def _inside(link_parent: PurePosixPath, target: str, links: set[PurePosixPath]) -> bool:
+    """Whether a link at `link_parent` pointing to `target` stays inside the archive root
+    (resolved lexically; going *through* another link in the archive is refused)."""
+    if not target or target.startswith("/") or re.match(r"^[A-Za-z]:", target) or (
+            "\x00" in target):
+        return False
+    parts: list[str] = list(link_parent.parts) if str(link_parent) != "." else []
+    pieces = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")]
+    for i, piece in enumerate(pieces):
+        if piece == "..":
+            if not parts:
+                return False
+            parts.pop()
+        else:
+            parts.append(piece)
+            if i < len(pieces) - 1 and PurePosixPath(*parts) in links:
+                return False
+    return True
+
+
+def _validate_tar(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Refuse absolute names, `..`, special files, links leaving the root, and members written
+    through a link (in any order); tarfile's 'data' filter then re-checks on disk."""
+    members = tar.getmembers()
+    paths = [_safe_relpath(info.name) for info in members]
+    links = {rel for info, rel in zip(members, paths) if info.issym() or info.islnk()}
+    for info, rel in zip(members, paths):
+        for parent in rel.parents:
+            if parent in links:
+                raise ValueError(f"archive member {info.name!r} is written through the link "
+                                 f"{parent}")
+        if info.issym() or info.islnk():
+            if sum(1 for other in paths if other == rel) > 1:
+                raise ValueError(f"archive member {info.name!r} is a link that replaces another "
+                                 "member of the same name (outside-pointing trick refused)")
+            if info.issym():
+                ok = _inside(rel.parent, info.linkname, links)
+            else:  # hard links name a member, relative to the archive root
+                try:
+                    _safe_relpath(info.linkname)
+                    ok = _inside(PurePosixPath("."), info.linkname, links)
+                except ValueError:
+                    ok = False
+            if not ok:
+                raise ValueError(f"archive member {info.name!r} links outside the destination "
+                                 f"({info.linkname!r})")
+        elif not (info.isfile() or info.isdir()):
+            raise ValueError(f"archive member {info.name!r} is a device, fifo or other special "
+                             "file")
+    return members
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive, "r:gz") as tar:
+        members = _validate_tar(tar)
+        if hasattr(tarfile, "data_filter"):  # defence in depth (Python >= 3.10.12 / 3.11.4)
+            try:
+                tar.extractall(dest, members=members, filter="data")
+            except tarfile.FilterError as e:
+                raise ValueError(f"unsafe archive {archive.name}: {e}") from e
+        else:
+            tar.extractall(dest, members=members)
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _safe_relpath(info.filename)
+            mode = (info.external_attr >> 16) & 0xFFFF
+            if stat.S_ISLNK(mode):
+                raise ValueError(f"archive member {info.filename!r} is a symlink; symlinks are "
+                                 "not allowed in zip checkpoints")
+        root = dest.resolve()
+        for info in infos:
+            rel = _safe_relpath(info.filename)
+            out = dest.joinpath(*rel.parts)
+            if not out.resolve().is_relative_to(root):
+                raise ValueError(f"archive member {info.filename!r} escapes the destination")
+            if info.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points used by build() and download_tflite()
+# --------------------------------------------------------------------------------------------
+
+
+def fetch_checkpoint(ckpt: Checkpoint, *, progress: bool = True) -> Path:
+    """Download (or find in the cache) a manifest checkpoint and return its usable file."""
+    return fetch(ckpt.url, ckpt.sha256, ckpt.size, cache_subdir="checkpoints",
+                 filename=ckpt.cache_filename, progress=progress, extract=ckpt.archive,
+                 member=ckpt.member)
+
+
+def _manifest_entry_for_url(url: str) -> Checkpoint | None:
+    for ckpt in load_manifest():
+        if ckpt.url == url:
+            return ckpt
+    return None
+
+
+def resolve_weights(model: str, width: float, weights: str | os.PathLike | None, *,
+                    progress: bool = True) -> Path | None:
+    """Turn `build(..., weights=...)` into a local Keras weights file (or None).
+
+    - None → None (random initialisation).
+    - a dataset name such as 'imagenet' → the manifest's 'keras' checkpoint, downloaded and
+      verified.
+    - an existing local path (str or PathLike) → that path, unchanged (no copy).
+    - an http(s):// or file:// URL → downloaded to the cache; verified when the manifest knows
+      the URL, otherwise fetched with an UnverifiedDownloadWarning.
+    Dataset names win over same-named files; pass './name' or a Path for such a file.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        path = Path(weights)
+        if not path.exists():
+            raise ValueError(f"weights file not found: {path}")
+        return path
+    if not isinstance(weights, str):
+        raise ValueError(f"weights must be None, a dataset name, a path or a URL, "
+                         f"got {type(weights).__name__}")
+    if _is_url(weights):
+        known = _manifest_entry_for_url(weights)
+        if known is not None:
+            return fetch_checkpoint(known, progress=progress)
+        return fetch(weights, cache_subdir="checkpoints", progress=progress)
+    if _DATASET_RE.match(weights):
+        ckpt = find_checkpoint(model, width, "keras", dataset=weights)
+        return fetch_checkpoint(ckpt, progress=progress)
+    path = Path(weights).expanduser()
+    if path.exists():
+        return path
+    raise ValueError(
+        f"weights={weights!r} is neither None, a dataset name (e.g. 'imagenet'), an existing "
+        "file, nor an http(s):// or file:// URL")
+
+
+def download_tflite(model: str, width: float = 1.0, quantization: str = "float", *,
+                    dataset: str = "imagenet", progress: bool = True) -> Path:
+    """Download a published `.tflite` file (float | dynamic | int8 | uint8) for a zoo model,
+    for users who only need the on-device artefact and not TensorFlow."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, "
+                         f"got {quantization!r}")
+    ckpt = find_checkpoint(model, width, f"tflite_{quantization}", dataset=dataset)
+    return fetch_checkpoint(ckpt, progress=progress)

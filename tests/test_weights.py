@@ -1,0 +1,540 @@
+"""Tests of mhmodels.weights against a real HTTP server on 127.0.0.1 (never the internet)."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import random
+import re
+import tarfile
+import threading
+import warnings
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mhmodels import weights as W
+
+DATA = random.Random(1234).randbytes(300_000)  # several 64 KiB chunks
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Local HTTP server with Range support, a "ignore Range" mode and a "drop the connection" mode
+# --------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _send_empty(self, status: int, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        srv = self.server
+        range_header = self.headers.get("Range")
+        with srv.lock:
+            srv.requests.append((self.path, range_header))
+        data = srv.files.get(self.path)
+        if data is None:
+            self._send_empty(404)
+            return
+        start, status = 0, 200
+        if range_header and not srv.ignore_range:
+            m = re.fullmatch(r"bytes=(\d+)-", range_header)
+            assert m, range_header
+            start = int(m.group(1))
+            if start >= len(data):
+                self._send_empty(416, {"Content-Range": f"bytes */{len(data)}"})
+                return
+            status = 206
+        body = data[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if srv.truncate_at is not None:
+            body = body[: srv.truncate_at]  # announce everything, send part, hang up
+            self.close_connection = True
+        self.wfile.write(body)
+        self.wfile.flush()
+        with srv.lock:
+            srv.bytes_sent += len(body)
+            srv.sent_per_request.append(len(body))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.sent_per_request: list[int] = []
+        self.bytes_sent = 0
+        self.ignore_range = False
+        self.truncate_at: int | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Cache in tmp_path, no proxies (127.0.0.1 must be reached directly), no manifest override."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MHMODELS_WEIGHTS_MANIFEST", raising=False)
+    return tmp_path / "cache"
+
+
+def cache_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# fetch over HTTP
+# --------------------------------------------------------------------------------------------
+
+
+def test_fetch_downloads_verifies_and_places_atomically(server, isolated_env):
+    server.files["/w/model.weights.h5"] = DATA
+    path = W.fetch(server.url("/w/model.weights.h5"), SHA, len(DATA), progress=False)
+    assert path == isolated_env / "checkpoints" / "model.weights.h5"
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/w/model.weights.h5", None)]
+    assert server.bytes_sent == len(DATA)
+    assert cache_files(isolated_env) == [path]  # no .part, no temp files
+
+
+def test_fetch_progress_bar_goes_to_stderr(server, capsys):
+    server.files["/p.bin"] = DATA
+    W.fetch(server.url("/p.bin"), SHA, len(DATA), progress=True)
+    err = capsys.readouterr().err
+    assert "p.bin" in err and "100%" in err
+    W.fetch(server.url("/p.bin"), SHA, len(DATA), cache_subdir="other", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_cache_hit_does_not_contact_server_and_bad_cache_is_replaced(server, isolated_env):
+    server.files["/c.bin"] = DATA
+    first = W.fetch(server.url("/c.bin"), SHA, len(DATA), progress=False)
+    second = W.fetch(server.url("/c.bin"), SHA, len(DATA), progress=False)
+    assert first == second and len(server.requests) == 1
+    # A cached file that no longer matches its sha256 is deleted and downloaded again.
+    corrupted = bytearray(DATA)
+    corrupted[1000] ^= 0xFF
+    first.write_bytes(bytes(corrupted))
+    third = W.fetch(server.url("/c.bin"), SHA, len(DATA), progress=False)
+    assert third.read_bytes() == DATA
+    assert len(server.requests) == 2 and server.bytes_sent == 2 * len(DATA)
+
+
+def test_corrupted_download_raises_checksum_error_and_leaves_nothing(server, isolated_env):
+    corrupted = bytearray(DATA)
+    corrupted[150_000] ^= 0x01
+    server.files["/bad.bin"] = bytes(corrupted)
+    with pytest.raises(W.ChecksumError, match="sha256 mismatch"):
+        W.fetch(server.url("/bad.bin"), SHA, len(DATA), progress=False)
+    assert server.bytes_sent == len(DATA)
+    assert cache_files(isolated_env) == []
+
+
+@pytest.mark.parametrize("with_size", [True, False])
+def test_truncated_file_is_an_error_and_leaves_nothing(server, isolated_env, with_size):
+    server.files["/short.bin"] = DATA[:200_000]  # the served file itself is truncated
+    size = len(DATA) if with_size else None
+    with pytest.raises(W.ChecksumError, match="size mismatch" if with_size else "sha256"):
+        W.fetch(server.url("/short.bin"), SHA, size, progress=False)
+    assert cache_files(isolated_env) == []
+
+
+def test_interrupted_download_keeps_part_and_next_call_resumes(server, isolated_env):
+    server.files["/big.bin"] = DATA
+    server.truncate_at = 100_000
+    with pytest.raises(W.DownloadError, match="interrupted after 100000 of 300000"):
+        W.fetch(server.url("/big.bin"), SHA, len(DATA), progress=False)
+    part = isolated_env / "checkpoints" / "big.bin.part"
+    assert cache_files(isolated_env) == [part]  # only the resumable .part, never a final file
+    assert part.read_bytes() == DATA[:100_000]
+
+    server.truncate_at = None
+    path = W.fetch(server.url("/big.bin"), SHA, len(DATA), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests[-1] == ("/big.bin", "bytes=100000-")
+    assert server.sent_per_request == [100_000, len(DATA) - 100_000]
+    assert cache_files(isolated_env) == [path]
+
+
+def test_resume_from_existing_part_uses_range(server, isolated_env):
+    server.files["/r.bin"] = DATA
+    part = isolated_env / "checkpoints" / "r.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA[:123_457])
+    path = W.fetch(server.url("/r.bin"), SHA, len(DATA), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/r.bin", "bytes=123457-")]
+    assert server.bytes_sent == len(DATA) - 123_457
+
+
+def test_server_ignoring_range_restarts_from_zero(server, isolated_env):
+    server.files["/i.bin"] = DATA
+    server.ignore_range = True
+    part = isolated_env / "checkpoints" / "i.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA[:50_000])
+    path = W.fetch(server.url("/i.bin"), SHA, len(DATA), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/i.bin", "bytes=50000-")]  # asked to resume, got a 200
+    assert server.bytes_sent == len(DATA)
+    assert cache_files(isolated_env) == [path]
+
+
+def test_resumed_part_with_wrong_prefix_is_restarted_once(server, isolated_env):
+    server.files["/g.bin"] = DATA
+    part = isolated_env / "checkpoints" / "g.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 70_000)  # stale bytes from some other file
+    path = W.fetch(server.url("/g.bin"), SHA, len(DATA), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/g.bin", "bytes=70000-"), ("/g.bin", None)]
+    assert server.sent_per_request == [len(DATA) - 70_000, len(DATA)]
+
+
+def test_complete_part_is_verified_without_downloading(server, isolated_env):
+    server.files["/done.bin"] = DATA
+    part = isolated_env / "checkpoints" / "done.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA)
+    # Size known: no request at all.
+    path = W.fetch(server.url("/done.bin"), SHA, len(DATA), progress=False)
+    assert path.read_bytes() == DATA and server.requests == []
+    # Size unknown: the server answers 416 to the resume request, the part is verified.
+    path.rename(part)
+    path = W.fetch(server.url("/done.bin"), SHA, None, progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/done.bin", "bytes=300000-")] and server.bytes_sent == 0
+
+
+def test_http_error_is_download_error_and_leaves_nothing(server, isolated_env):
+    with pytest.raises(W.DownloadError, match="HTTP 404"):
+        W.fetch(server.url("/missing.bin"), SHA, len(DATA), progress=False)
+    assert cache_files(isolated_env) == []
+
+
+def test_unverified_url_warns_and_is_cached_per_url(server, isolated_env):
+    server.files["/a/x.bin"] = b"first"
+    server.files["/b/x.bin"] = b"second"
+    with pytest.warns(W.UnverifiedDownloadWarning, match=sha(b"first")):
+        a = W.fetch(server.url("/a/x.bin"), progress=False)
+    with pytest.warns(W.UnverifiedDownloadWarning):
+        b = W.fetch(server.url("/b/x.bin"), progress=False)
+    assert a != b and a.read_bytes() == b"first" and b.read_bytes() == b"second"
+    with pytest.warns(W.UnverifiedDownloadWarning):
+        assert W.fetch(server.url("/a/x.bin"), progress=False) == a
+    assert len(server.requests) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Local sources
+# --------------------------------------------------------------------------------------------
+
+
+def test_file_url_and_local_path_work_offline(tmp_path, isolated_env):
+    src = tmp_path / "src" / "local.weights.h5"
+    src.parent.mkdir()
+    src.write_bytes(DATA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # local sources are not "unverified downloads"
+        from_url = W.fetch(src.as_uri(), SHA, len(DATA), progress=False)
+        from_path = W.fetch(str(src), SHA, len(DATA), cache_subdir="p", progress=False)
+    assert from_url.read_bytes() == DATA and from_path.read_bytes() == DATA
+    assert from_url.is_relative_to(isolated_env) and from_path.is_relative_to(isolated_env)
+    with pytest.raises(W.ChecksumError):
+        W.fetch(src.as_uri(), sha(b"other"), None, cache_subdir="bad", progress=False)
+    with pytest.raises(W.ChecksumError, match="size mismatch"):
+        W.fetch(src, SHA, len(DATA) + 1, cache_subdir="bad", progress=False)
+    assert not (isolated_env / "bad").exists() or cache_files(isolated_env / "bad") == []
+    with pytest.raises(W.DownloadError, match="not found"):
+        W.fetch(tmp_path / "nope.bin", SHA, progress=False)
+
+
+def test_resolve_weights_local_path_and_none(tmp_path):
+    src = tmp_path / "mine.weights.h5"
+    src.write_bytes(b"abc")
+    assert W.resolve_weights("multi_max", 1.0, None) is None
+    assert W.resolve_weights("multi_max", 1.0, str(src)) == src  # no copy
+    assert W.resolve_weights("multi_max", 1.0, src) == src
+    with pytest.raises(ValueError, match="not found"):
+        W.resolve_weights("multi_max", 1.0, tmp_path / "missing.weights.h5")
+    with pytest.raises(ValueError, match="neither None"):
+        W.resolve_weights("multi_max", 1.0, "no/such/file.weights.h5")
+
+
+def test_cache_dir_default_and_env(monkeypatch, tmp_path):
+    assert W.cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("MHMODELS_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert W.cache_dir() == tmp_path / "home" / ".cache" / "mhmodels"
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+def _tar_gz(members: dict[str, bytes], links: dict[str, tuple[str, bytes]] | None = None
+            ) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (target, kind) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buf.getvalue()
+
+
+def _entry(model, width, fmt, url, data, **extra):
+    return {"model": model, "width": width, "format": fmt, "dataset": "imagenet", "url": url,
+            "sha256": sha(data), "size": len(data), **extra}
+
+
+@pytest.fixture
+def manifest(server, tmp_path, monkeypatch):
+    tflite = b"TFL3" + bytes(range(256)) * 10
+    inner = DATA[:40_000]
+    archive = _tar_gz({"ckpt/multi_avg.weights.h5": inner, "ckpt/README.txt": b"hi"})
+    server.files["/mm.weights.h5"] = DATA
+    server.files["/mm_int8.tflite"] = tflite
+    server.files["/ma.tar.gz"] = archive
+    doc = {"format_version": 1, "checkpoints": [
+        _entry("multi_max", 1.0, "keras", server.url("/mm.weights.h5"), DATA),
+        _entry("multi_max", 1.0, "tflite_int8", server.url("/mm_int8.tflite"), tflite),
+        _entry("multi_avg", 0.75, "keras", server.url("/ma.tar.gz"), archive,
+               archive="tar.gz", member="ckpt/multi_avg.weights.h5"),
+    ]}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(path))
+    return {"path": path, "tflite": tflite, "inner": inner}
+
+
+def test_shipped_manifest_is_valid_and_empty():
+    path = W.manifest_path()
+    assert path.name == "weights.json" and path.parent.name == "zoo"
+    assert json.loads(path.read_text()) == {"format_version": 1, "checkpoints": []}
+    assert W.load_manifest() == []
+    with pytest.raises(ValueError, match="lists no checkpoints"):
+        W.resolve_weights("multi_max", 1.0, "imagenet")
+
+
+def test_manifest_from_env_and_imagenet_weights(server, manifest):
+    assert W.manifest_path() == manifest["path"]
+    ckpts = W.load_manifest()
+    assert [(c.model, c.width, c.format) for c in ckpts] == [
+        ("multi_max", 1.0, "keras"), ("multi_max", 1.0, "tflite_int8"),
+        ("multi_avg", 0.75, "keras")]
+    assert ckpts[0] == W.find_checkpoint("multi_max", 1, "keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # manifest entries are verified: no warning
+        path = W.resolve_weights("multi_max", 1.0, "imagenet", progress=False)
+        again = W.resolve_weights("multi_max", 1.0, server.url("/mm.weights.h5"),
+                                  progress=False)  # URL known to the manifest → verified
+    assert path.name == "multi_max-w1-imagenet.weights.h5" and path.read_bytes() == DATA
+    assert again == path and len(server.requests) == 1
+
+
+def test_unknown_model_or_width_lists_what_exists(manifest):
+    with pytest.raises(ValueError, match=r"Available for 'multi_max': width=1 format=keras"):
+        W.find_checkpoint("multi_max", 0.5, "keras")
+    with pytest.raises(ValueError) as err:
+        W.resolve_weights("mobilenet_v2", 1.0, "imagenet")
+    assert "no checkpoints for 'mobilenet_v2'" in str(err.value)
+    assert "['multi_avg', 'multi_max']" in str(err.value)
+    with pytest.raises(ValueError, match="dataset=cifar10"):
+        W.resolve_weights("multi_max", 1.0, "cifar10")
+
+
+def test_manifest_archive_entry_is_extracted(server, manifest, isolated_env):
+    path = W.resolve_weights("multi_avg", 0.75, "imagenet", progress=False)
+    assert path.name == "multi_avg.weights.h5" and path.read_bytes() == manifest["inner"]
+    extracted = path.parent.parent
+    assert (extracted / "ckpt" / "README.txt").read_bytes() == b"hi"
+    mtime = path.stat().st_mtime_ns
+    assert W.resolve_weights("multi_avg", 0.75, "imagenet", progress=False) == path
+    assert len(server.requests) == 1 and path.stat().st_mtime_ns == mtime  # not re-extracted
+    assert not [p for p in path.parent.parent.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_download_tflite(server, manifest):
+    path = W.download_tflite("multi_max", 1.0, "int8", progress=False)
+    assert path.suffix == ".tflite" and path.read_bytes() == manifest["tflite"]
+    assert server.requests == [("/mm_int8.tflite", None)]
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        W.download_tflite("multi_max", 1.0, "int4")
+    with pytest.raises(ValueError, match="format=tflite_int8"):
+        W.download_tflite("multi_max", 1.0, "float")  # lists the int8 one that exists
+
+
+_GOOD = {"model": "multi_max", "width": 1.0, "format": "keras", "dataset": "imagenet",
+         "url": "https://example.invalid/m.weights.h5", "sha256": "a" * 64, "size": 10}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"extra": 1}, r"checkpoints\[0\] \(model 'multi_max'\): unknown field\(s\) \['extra'\]"),
+    ({"sha256": "a" * 63}, r"checkpoints\[0\] \(model 'multi_max'\): field 'sha256'"),
+    ({"size": None}, r"missing required field 'size'"),
+    ({"size": -5}, r"field 'size' must be a positive integer"),
+    ({"format": "onnx"}, r"field 'format' must be one of"),
+    ({"width": "1.0"}, r"field 'width' must be a positive number"),
+    ({"url": "ftp://x/y"}, r"field 'url'"),
+    ({"member": "a.weights.h5"}, r"field 'member' is only allowed together with 'archive'"),
+    ({"archive": "tar.gz", "member": "../a.weights.h5"}, r"field 'member' must be a relative"),
+    ({"archive": "rar", "member": "a.weights.h5"}, r"field 'archive'"),
+])
+def test_manifest_validation_names_entry_and_field(tmp_path, change, message):
+    entry = dict(_GOOD)
+    for key, value in change.items():
+        if value is None:
+            entry.pop(key)
+        else:
+            entry[key] = value
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    with pytest.raises(ValueError, match=message):
+        W.load_manifest(path)
+
+
+def test_manifest_top_level_and_duplicates_rejected(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format_version": 2, "checkpoints": []}))
+    with pytest.raises(ValueError, match="format_version"):
+        W.load_manifest(path)
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": [], "x": 1}))
+    with pytest.raises(ValueError, match=r"unknown top-level field\(s\) \['x'\]"):
+        W.load_manifest(path)
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": [_GOOD, _GOOD]}))
+    with pytest.raises(ValueError, match=r"checkpoints\[1\].*duplicates checkpoints\[0\]"):
+        W.load_manifest(path)
+    with pytest.raises(ValueError, match="not found"):
+        W.load_manifest(tmp_path / "absent.json")
+
+
+# --------------------------------------------------------------------------------------------
+# Archives
+# --------------------------------------------------------------------------------------------
+
+
+def test_zip_extraction_with_member(server, isolated_env):
+    archive = _zip({"w/model.weights.h5": DATA[:5000], "w/": b""})
+    server.files["/m.zip"] = archive
+    path = W.fetch(server.url("/m.zip"), sha(archive), len(archive), extract="zip",
+                   member="w/model.weights.h5", progress=False)
+    assert path.read_bytes() == DATA[:5000]
+    assert path == isolated_env / "checkpoints" / "m" / "w" / "model.weights.h5"
+
+
+@pytest.mark.parametrize("archive_kind, build", [
+    ("tar.gz", lambda: _tar_gz({"../evil.txt": b"pwned"})),
+    ("tar.gz", lambda: _tar_gz({"ok/../../evil.txt": b"pwned"})),
+    ("tar.gz", lambda: _tar_gz({"/tmp/mhmodels-evil.txt": b"pwned"})),
+    ("tar.gz", lambda: _tar_gz({}, {"link": ("/etc/passwd", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: _tar_gz({}, {"sub/link": ("../../evil", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: _tar_gz({}, {"hard": ("../evil", tarfile.LNKTYPE)})),
+    ("tar.gz", lambda: _tar_gz({"link/evil.txt": b"x"}, {"link": ("sub", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: _tar_gz({}, {"sub/b": ("..", tarfile.SYMTYPE),
+                                    "a": ("sub/b/..", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: _tar_gz({"x": b"x"}, {"x": ("/etc/passwd", tarfile.SYMTYPE)})),
+    ("zip", lambda: _zip({"../evil.txt": b"pwned"})),
+    ("zip", lambda: _zip({"/abs/evil.txt": b"pwned"})),
+])
+def test_unsafe_archives_are_rejected_and_leave_nothing(server, isolated_env, tmp_path,
+                                                        archive_kind, build):
+    archive = build()
+    server.files["/evil." + archive_kind] = archive
+    with pytest.raises(ValueError, match=r"absolute|\.\.|outside|through the link|replaces"):
+        W.fetch(server.url("/evil." + archive_kind), sha(archive), len(archive),
+                extract=archive_kind, progress=False)
+    assert cache_files(isolated_env) == []
+    assert not [p for p in (isolated_env / "checkpoints").iterdir()]  # no temp dirs either
+    assert not (tmp_path / "evil.txt").exists() and not (isolated_env / "evil.txt").exists()
+    assert not Path("/tmp/mhmodels-evil.txt").exists()
+
+
+def test_safe_internal_symlink_in_tar_is_allowed(server, isolated_env):
+    archive = _tar_gz({"d/real.weights.h5": b"w"}, {"d/alias.weights.h5": ("real.weights.h5",
+                                                                           tarfile.SYMTYPE)})
+    server.files["/s.tar.gz"] = archive
+    path = W.fetch(server.url("/s.tar.gz"), sha(archive), extract="tar.gz",
+                   member="d/alias.weights.h5", progress=False)
+    assert path.read_bytes() == b"w"
+
+
+def test_fetch_argument_validation(server):
+    with pytest.raises(ValueError, match="sha256 must be 64 hex digits"):
+        W.fetch(server.url("/x"), "abc", progress=False)
+    with pytest.raises(ValueError, match="member= needs extract="):
+        W.fetch(server.url("/x"), member="a", progress=False)
+    with pytest.raises(ValueError, match="unsupported URL scheme"):
+        W.fetch("ftp://127.0.0.1/x", progress=False)
+    assert server.requests == []
+
+
+def test_module_stays_light_and_never_unpickles():
+    tree = ast.parse(Path(W.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"tensorflow", "keras", "tf_keras", "pickle", "dill", "numpy",
+                           "joblib"}
