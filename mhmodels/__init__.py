@@ -9,10 +9,11 @@ from mhmodels.builder import build_model
 from mhmodels.profile import Profile, profile
 from mhmodels.registry import build, get_entry, get_spec, list_models, register, unregister
 from mhmodels.spec import LayerSpec, ModelSpec, SpecError
+from mhmodels.weights import download_tflite
 
 __version__ = "0.1.0"
 
 __all__ = [
     "build", "build_model", "get_entry", "get_spec", "list_models", "register", "unregister",
-    "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError",
+    "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError", "download_tflite",
 ]

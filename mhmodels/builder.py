@@ -141,4 +141,30 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     elif pooling == "max":
         x = k.layers.GlobalMaxPooling2D(name="pool")(x)
-    return k.Model(inputs, x, name=name or spec.name)
+    model = k.Model(inputs, x, name=name or spec.name)
+    # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
+    model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
+                                           pooling, float(dropout), classifier_activation)
+    return model
+
+
+@dataclass(frozen=True)
+class BuildArgs:
+    """The arguments a model was built with; `build_model(**args.kwargs())` rebuilds it."""
+
+    spec: ModelSpec
+    width: float
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    include_top: bool
+    pooling: str | None
+    dropout: float
+    classifier_activation: str | None
+
+    def kwargs(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def build_args(model) -> BuildArgs | None:
+    """How `model` was built, if `build_model` made it."""
+    return getattr(model, "_mhmodels_build_args", None)

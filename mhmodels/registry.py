@@ -35,7 +35,7 @@ _registered: dict[str, ZooEntry] = {}
 
 def builtin_zoo_dir() -> Path:
     """The shipped zoo: inside the installed package, else the checkout's top-level zoo/."""
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(os.path.abspath(__file__)).parent  # no resolve(): Bazel runfiles
     for candidate in (package_dir / "zoo", package_dir.parent / "zoo"):
         if (candidate / "models").is_dir():
             return candidate
@@ -141,11 +141,22 @@ def build(name: str | ModelSpec, width: float = 1.0, *,
     num_classes = num_classes if num_classes is not None else classes
     num_classes = 1001 if num_classes is None else num_classes
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    pretrained = isinstance(weights, str) and "/" not in weights and "." not in weights
+    if pretrained and include_top and num_classes != 1001:
+        raise ValueError(f"weights={weights!r} has a 1001-class head; use num_classes=1001, or "
+                         "include_top=False to reuse the features with your own classifier")
     model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                         include_top=include_top, pooling=pooling, dropout=dropout,
                         classifier_activation=classifier_activation, frontend=frontend)
     if weights is not None:
         from mhmodels import weights as weights_lib
         path = weights_lib.resolve_weights(spec.name, width, weights)
-        model.load_weights(str(path))
+        if include_top:
+            model.load_weights(str(path))
+        else:  # checkpoints hold the whole network: load it, keep the feature layers
+            full = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
+                               frontend=frontend)
+            full.load_weights(str(path))
+            for layer in model.layers:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
     return model

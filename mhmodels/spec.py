@@ -127,10 +127,10 @@ class ModelSpec:
     description: str = ""
     reference: Mapping[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        where = f"spec {self.name!r}"
+    def validate(self, where: str | None = None) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise SpecError("spec: field 'name' must be a non-empty string")
+            raise SpecError(f"{where or 'spec'}: field 'name' must be a non-empty string")
+        where = where or f"spec {self.name!r}"
         if self.width_rounding not in WIDTH_ROUNDINGS:
             raise SpecError(
                 f"{where}: field 'width_rounding' is {self.width_rounding!r}; "
@@ -205,7 +205,7 @@ class ModelSpec:
             description=data.get("description", ""),
             reference=dict(data.get("reference", {})),
         )
-        spec.validate()
+        spec.validate(where)
         return spec
 
     @classmethod

@@ -1,0 +1,230 @@
+"""The multi-hardware search space (paper section 6.1), decoding to the zoo's spec format.
+
+Centred on MobileNetV3-Large with SE and h-swish removed and channel counts that are multiples
+of 32: a fixed 3x3 stem of 32, five searched stages with MobileNetV3-Large's strides, and the
+fixed head (1x1 960 -> pool -> 1x1 1280). Per stage: number of blocks {1..4} and output-filter
+ratio {0.5 .. 2.0} of the stage's base width; per block: expansion {1..6}, kernel {3, 5}, and
+regular or fused inverted bottleneck. Multi-AVG and Multi-MAX are both points of this space.
+
+An architecture is a vector of choice indices, one per `Decision`, in `space.decisions` order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mhmodels.spec import LayerSpec, ModelSpec
+
+FILTER_RATIOS = (0.5, 0.625, 0.75, 1.0, 1.25, 1.5, 2.0)
+NUM_BLOCKS = (1, 2, 3, 4)
+EXPANSIONS = (1, 2, 3, 4, 5, 6)
+KERNELS = (3, 5)
+BLOCK_TYPES = ("ibn", "fused_ibn")
+CHANNEL_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One independent categorical choice of the controller."""
+
+    name: str
+    choices: tuple
+
+    @property
+    def size(self) -> int:
+        return len(self.choices)
+
+
+@dataclass(frozen=True)
+class Stage:
+    base_filters: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ActiveBlock:
+    """A block that is present in a sampled architecture, with its channel choices."""
+
+    stage: int
+    index: int  # position within the stage
+    in_filters: int
+    filters: int
+    in_ratio: int  # index into FILTER_RATIOS of the input (-1: the fixed stem)
+    out_ratio: int
+    expansion: int
+    kernel: int
+    kind: str  # ibn | fused_ibn, after the strided fused-e1 fallback
+    stride: int
+
+
+# Stage widths (x1.0): MobileNetV3-Large's 24/40/80/112/160 stages moved to multiples of 32.
+MULTI_HW_STAGES = (Stage(32, 2), Stage(64, 2), Stage(128, 2), Stage(160, 1), Stage(192, 2))
+
+
+class SearchSpace:
+    """Decisions, sampling and decoding for one stage layout."""
+
+    def __init__(self, stages: Sequence[Stage] = MULTI_HW_STAGES, stem_filters: int = 32,
+                 head_filters: int = 960, top_filters: int = 1280, name: str = "multi_hw"):
+        self.name = name
+        self.stages = tuple(stages)
+        self.stem_filters = stem_filters
+        self.head_filters = head_filters
+        self.top_filters = top_filters
+        decisions = []
+        for s in range(len(self.stages)):
+            decisions.append(Decision(f"stage{s}/num_blocks", NUM_BLOCKS))
+            decisions.append(Decision(f"stage{s}/filter_ratio", FILTER_RATIOS))
+            for b in range(max(NUM_BLOCKS)):
+                decisions.append(Decision(f"stage{s}/block{b}/expansion", EXPANSIONS))
+                decisions.append(Decision(f"stage{s}/block{b}/kernel", KERNELS))
+                decisions.append(Decision(f"stage{s}/block{b}/type", BLOCK_TYPES))
+        self.decisions: tuple[Decision, ...] = tuple(decisions)
+        self.index = {d.name: i for i, d in enumerate(self.decisions)}
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def num_choices(self) -> list[int]:
+        return [d.size for d in self.decisions]
+
+    def size(self) -> float:
+        """Number of distinct choice vectors (an upper bound on distinct networks)."""
+        return float(np.prod([float(n) for n in self.num_choices]))
+
+    def stage_filters(self, stage: int, ratio_index: int) -> int:
+        value = self.stages[stage].base_filters * FILTER_RATIOS[ratio_index]
+        return max(CHANNEL_MULTIPLE, int(value / CHANNEL_MULTIPLE + 0.5) * CHANNEL_MULTIPLE)
+
+    def max_stage_filters(self, stage: int) -> int:
+        return max(self.stage_filters(stage, r) for r in range(len(FILTER_RATIOS)))
+
+    # -- choices -----------------------------------------------------------------------------
+    def check(self, choices: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(choices, dtype=np.int64).reshape(-1)
+        if arr.shape[0] != len(self.decisions):
+            raise ValueError(f"expected {len(self.decisions)} choices for space {self.name!r}, "
+                             f"got {arr.shape[0]}")
+        sizes = np.asarray(self.num_choices)
+        bad = np.nonzero((arr < 0) | (arr >= sizes))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"choice {int(arr[i])} out of range for {self.decisions[i].name} "
+                             f"({sizes[i]} options)")
+        return arr
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """Uniform random architecture (independent uniform choice per decision)."""
+        return np.array([rng.integers(n) for n in self.num_choices], dtype=np.int64)
+
+    def choice(self, choices: Sequence[int], name: str):
+        return self.decisions[self.index[name]].choices[int(choices[self.index[name]])]
+
+    def encode(self, choices: Sequence[int]) -> str:
+        """Stable text key of an architecture (CSV latency files are keyed by it)."""
+        return "-".join(str(int(c)) for c in self.check(choices))
+
+    def parse(self, key: str) -> np.ndarray:
+        try:
+            values = [int(v) for v in key.strip().split("-")]
+        except ValueError:
+            raise ValueError(f"architecture key {key!r} is not '-'-separated integers") from None
+        return self.check(values)
+
+    def canonical(self, choices: Sequence[int]) -> np.ndarray:
+        """Zero the choices of absent blocks, so equal networks get equal keys."""
+        arr = self.check(choices).copy()
+        for s in range(len(self.stages)):
+            n = self.choice(arr, f"stage{s}/num_blocks")
+            for b in range(n, max(NUM_BLOCKS)):
+                for field in ("expansion", "kernel", "type"):
+                    arr[self.index[f"stage{s}/block{b}/{field}"]] = 0
+        return arr
+
+    # -- decoding ----------------------------------------------------------------------------
+    def active_blocks(self, choices: Sequence[int]) -> list[ActiveBlock]:
+        arr = self.check(choices)
+        blocks = []
+        in_filters, in_ratio = self.stem_filters, -1
+        for s, stage in enumerate(self.stages):
+            ratio = int(arr[self.index[f"stage{s}/filter_ratio"]])
+            filters = self.stage_filters(s, ratio)
+            for b in range(self.choice(arr, f"stage{s}/num_blocks")):
+                stride = stage.stride if b == 0 else 1
+                expansion = self.choice(arr, f"stage{s}/block{b}/expansion")
+                kind = self.choice(arr, f"stage{s}/block{b}/type")
+                if kind == "fused_ibn" and expansion == 1 and stride != 1:
+                    # A fused block of expansion 1 has no KxK conv to carry the stride: its
+                    # strided form is the depthwise-separable one.
+                    kind = "ibn"
+                blocks.append(ActiveBlock(
+                    stage=s, index=b, in_filters=in_filters, filters=filters,
+                    in_ratio=in_ratio, out_ratio=ratio, expansion=expansion,
+                    kernel=self.choice(arr, f"stage{s}/block{b}/kernel"), kind=kind,
+                    stride=stride))
+                in_filters, in_ratio = filters, ratio
+        return blocks
+
+    def decode(self, choices: Sequence[int], name: str = "searched",
+               description: str = "") -> ModelSpec:
+        """Choice vector -> the same `ModelSpec` the zoo's models use."""
+        blocks = tuple(
+            LayerSpec(kind=a.kind, filters=a.filters, kernel=a.kernel, stride=a.stride,
+                      expansion=float(a.expansion) if a.expansion != int(a.expansion)
+                      else a.expansion, activation="relu")
+            for a in self.active_blocks(choices))
+        spec = ModelSpec(
+            name=name,
+            description=description or f"An architecture of the {self.name} search space.",
+            stem=LayerSpec(kind="conv", filters=self.stem_filters, kernel=3, stride=2),
+            blocks=blocks,
+            head=(LayerSpec(kind="conv", filters=self.head_filters, kernel=1),),
+            top=(LayerSpec(kind="conv", filters=self.top_filters, kernel=1, shrink=False),),
+        )
+        spec.validate()
+        return spec
+
+    def choices_for(self, spec: ModelSpec) -> np.ndarray:
+        """Inverse of `decode` for a spec inside the space (e.g. Multi-MAX); else ValueError."""
+        arr = np.zeros(len(self.decisions), dtype=np.int64)
+        blocks = list(spec.blocks)
+        for s, stage in enumerate(self.stages):
+            group = []
+            while blocks and (not group or blocks[0].stride == 1) and \
+                    (group or blocks[0].stride == stage.stride):
+                if group and blocks[0].filters != group[0].filters:
+                    break
+                group.append(blocks.pop(0))
+                if len(group) == max(NUM_BLOCKS):
+                    break
+            if not group:
+                raise ValueError(f"{spec.name}: no block fits stage {s} (stride {stage.stride})")
+            ratios = [r for r in range(len(FILTER_RATIOS))
+                      if self.stage_filters(s, r) == group[0].filters]
+            if not ratios:
+                raise ValueError(f"{spec.name}: {group[0].filters} filters is not a choice of "
+                                 f"stage {s}")
+            arr[self.index[f"stage{s}/num_blocks"]] = NUM_BLOCKS.index(len(group))
+            arr[self.index[f"stage{s}/filter_ratio"]] = ratios[0]
+            for b, layer in enumerate(group):
+                if layer.kind not in BLOCK_TYPES or layer.expansion not in EXPANSIONS or \
+                        layer.kernel not in KERNELS or layer.se_ratio or layer.activation != "relu":
+                    raise ValueError(f"{spec.name}: block {layer} is outside the search space")
+                arr[self.index[f"stage{s}/block{b}/expansion"]] = EXPANSIONS.index(layer.expansion)
+                arr[self.index[f"stage{s}/block{b}/kernel"]] = KERNELS.index(layer.kernel)
+                arr[self.index[f"stage{s}/block{b}/type"]] = BLOCK_TYPES.index(layer.kind)
+        if blocks:
+            raise ValueError(f"{spec.name}: {len(blocks)} blocks left over after the last stage")
+        if self.decode(arr, spec.name).blocks != spec.blocks:
+            raise ValueError(f"{spec.name} is not a point of the {self.name} space")
+        return arr
+
+
+SPACES = {"multi_hw": SearchSpace}
+
+
+def get_space(name: str = "multi_hw") -> SearchSpace:
+    if name not in SPACES:
+        raise ValueError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")
+    return SPACES[name]()
