@@ -1,0 +1,391 @@
+"""TFLite export of float Keras 3 models and of QAT (tf_keras) twins.
+
+    mhmodels.export_tflite(model, 'm.tflite')                                   # float
+    mhmodels.export_tflite(model, 'm.tflite', quantization='dynamic')           # int8 weights
+    mhmodels.export_tflite(model, 'm.tflite', quantization='int8',
+                           representative_data=images)                          # post-training
+    mhmodels.export_tflite(mhmodels.quantize(model), 'm.tflite', quantization='uint8')  # QAT
+
+quantization:
+  'float'   - float32 graph.
+  'dynamic' - int8 weights, float activations (dynamic-range quantization). Float models only.
+  'int8'    - full integer: every op on int8 tensors (int32 biases), int8 input and output.
+  'uint8'   - as 'int8' with uint8 input and output (a QUANTIZE op at each end).
+
+Full-integer export of a float model calibrates on `representative_data` (required); of a QAT
+model (`mhmodels.quantize`) it uses the ranges learned in training. Either way the written
+graph is checked (`check_integer_only`): a float op left in it is an error and no file is
+written. Writes are atomic: a temporary file in the target directory, replaced into place.
+
+Conversion goes through a SavedModel: Keras 3 models by `TFLiteConverter.from_keras_model`
+(which exports a `training=False` endpoint), tf_keras models by `model.export` (a lightweight
+SavedModel of the forward pass; tf_keras's full SavedModel tracing of every layer is slow) and
+`from_saved_model`. Never `from_concrete_functions`: it drops the weights. Inputs must have a
+fixed shape (the builder requires one).
+
+`tflite_ops(path)` lists a model's ops with their tensor dtypes (via the LiteRT interpreter,
+which does not need TensorFlow).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
+# Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
+INTEGER_DTYPES = frozenset({"int8", "int32"})
+DEFAULT_CALIBRATION_SAMPLES = 200
+
+
+class ExportError(RuntimeError):
+    """Conversion failed or produced a graph that does not meet the requested quantization."""
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """One op of a TFLite graph: its name and the dtypes of its input and output tensors."""
+
+    index: int
+    name: str
+    input_dtypes: tuple[str, ...]
+    output_dtypes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportResult(os.PathLike):
+    """What `export_tflite` wrote. Usable wherever a path is (`os.fspath(result)`)."""
+
+    path: str
+    quantization: str
+    from_qat: bool
+    size_bytes: int
+    seconds: float
+    op_counts: Mapping[str, int] = field(default_factory=dict)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading TFLite graphs.
+
+def _interpreter(path_or_bytes, **kwargs):
+    from ai_edge_litert.interpreter import Interpreter
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(path_or_bytes), **kwargs)
+    return Interpreter(model_path=os.fspath(path_or_bytes), **kwargs)
+
+
+def tflite_ops(path_or_bytes) -> list[OpInfo]:
+    """Every op of the model's main graph in execution order, with tensor dtypes.
+
+    Read with the LiteRT interpreter without the default (XNNPACK) delegate, so the list is the
+    converter's graph, not delegate partitions.
+    """
+    from ai_edge_litert.interpreter import OpResolverType
+    interp = _interpreter(
+        path_or_bytes,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    dtypes: dict[int, str] = {}
+
+    def dtype(index: int) -> str:
+        if index not in dtypes:
+            dtypes[index] = _dtype_name(interp._get_tensor_details(index, 0)["dtype"])
+        return dtypes[index]
+
+    ops = []
+    for op in interp._get_ops_details():
+        ops.append(OpInfo(
+            index=int(op["index"]),
+            name=str(op["op_name"]),
+            input_dtypes=tuple(dtype(int(i)) for i in op["inputs"] if int(i) >= 0),
+            output_dtypes=tuple(dtype(int(i)) for i in op["outputs"] if int(i) >= 0),
+        ))
+    return ops
+
+
+def _dtype_name(dtype) -> str:
+    import numpy as np
+    return np.dtype(dtype).name
+
+
+def io_dtypes(path_or_bytes) -> tuple[list[str], list[str]]:
+    """The dtypes of the model's inputs and outputs."""
+    interp = _interpreter(path_or_bytes)
+    return ([_dtype_name(d["dtype"]) for d in interp.get_input_details()],
+            [_dtype_name(d["dtype"]) for d in interp.get_output_details()])
+
+
+def float_ops(path_or_bytes, io_dtype: str = "int8") -> list[OpInfo]:
+    """Ops of the graph that touch a tensor which is not int8/int32.
+
+    With `io_dtype='uint8'` the QUANTIZE ops converting the uint8 input and output are allowed.
+    """
+    bad = []
+    for op in tflite_ops(path_or_bytes):
+        types = set(op.input_dtypes) | set(op.output_dtypes)
+        if op.name == "QUANTIZE" and io_dtype == "uint8":
+            types -= {"uint8"}
+        if not types <= INTEGER_DTYPES:
+            bad.append(op)
+    return bad
+
+
+def check_integer_only(path_or_bytes, io_dtype: str = "int8") -> None:
+    """Raise ExportError unless every op is integer-only and the I/O are `io_dtype`."""
+    bad = float_ops(path_or_bytes, io_dtype)
+    if bad:
+        listed = ", ".join(f"#{op.index} {op.name} {op.input_dtypes}->{op.output_dtypes}"
+                           for op in bad[:8])
+        raise ExportError(f"{len(bad)} op(s) are not integer-only: {listed}"
+                          + (" ..." if len(bad) > 8 else ""))
+    inputs, outputs = io_dtypes(path_or_bytes)
+    if set(inputs) != {io_dtype} or set(outputs) != {io_dtype}:
+        raise ExportError(f"expected {io_dtype} input and output, got inputs {inputs}, "
+                          f"outputs {outputs}")
+
+
+def op_counts(path_or_bytes) -> dict[str, int]:
+    return dict(collections.Counter(op.name for op in tflite_ops(path_or_bytes)))
+
+
+def predict_tflite(path_or_bytes, inputs, *, num_threads: int = 1):
+    """Run a single-input TFLite model on float `inputs` (N, ...), one sample at a time.
+
+    Integer inputs and outputs are (de)quantized with the model's own scale and zero point,
+    so the result is float logits comparable with Keras for every `quantization`.
+    """
+    import numpy as np
+
+    interp = _interpreter(path_or_bytes, num_threads=num_threads)
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    (out,) = interp.get_output_details()
+    results = []
+    for sample in np.asarray(inputs, dtype=np.float32):
+        value = sample[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            value = np.clip(np.round(value / scale + zero), info.min, info.max).astype(
+                inp["dtype"])
+        interp.set_tensor(inp["index"], value)
+        interp.invoke()
+        result = interp.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            result = (result.astype(np.float32) - zero) * scale
+        results.append(np.asarray(result, dtype=np.float32))
+    return np.concatenate(results)
+
+
+# --------------------------------------------------------------------------------------------
+# Representative data.
+
+def _input_shape(model) -> tuple[int, ...]:
+    shape = model.inputs[0].shape
+    dims = tuple(shape)[1:]
+    if any(d is None for d in dims):
+        raise ExportError(f"model {model.name!r} has a dynamic input shape {tuple(shape)}; "
+                          "build it with a fixed input_shape (TFLite/XNNPACK need static shapes)")
+    return tuple(int(d) for d in dims)
+
+
+def representative_dataset(data, input_shape: tuple[int, ...],
+                           max_samples: int = DEFAULT_CALIBRATION_SAMPLES):
+    """A converter `representative_dataset` callable yielding single float32 samples.
+
+    `data` is an array of inputs (N, H, W, C) or one input (H, W, C); an iterable of such
+    batches or of (inputs, labels) pairs (a tf.data.Dataset, a list, a generator function);
+    at most `max_samples` samples are used.
+    """
+    import numpy as np
+
+    def batches():
+        source = data() if callable(data) else data
+        if hasattr(source, "shape") and not isinstance(source, (list, tuple)):
+            yield np.asarray(source)
+            return
+        for item in source:
+            if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) and \
+                    not np.isscalar(item[0]):
+                item = item[0]  # (inputs, labels[, weights])
+            if isinstance(item, Mapping):
+                if len(item) != 1:
+                    raise ValueError("representative_data items must have one input")
+                item = next(iter(item.values()))
+            yield np.asarray(item)
+
+    def gen():
+        count = 0
+        for batch in batches():
+            batch = np.asarray(batch, dtype=np.float32)
+            if batch.shape == tuple(input_shape):
+                batch = batch[None]
+            if batch.ndim != len(input_shape) + 1 or batch.shape[1:] != tuple(input_shape):
+                raise ValueError(f"representative_data batch of shape {batch.shape} does not fit "
+                                 f"the model input (N, {', '.join(map(str, input_shape))})")
+            if not np.all(np.isfinite(batch)):
+                raise ValueError("representative_data contains NaN or inf")
+            for sample in batch:
+                if count >= max_samples:
+                    return
+                yield [sample[None]]
+                count += 1
+        if count == 0:
+            raise ValueError("representative_data is empty")
+
+    return gen
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion.
+
+def _converter(model, frontend: str, workdir: str):
+    import tensorflow as tf
+    if frontend == "keras":
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    # tf_keras: a forward-pass-only SavedModel (training=False), then from_saved_model.
+    saved = os.path.join(workdir, "saved_model")
+    _export_tf_keras(model, saved)
+    return tf.lite.TFLiteConverter.from_saved_model(saved)
+
+
+def _export_tf_keras(model, directory: str) -> None:
+    """model.export with the input signature fixed to the model's input shape (batch free)."""
+    import tensorflow as tf
+    import tf_keras
+
+    archive = tf_keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *_input_shape(model)), tf.float32, name="image")
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    archive.write_out(directory)
+
+
+def _configure(converter, quantization: str, qat: bool, representative, input_shape,
+               calibration_samples: int):
+    import tensorflow as tf
+    if quantization == "float":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "dynamic":
+        return
+    if not qat:
+        # Not for QAT graphs: the converter validates this flag before it has looked at the
+        # graph, and without a representative_dataset it raises "For full integer
+        # quantization, a `representative_dataset` must be specified." The fake-quant ranges
+        # make the QAT graph integer anyway; check_integer_only verifies it.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    io = tf.int8 if quantization == "int8" else tf.uint8
+    converter.inference_input_type = io
+    converter.inference_output_type = io
+    if not qat:
+        converter.representative_dataset = representative_dataset(representative, input_shape,
+                                                                  calibration_samples)
+
+
+def _frontend_and_qat(model) -> tuple[str, bool]:
+    from mhmodels.quantize import frontend_of
+    frontend = frontend_of(model)
+    qat = False
+    if frontend == "tf_keras":
+        from mhmodels.quantize import is_qat_model
+        qat = is_qat_model(model)
+    return frontend, qat
+
+
+def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
+                  representative_data: Any = None, *, check: bool = True,
+                  calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> ExportResult:
+    """Convert `model` to a TFLite flatbuffer at `path`; returns an `ExportResult` (a path).
+
+    `model`: a float Keras 3 model, a float tf_keras model, or a QAT twin from
+    `mhmodels.quantize`. `representative_data` (float models, 'int8'/'uint8' only): input
+    batches for calibration, see `representative_dataset`. `check`: for 'int8'/'uint8', fail
+    (writing nothing) if any op is left with a float tensor.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    frontend, qat = _frontend_and_qat(model)
+    input_shape = _input_shape(model)
+    full_integer = quantization in ("int8", "uint8")
+    if qat and quantization == "dynamic":
+        raise ValueError("quantization='dynamic' is for float models; a QAT model converts "
+                         "to full integer with quantization='int8' or 'uint8' (or 'float')")
+    if full_integer and not qat and representative_data is None:
+        raise ValueError(
+            f"quantization={quantization!r} of a float model needs representative_data (input "
+            "batches to calibrate activation ranges, e.g. a few hundred training images "
+            "preprocessed like the model's inputs); or quantize the model for QAT first with "
+            "mhmodels.quantize(model)")
+    if representative_data is not None and not (full_integer and not qat):
+        raise ValueError(f"representative_data is only used for 'int8'/'uint8' export of float "
+                         f"models, not for quantization={quantization!r}"
+                         + (" of a QAT model (its ranges are learned)" if qat else ""))
+    if not isinstance(calibration_samples, int) or calibration_samples < 1:
+        raise ValueError(f"calibration_samples must be a positive integer, got "
+                         f"{calibration_samples!r}")
+
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file path such as {path / 'model.tflite'}")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"directory {directory} does not exist")
+
+    start = time.perf_counter()
+    workdir = tempfile.mkdtemp(prefix="mhmodels_export_")
+    try:
+        # Keras' SavedModel export prints "Saved artifact at ..." with its endpoints: noise.
+        with contextlib.redirect_stdout(io.StringIO()):
+            converter = _converter(model, frontend, workdir)
+            _configure(converter, quantization, qat, representative_data, input_shape,
+                       calibration_samples)
+            try:
+                flatbuffer = converter.convert()
+            except ValueError as err:  # e.g. a bad representative_data batch
+                if "representative_data" in str(err):
+                    raise
+                raise ExportError(f"TFLite conversion of {model.name!r} ({quantization}) "
+                                  f"failed: {err}") from err
+            except Exception as err:  # the converter raises many types; keep the cause
+                raise ExportError(f"TFLite conversion of {model.name!r} ({quantization}) "
+                                  f"failed: {err}") from err
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if full_integer and check:
+        check_integer_only(flatbuffer, io_dtype=quantization)
+    _atomic_write(path, flatbuffer)
+    seconds = time.perf_counter() - start
+    return ExportResult(path=str(path), quantization=quantization, from_qat=qat,
+                        size_bytes=len(flatbuffer), seconds=seconds,
+                        op_counts=op_counts(flatbuffer))
+
+
+def _atomic_write(path: Path, content: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent) or ".", prefix=f".{path.name}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
