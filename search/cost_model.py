@@ -1,0 +1,667 @@
+"""Linear latency cost models, one per hardware (paper section 5: latency ~ w . phi(alpha) + b).
+
+phi(alpha) is a one-hot encoding of every decision coupled with the channel choices around it,
+so the model is a SUM OF GATHERED WEIGHTS: prediction = bias + sum over slots of
+weights[index_slot(alpha)] * present_slot(alpha). The slots are
+  * per stage s:       (num_blocks, output ratio)                   -- presence / filters, head
+  * per block (s, 0):  main (input ratio, expansion, kernel, type)  -- expand 1x1 + KxK dw, or
+                                                                       the fused KxK conv
+                       proj (input ratio, expansion, output ratio)  -- the 1x1 projection
+  * per block (s, b>0) main (ratio, expansion, kernel, type) and proj (ratio, expansion),
+                       shared by b = 1..3 (same shapes), counted when b < num_blocks.
+The input ratio of a stage's first block is the previous stage's output ratio (the fixed
+stem for stage 0): exactly the widths that set that block's layer shapes, so the encoding is
+linear in what drives latency.
+
+Fitting (ridge least squares with numpy) is two-level so that a few hundred measured
+architectures suffice: first a low-dimensional "physical" model on the per-slot MAdds split by
+layer type (1x1, depthwise 3x3 / 5x5, full 3x3 / 5x5 conv), activation volume and op count
+(shared and per stage), then a ridge fit of the one-hot weights on its residual. Both are
+folded into one weight per table entry, so prediction is the same gather either way.
+
+    m = fit(rows, 'cpu_float')                     # or python -m search.cost_model --fit ...
+    m.predict(choices)        # numpy, (N, D) or (D,) ints -> ms
+    m.predict_tf(choices)     # TF ops only (gather / matmul): tf.function, tf.distribute
+    m.save('zoo/cost_models/cpu_float.json'); load_cost_model('cpu_float')
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "zoo" / "cost_models"
+PHYSICAL = ("ops", "pw_madds", "dw3_madds", "dw5_madds", "full3_madds", "full5_madds",
+            "act_melems", "add_melems")
+
+
+class CostModelError(ValueError):
+    """A cost model file that does not fit the search space, or is malformed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Feature layout.
+
+@dataclass(frozen=True)
+class Slot:
+    """One gathered term: index = offset + sum(mult * choices[col]); counted if present."""
+
+    name: str
+    offset: int
+    size: int
+    terms: tuple  # ((col, mult), ...)
+    present: tuple | None  # (col, min_index): counted when choices[col] >= min_index
+
+
+@dataclass
+class FeatureLayout:
+    slots: list
+    num_features: int
+    num_decisions: int
+    descriptors: np.ndarray  # (num_features, len(PHYSICAL)) per-entry physical features
+    entry_stage: np.ndarray  # (num_features,) stage of each entry
+
+    def indices(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, num_slots) flat indices and (N, num_slots) 0/1 presence."""
+        if not hasattr(self, "_np"):
+            a, offsets, pcol, pmin = self.matrices()
+            self._np = (a.astype(np.float64), offsets.astype(np.int64), pcol, pmin)
+        a, offsets, pcol, pmin = self._np
+        # Float matmul (BLAS) is exact here: indices are small integers.
+        idx = (choices @ a).astype(np.int64) + offsets
+        mask = (choices[:, pcol] >= pmin).astype(np.float64)
+        return idx, mask
+
+    def design(self, choices: np.ndarray) -> np.ndarray:
+        """(N, num_features) counts of each table entry (the one-hot phi)."""
+        idx, mask = self.indices(choices)
+        x = np.zeros((choices.shape[0], self.num_features))
+        rows = np.repeat(np.arange(choices.shape[0]), idx.shape[1])
+        np.add.at(x, (rows, idx.reshape(-1)), mask.reshape(-1))
+        return x
+
+    def matrices(self):
+        """(A (D, S) multipliers, offsets (S,), present cols (S,), present mins (S,))."""
+        a = np.zeros((self.num_decisions, len(self.slots)), dtype=np.float32)
+        offsets = np.zeros(len(self.slots), dtype=np.int32)
+        pcol = np.zeros(len(self.slots), dtype=np.int32)
+        pmin = np.zeros(len(self.slots), dtype=np.int32)
+        for j, slot in enumerate(self.slots):
+            offsets[j] = slot.offset
+            for col, mult in slot.terms:
+                a[col, j] += mult
+            if slot.present is not None:
+                pcol[j], pmin[j] = slot.present
+        return a, offsets, pcol, pmin
+
+
+def _out_size(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def build_layout(space, image_size: int) -> FeatureLayout:
+    """The slots and per-entry physical descriptors for `space` at `image_size`."""
+    from search.space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
+    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
+    ix = space.index
+    slots: list[Slot] = []
+    desc: list[np.ndarray] = []
+    stage_of: list[int] = []
+    offset = 0
+
+    def add(name, shape, terms, present, describe, stage):
+        nonlocal offset
+        size = int(np.prod(shape))
+        slots.append(Slot(name, offset, size, tuple(terms), present))
+        for flat in range(size):
+            desc.append(describe(np.unravel_index(flat, shape)))
+            stage_of.append(stage)
+        offset += size
+
+    def vec(**kw):
+        v = np.zeros(len(PHYSICAL))
+        for k, val in kw.items():
+            v[PHYSICAL.index(k)] += val
+        return v
+
+    def main_part(cin, e, k, kind, stride, h_in, h_out):
+        hid = cin * e
+        if kind == "fused_ibn" and e == 1 and stride != 1:
+            kind = "ibn"  # the space's strided fused-e1 fallback
+        if kind == "fused_ibn":
+            if e == 1:
+                return vec()
+            return vec(ops=1, act_melems=h_out * h_out * hid / 1e6,
+                       **{f"full{k}_madds": h_out * h_out * k * k * cin * hid / 1e6})
+        v = vec(ops=1, act_melems=h_out * h_out * hid / 1e6,
+                **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
+        if e != 1:
+            v += vec(ops=1, pw_madds=h_in * h_in * cin * hid / 1e6,
+                     act_melems=h_in * h_in * hid / 1e6)
+        return v
+
+    def proj_part(cin, e, cout, stride, h_out):
+        v = vec(ops=1, pw_madds=h_out * h_out * cin * e * cout / 1e6,
+                act_melems=h_out * h_out * cout / 1e6)
+        if stride == 1 and cin == cout:
+            v += vec(ops=1, add_melems=h_out * h_out * cout / 1e6)
+        return v
+
+    size = _out_size(image_size, 2)  # after the stem
+    for s, stage in enumerate(space.stages):
+        h_in, h_out = size, _out_size(size, stage.stride)
+        nb, rc = ix[f"stage{s}/num_blocks"], ix[f"stage{s}/filter_ratio"]
+        prev = ix[f"stage{s - 1}/filter_ratio"] if s > 0 else None
+        last = s == len(space.stages) - 1
+
+        def stage_desc(t, s=s, h_out=h_out, last=last):
+            n, r = t
+            f = space.stage_filters(s, r)
+            if last:  # the fixed head 1x1 conv reads this stage's output
+                return vec(ops=1, pw_madds=h_out * h_out * f * space.head_filters / 1e6,
+                           act_melems=h_out * h_out * f / 1e6)
+            return vec()
+        add(f"stage{s}", (len(NUM_BLOCKS), nr), [(nb, nr), (rc, 1)], None, stage_desc, s)
+
+        def cin_of(rin, s=s):
+            return space.stem_filters if s == 0 else space.stage_filters(s - 1, rin)
+        nin = 1 if s == 0 else nr
+        for b in range(max(NUM_BLOCKS)):
+            e_c, k_c, t_c = (ix[f"stage{s}/block{b}/{f}"] for f in ("expansion", "kernel", "type"))
+            present = None if b == 0 else (nb, b)
+            if b == 0:
+                stride = stage.stride
+                terms = [(e_c, nk * nt), (k_c, nt), (t_c, 1)] + \
+                    ([] if prev is None else [(prev, ne * nk * nt)])
+                add(f"stage{s}/block0/main", (nin, ne, nk, nt), terms, present,
+                    lambda t, cin_of=cin_of, stride=stride, h_in=h_in, h_out=h_out: main_part(
+                        cin_of(t[0]), EXPANSIONS[t[1]], KERNELS[t[2]], BLOCK_TYPES[t[3]],
+                        stride, h_in, h_out), s)
+                terms = [(e_c, nr), (rc, 1)] + ([] if prev is None else [(prev, ne * nr)])
+                add(f"stage{s}/block0/proj", (nin, ne, nr), terms, present,
+                    lambda t, s=s, cin_of=cin_of, stride=stride, h_out=h_out: proj_part(
+                        cin_of(t[0]), EXPANSIONS[t[1]], space.stage_filters(s, t[2]), stride,
+                        h_out), s)
+            else:
+                if b == 1:
+                    main_off, proj_off = offset, None
+                    add(f"stage{s}/rest/main", (nr, ne, nk, nt),
+                        [(rc, ne * nk * nt), (e_c, nk * nt), (k_c, nt), (t_c, 1)], present,
+                        lambda t, s=s, h_out=h_out: main_part(
+                            space.stage_filters(s, t[0]), EXPANSIONS[t[1]], KERNELS[t[2]],
+                            BLOCK_TYPES[t[3]], 1, h_out, h_out), s)
+                    proj_off = offset
+                    add(f"stage{s}/rest/proj", (nr, ne), [(rc, ne), (e_c, 1)], present,
+                        lambda t, s=s, h_out=h_out: proj_part(
+                            space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
+                            space.stage_filters(s, t[0]), 1, h_out), s)
+                else:  # blocks 2, 3 share block 1's tables
+                    slots.append(Slot(f"stage{s}/block{b}/main", main_off, nr * ne * nk * nt,
+                                      ((rc, ne * nk * nt), (e_c, nk * nt), (k_c, nt), (t_c, 1)),
+                                      present))
+                    slots.append(Slot(f"stage{s}/block{b}/proj", proj_off, nr * ne,
+                                      ((rc, ne), (e_c, 1)), present))
+        size = h_out
+    return FeatureLayout(slots, offset, len(space.decisions), np.asarray(desc),
+                         np.asarray(stage_of))
+
+
+# --------------------------------------------------------------------------------------------
+# The model.
+
+@dataclass
+class LinearCostModel:
+    """latency_ms = bias + sum of gathered weights (see module doc)."""
+
+    hardware: str
+    space_name: str
+    weights: np.ndarray
+    bias: float
+    normalizer_ms: float | None
+    image_size: int = 224
+    version: str = "1"
+    decision_sizes: tuple = ()
+    statistic: str = "min_ms"
+    metrics: dict = field(default_factory=dict)  # held-out spearman / mape, sizes, lambdas
+
+    def __post_init__(self):
+        from search.space import get_space
+        self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        self.space = get_space(self.space_name)
+        sizes = tuple(self.space.num_choices)
+        if self.decision_sizes and tuple(self.decision_sizes) != sizes:
+            raise CostModelError(
+                f"cost model for {self.hardware!r} was fitted on a {self.space_name!r} space "
+                f"with {len(self.decision_sizes)} decisions of sizes {list(self.decision_sizes)}"
+                f"; the current space has {len(sizes)} decisions of sizes {list(sizes)}: refit "
+                "it (python -m search.cost_model --fit)")
+        self.decision_sizes = sizes
+        self._sizes = np.asarray(sizes, dtype=np.int64)
+        self.layout = build_layout(self.space, self.image_size)
+        if self.weights.shape[0] != self.layout.num_features:
+            raise CostModelError(f"cost model for {self.hardware!r} has {self.weights.shape[0]} "
+                                 f"weights; the {self.space_name!r} layout needs "
+                                 f"{self.layout.num_features}")
+        self._tf_consts = None
+
+    @property
+    def num_features(self) -> int:
+        return self.layout.num_features
+
+    def _check(self, choices) -> np.ndarray:
+        arr = np.asarray(choices)
+        if arr.dtype.kind not in "iu":
+            if arr.dtype.kind not in "fb" or np.any(arr != np.round(arr)):
+                raise ValueError("choices must be integer indices")
+            arr = arr.astype(np.int64)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != self._sizes.shape[0]:
+            raise ValueError(f"choices must have shape (D,) or (N, D) with D = "
+                             f"{self._sizes.shape[0]}, got {arr.shape}")
+        if (arr < 0).any() or (arr >= self._sizes).any():
+            raise ValueError("choice index out of range for the space's decisions")
+        return arr
+
+    def predict(self, choices) -> np.ndarray | float:
+        """Latency in ms of (N, D) choices -> (N,); of one (D,) vector -> float."""
+        arr = self._check(choices)
+        if arr.ndim == 1:
+            idx, mask = self.layout.indices(arr[None, :])
+            return float(self.bias + self.weights[idx[0]] @ mask[0])
+        idx, mask = self.layout.indices(arr)
+        return self.bias + np.einsum("ns,ns->n", self.weights[idx], mask)
+
+    def predict_normalized(self, choices):
+        if not self.normalizer_ms:
+            raise ValueError(f"cost model {self.hardware!r} has no normalizer_ms")
+        return self.predict(choices) / self.normalizer_ms
+
+    def tf_constants(self):
+        import tensorflow as tf
+        a, offsets, pcol, pmin = self.layout.matrices()
+        return dict(a=tf.constant(a), offsets=tf.constant(offsets), pcol=tf.constant(pcol),
+                    pmin=tf.constant(pmin), w=tf.constant(self.weights, tf.float32),
+                    bias=tf.constant(self.bias, tf.float32))
+
+    def predict_tf(self, choices):
+        """TF ops only: int tensor (D,) -> scalar, (N, D) -> (N,), float32 milliseconds.
+
+        Usable inside `tf.function` and `strategy.run` (constants are created in the calling
+        graph; no numpy or Python-side data dependence on `choices`). Out-of-range choices
+        are not checked here (tf.gather on CPU errors, elsewhere it may return 0).
+        """
+        import tensorflow as tf
+        c = self.tf_constants()
+        x = tf.convert_to_tensor(choices)
+        single = x.shape.rank == 1
+        x2 = tf.reshape(x, [1, -1]) if single else x
+        xi = tf.cast(x2, tf.int32)
+        xf = tf.cast(x2, tf.float32)
+        idx = tf.cast(tf.round(tf.matmul(xf, c["a"])), tf.int32) + c["offsets"][None, :]
+        present = tf.cast(tf.gather(xi, c["pcol"], axis=1) >= c["pmin"][None, :], tf.float32)
+        out = c["bias"] + tf.reduce_sum(tf.gather(c["w"], idx) * present, axis=1)
+        return out[0] if single else out
+
+    # -- persistence --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "linear_gather",
+            "hardware": self.hardware,
+            "version": self.version,
+            "space": {"name": self.space_name, "num_decisions": len(self.decision_sizes),
+                      "decision_sizes": list(self.decision_sizes)},
+            "image_size": self.image_size,
+            "statistic": self.statistic,
+            "normalizer_ms": self.normalizer_ms,
+            "num_features": self.num_features,
+            "feature_spec": [{"name": s.name, "offset": s.offset, "size": s.size,
+                              "terms": [list(t) for t in s.terms],
+                              "present": None if s.present is None else list(s.present)}
+                             for s in self.layout.slots],
+            "metrics": {k: v for k, v in self.metrics.items() if not k.startswith("_")},
+            "bias": round(float(self.bias), 6),
+            "weights": [round(float(w), 5) for w in self.weights],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "LinearCostModel":
+        if not isinstance(data, Mapping):
+            raise CostModelError(f"{source}: expected a JSON object")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CostModelError(f"{source}: format_version {data.get('format_version')!r} is "
+                                 f"not supported (expected {FORMAT_VERSION})")
+        try:
+            space = data["space"]
+            model = cls(hardware=data["hardware"], space_name=space["name"],
+                        weights=np.asarray(data["weights"], dtype=np.float64),
+                        bias=float(data["bias"]), normalizer_ms=data.get("normalizer_ms"),
+                        image_size=int(data["image_size"]), version=str(data.get("version", "1")),
+                        decision_sizes=tuple(space["decision_sizes"]),
+                        statistic=data.get("statistic", "min_ms"),
+                        metrics=dict(data.get("metrics", {})))
+        except CostModelError as err:
+            raise CostModelError(f"{source}: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise CostModelError(f"{source}: malformed cost model ({type(err).__name__}: "
+                                 f"{err})") from None
+        spec = data.get("feature_spec")
+        if spec is not None:
+            names = [s["name"] for s in spec]
+            if names != [s.name for s in model.layout.slots] or \
+                    [s["offset"] for s in spec] != [s.offset for s in model.layout.slots]:
+                raise CostModelError(f"{source}: its feature layout differs from this version's "
+                                     "layout for the space: refit it")
+        return model
+
+
+def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
+                    space=None) -> LinearCostModel:
+    """Load `<directory>/<hardware>.json` (default: the shipped zoo/cost_models/).
+
+    `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
+    With `space` given, its name and decision sizes must match the file's.
+    """
+    from search.hardware import hardware_id
+    if str(hardware).endswith(".json"):
+        path = Path(hardware)
+    else:
+        path = Path(directory or DEFAULT_DIR) / f"{hardware_id(hardware)}.json"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() \
+            else []
+        raise FileNotFoundError(f"no cost model for hardware {hardware!r} at {path} "
+                                f"(available: {', '.join(available) or 'none'}); collect and "
+                                "fit one: python -m search.collect_latency ... && python -m "
+                                "search.cost_model --fit ...")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CostModelError(f"{path}: not valid JSON: {err}") from None
+    model = LinearCostModel.from_dict(data, source=str(path))
+    if space is not None and (space.name != model.space_name or
+                              tuple(space.num_choices) != tuple(model.decision_sizes)):
+        raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
+                             f"{list(model.decision_sizes)}, not {space.name!r} with "
+                             f"{list(space.num_choices)}")
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting.
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(np.asarray(a), np.asarray(b)).correlation)
+
+
+def mape(pred, true) -> float:
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    return float(np.mean(np.abs(pred - true) / true) * 100.0)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float, scale: np.ndarray | None = None,
+           sample_weight: np.ndarray | None = None):
+    """min sum_i s_i (y_i - b - x_i w)^2 + lam |w / scale|^2 (b unpenalised) -> (w, b)."""
+    n, f = x.shape
+    sw = np.ones(n) if sample_weight is None else sample_weight / np.mean(sample_weight)
+    xm = (sw[:, None] * x).sum(0) / sw.sum()
+    ym = float((sw * y).sum() / sw.sum())
+    r = np.sqrt(sw)[:, None]
+    s = np.ones(f) if scale is None else scale
+    xs = (x - xm) * s * r
+    yc = (y - ym) * r[:, 0]
+    if f <= n:
+        w = np.linalg.solve(xs.T @ xs + lam * np.eye(f), xs.T @ yc)
+    else:  # dual form
+        w = xs.T @ np.linalg.solve(xs @ xs.T + lam * np.eye(n), yc)
+    w = w * s
+    return w, float(ym - xm @ w)
+
+
+class _Fitter:
+    """Three nested levels, each fitted by weighted ridge on the previous levels' residual:
+    0. shared physical model: total and per-layer-type MAdds, activation volume, op count;
+    1. the same descriptors per stage (what differs between resolutions / channel counts);
+    2. the one-hot table weights themselves.
+    Level 0 is lightly regularised; levels 1 and 2 get lambdas chosen by cross-validation (None
+    leaves a level out), so a few dozen architectures give a physical model and a few hundred
+    refine it. Every level is a linear map of the one-hot counts, so they fold into one weight
+    per table entry."""
+
+    def __init__(self, layout: FeatureLayout, num_stages: int):
+        d = layout.descriptors
+        madds = [i for i, name in enumerate(PHYSICAL) if name.endswith("_madds")]
+        # Total MAdds beside the per-type columns: ridge then prefers one shared ms/MAdd rate
+        # and only departs from it per layer type where the data asks for it.
+        self.shared = np.concatenate([d, d[:, madds].sum(1, keepdims=True)], axis=1)
+        self.per_stage = np.concatenate(
+            [d * (layout.entry_stage == s)[:, None] for s in range(num_stages)], axis=1)
+
+    @staticmethod
+    def _level(z, y, lam, sw):
+        std = np.sqrt(np.average(np.square(z - np.average(z, axis=0, weights=sw)), axis=0,
+                                 weights=sw))
+        scale = np.where(std > 1e-12, 1.0 / np.maximum(std, 1e-12), 0.0)
+        return _ridge(z, y, lam, scale, sw)
+
+    def fit(self, x, y, lam1, lam2, lam0=0.01):
+        sw = 1.0 / np.square(y)  # relative errors: small and large models count alike
+        theta0, b = self._level(x @ self.shared, y, lam0, sw)
+        w = self.shared @ theta0
+        if lam1 is not None:
+            resid = y - b - x @ w
+            theta1, b1 = self._level(x @ self.per_stage, resid, lam1, sw)
+            w, b = w + self.per_stage @ theta1, b + b1
+        if lam2 is not None:
+            resid = y - b - x @ w
+            w2, b2 = _ridge(x, resid, lam2, None, sw)
+            w, b = w + w2, b + b2
+        return w, b
+
+
+def _oof_predictions(fitter, x, y, lam1, lam2, folds=5, seed=0, lam0=0.01) -> np.ndarray:
+    """Out-of-fold predictions of a `folds`-fold cross-validation."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    folds = min(folds, len(y))
+    pred = np.zeros(len(y))
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        w, b = fitter.fit(x[train], y[train], lam1, lam2, lam0)
+        pred[test] = x[test] @ w + b
+    return pred
+
+
+def _cv_error(fitter, x, y, lam1, lam2, folds=5, seed=0, lam0=0.01):
+    pred = _oof_predictions(fitter, x, y, lam1, lam2, folds, seed, lam0)
+    return float(np.mean(np.abs(pred - y) / y))
+
+
+def fit_arrays(layout: FeatureLayout, num_stages: int, choices: np.ndarray, y: np.ndarray,
+               lam1=False, lam2=False, lam0=False):
+    """Ridge fit with the level-1/2 lambdas chosen by 5-fold CV (relative error) unless given
+    (None = level left out). -> (weights, bias, {lambdas, cv_mape})."""
+    x = layout.design(choices)
+    fitter = _Fitter(layout, num_stages)
+    if lam0 is False:
+        grid = [1e-3, 0.01, 0.1, 1.0, 10.0, 100.0]
+        lam0 = min(grid, key=lambda l: _cv_error(fitter, x, y, None, None, lam0=l))
+    if lam1 is False:
+        grid = [None, 0.1, 1.0, 10.0, 100.0, 1000.0]
+        lam1 = min(grid, key=lambda l: _cv_error(fitter, x, y, l, None, lam0=lam0))
+    if lam2 is False:
+        grid = [None, 1.0, 10.0, 100.0, 1000.0, 10000.0]
+        lam2 = min(grid, key=lambda l: _cv_error(fitter, x, y, lam1, l, lam0=lam0))
+    oof = _oof_predictions(fitter, x, y, lam1, lam2, lam0=lam0)
+    w, b = fitter.fit(x, y, lam1, lam2, lam0)
+    return w, b, {"lambda_physical": lam0, "lambda_stage": lam1, "lambda_onehot": lam2,
+                  "cv_mape": round(mape(oof, y), 3), "cv_spearman": round(spearman(oof, y), 4),
+                  "_oof": (y.tolist(), oof.tolist())}
+
+
+def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
+    """(choices (N, D), latencies (N,), normaliser or None) from a collect_latency CSV."""
+    column = f"{hardware}_ms"
+    choices, lat, normalizer = [], [], None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if column not in fields and "latency_ms" in fields:
+            column = "latency_ms"  # the csv:<path> hardware format: arch,latency_ms
+        if column not in fields:
+            raise ValueError(f"{path} has no column {column!r} (columns: {fields})")
+        for row in reader:
+            try:
+                value = float(row[column])
+            except (TypeError, ValueError):
+                continue
+            if row["arch"] == "mobilenet_v1":
+                normalizer = value
+                continue
+            choices.append(space.parse(row["arch"]))
+            lat.append(value)
+    if not lat:
+        raise ValueError(f"{path}: no measured architectures for {hardware}")
+    return np.asarray(choices), np.asarray(lat), normalizer
+
+
+def image_size_of(path) -> int:
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            return int(row.get("image_size") or 224)  # csv:<path> files: 224 unless a column
+    return 224
+
+
+def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_hw",
+        holdout: float = 0.2, seed: int = 0, version: str = "1") -> LinearCostModel:
+    """Fit on `holdout`-split data to report held-out Spearman / MAPE, then refit on all rows."""
+    from search.hardware import CSV_PREFIX, hardware_id
+    from search.space import get_space
+    space = get_space(space_name)
+    if hardware.startswith(CSV_PREFIX):  # csv:<path>: latencies measured elsewhere
+        data = hardware[len(CSV_PREFIX):]  # its own file (--data is for collected CSVs)
+        hardware = hardware_id(hardware)
+    choices, y, normalizer = read_dataset(data, hardware, space)
+    image_size = image_size_of(data)
+    layout = build_layout(space, image_size)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_test = max(1, int(round(holdout * n))) if n >= 10 else 0
+    test, train = order[:n_test], order[n_test:]
+    metrics: dict = {"num_archs": int(n)}
+    if n_test:
+        w, b, lams = fit_arrays(layout, len(space.stages), choices[train], y[train])
+        lams.pop("_oof")
+        pred = layout.design(choices[test]) @ w + b
+        metrics.update(holdout_archs=int(n_test), train_archs=int(len(train)),
+                       holdout_spearman=round(spearman(pred, y[test]), 4),
+                       holdout_mape=round(mape(pred, y[test]), 3))
+        metrics["_holdout"] = (y[test].tolist(), pred.tolist())
+    w, b, lams = fit_arrays(layout, len(space.stages), choices, y)
+    metrics.update({k: v for k, v in lams.items()})
+    train_pred = layout.design(choices) @ w + b
+    metrics["train_spearman"] = round(spearman(train_pred, y), 4)
+    metrics["train_mape"] = round(mape(train_pred, y), 3)
+    metrics["data"] = Path(data).name
+    from search.hardware import BUILTIN
+    statistic = BUILTIN[hardware].statistic if hardware in BUILTIN else "as measured (csv)"
+    return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
+                           normalizer_ms=normalizer, image_size=image_size, version=version,
+                           decision_sizes=tuple(space.num_choices), statistic=statistic,
+                           metrics=metrics)
+
+
+def scatter_plot(true, pred, path, title: str, cv=None) -> None:
+    """Predicted vs measured (paper Figure 4): held-out points, and optionally the pooled
+    out-of-fold predictions of the 5-fold CV over all rows (`cv` = (true, pred))."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    points = list(true) + list(pred)
+    if cv is not None:
+        ax.scatter(cv[0], cv[1], s=8, alpha=0.5, color="0.6", label="5-fold CV, all archs")
+        points += list(cv[0]) + list(cv[1])
+    ax.scatter(true, pred, s=12, alpha=0.8, color="tab:blue", label="held-out archs")
+    ax.legend(fontsize=7, loc="upper left")
+    lo, hi = min(points), max(points)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fit_and_save(data, hardware: str, output_dir=DEFAULT_DIR, space_name="multi_hw",
+                 plot: bool = True) -> LinearCostModel:
+    from search.hardware import hardware_id
+    model = fit(data, hardware, space_name)
+    hardware = hardware_id(hardware)
+    holdout = model.metrics.pop("_holdout", None)
+    oof = model.metrics.pop("_oof", None)
+    out = Path(output_dir)
+    model.save(out / f"{hardware_id(hardware)}.json")
+    if plot and holdout is not None:
+        true, pred = holdout
+        scatter_plot(true, pred, out / f"{hardware_id(hardware)}_holdout.png",
+                     f"{hardware}: held-out {len(true)} archs, Spearman "
+                     f"{model.metrics['holdout_spearman']:.3f}, MAPE "
+                     f"{model.metrics['holdout_mape']:.1f}%\n5-fold CV over {len(oof[0])}: "
+                     "Spearman "
+                     f"{model.metrics['cv_spearman']:.3f}, MAPE {model.metrics['cv_mape']:.1f}%",
+                     cv=oof)
+    return model
+
+
+def main(argv):
+    from absl import flags
+    FLAGS = flags.FLAGS
+    if not FLAGS.fit:
+        print("nothing to do: pass --fit (see --helpfull)", file=sys.stderr)
+        return 2
+    for hw in FLAGS.hardware:
+        model = fit_and_save(FLAGS.data, hw, FLAGS.output_dir, FLAGS.space, FLAGS.plot)
+        m = model.metrics
+        print(f"{hw}: {m['num_archs']} archs, held-out ({m.get('holdout_archs', 0)}) Spearman "
+              f"{m.get('holdout_spearman')} MAPE {m.get('holdout_mape')}%, train Spearman "
+              f"{m['train_spearman']} MAPE {m['train_mape']}%, normalizer "
+              f"{model.normalizer_ms} ms -> {Path(FLAGS.output_dir) / (model.hardware + '.json')}")
+    return 0
+
+
+def _define_flags():
+    from absl import flags
+    flags.DEFINE_bool("fit", False, "Fit cost models from --data and write them.")
+    flags.DEFINE_string("data", str(DEFAULT_DIR / "data" / "cpu_latency.csv"),
+                        "CSV written by search.collect_latency.")
+    flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
+                      "Hardware columns of --data to fit.")
+    flags.DEFINE_string("space", "multi_hw", "Search space name.")
+    flags.DEFINE_string("output_dir", str(DEFAULT_DIR), "Where <hardware>.json (+ PNG) go.")
+    flags.DEFINE_bool("plot", True, "Write a held-out predicted-vs-measured scatter PNG.")
+
+
+if __name__ == "__main__":
+    from absl import app
+    _define_flags()
+    app.run(main)
