@@ -1,0 +1,217 @@
+"""`python -m search`: a TuNAS-style multi-hardware architecture search that emits a zoo entry.
+
+    python -m search --model_dir=runs/demo                       # digits, 3 CPU hardware, f_max
+    python -m search --hardware=cpu_float,cpu_int8 --metric=avg --steps=3000 \\
+        --model_dir=runs/avg --entry_name=my_multi_avg
+    python -m search --strategy=mirrored --num_cpu_devices=2 --model_dir=runs/mirrored
+    python -m search --strategy=tpu --tpu=my-tpu --dataset=imagenet2012 --data_dir=gs://... \\
+        --image_size=224 --batch_size=128 --epochs=360 --supernet_width=1.0 \\
+        --rl_delay_fraction=0.5 --learning_rate=0.04125 --model_dir=gs://.../search
+
+Re-running with the same --model_dir resumes from its latest checkpoint (same flags required).
+At the end the argmax architecture is written to <zoo_dir>/<entry_name>.json; then (unless
+--nomeasure) it is built at 224x224 with `mhmodels.build`, exported to TFLite and timed on every
+measurable hardware beside the --compare models.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+DEFAULT_STEPS = 1000
+
+flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
+                  "Comma-separated hardware to optimise for (search.hardware names: cpu_float, "
+                  "cpu_int8, cpu_ref_float, csv:<path>); each needs a fitted cost model.")
+flags.DEFINE_enum("metric", "max", ["single", "avg", "max"],
+                  "Latency metric in the reward: single (one hardware, TuNAS), avg = f_avg "
+                  "(paper eq. 7), max = f_max (paper eq. 8).")
+flags.DEFINE_float("beta", -0.07, "Reward latency coefficient beta (< 0): r = A + beta*|f/T-1|.")
+flags.DEFINE_float("target", 1.0, "Latency target T of the normalised metric f (1.0 = as fast "
+                   "as MobileNetV1 on average/worst case).")
+flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
+flags.DEFINE_string("dataset", "digits", "Dataset for mhmodels.data.make_dataset: digits "
+                    "(embedded, default), folder:<path>, or a prepared TFDS name.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir / image folder of --dataset.")
+flags.DEFINE_integer("image_size", 32, "Search image size (square).")
+flags.DEFINE_integer("batch_size", 32, "Per-replica batch size of both the train and the "
+                     "held-out validation batch.")
+flags.DEFINE_integer("steps", None, f"Search steps (default {DEFAULT_STEPS} when --epochs is "
+                     "not given either).")
+flags.DEFINE_float("epochs", None, "Search length in epochs of the search_train split "
+                   "(instead of --steps).")
+flags.DEFINE_float("warmup_fraction", 0.25, "Fraction of steps with the filter warm-up (largest "
+                   "child trained with a probability decaying 1 -> 0).")
+flags.DEFINE_float("rl_delay_fraction", 0.25, "Fraction of steps before the controller learns "
+                   "(its learning rate is 0 until then; paper: 0.5, TuNAS: 0.25).")
+flags.DEFINE_float("learning_rate", 0.05, "Shared-weights learning rate (cosine decay).")
+flags.DEFINE_float("momentum", 0.9, "Shared-weights optimizer momentum.")
+flags.DEFINE_enum("optimizer", "momentum", ["momentum", "rmsprop"],
+                  "Shared-weights optimizer.")
+flags.DEFINE_float("weight_decay", 4e-5, "L2 weight decay on the supernet's kernels.")
+flags.DEFINE_float("rl_learning_rate", 0.05, "Controller (Adam, beta1=0) learning rate.")
+flags.DEFINE_float("supernet_width", 0.25, "Channel multiplier of the supernet during search "
+                   "(a proxy: the emitted architecture is always at width 1.0). Use 1.0 on "
+                   "accelerators for the paper's setting.")
+flags.DEFINE_string("model_dir", None, "Directory of checkpoints, TensorBoard summaries, "
+                    "history and the search config; re-use it to resume.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy: default, mirrored (local devices or "
+                  "--num_cpu_devices logical CPUs), multi_worker ($TF_CONFIG), tpu (--tpu).")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
+flags.DEFINE_integer("num_cpu_devices", 0, "With --strategy=mirrored: split the CPU into this "
+                     "many logical devices (one replica each).")
+flags.DEFINE_integer("seed", 0, "Seed of weights, sampling, warm-up and data order.")
+flags.DEFINE_string("entry_name", None, "Name of the emitted zoo entry (default "
+                    "searched_<metric>_<UTC timestamp>); an existing name is an error.")
+flags.DEFINE_string("zoo_dir", None, "Directory the entry is written to (default: the "
+                    "built-in zoo/models/). Other directories are found by mhmodels through "
+                    "$MHMODELS_ZOO_PATH.")
+flags.DEFINE_string("cost_model_dir", None, "Directory of the <hardware>.json cost models "
+                    "(default: the shipped zoo/cost_models/).")
+flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (and at the end).")
+flags.DEFINE_integer("summary_every", 10, "Write TensorBoard summaries every N steps.")
+flags.DEFINE_integer("log_every", 100, "Log a progress line every N steps.")
+flags.DEFINE_integer("max_steps", None, "Stop at this step without finishing (no entry, no "
+                     "extra checkpoint): emulates a pre-emption; rerun without it to resume.")
+flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+flags.DEFINE_bool("measure", True, "After the search, build the entry at 224x224, export it to "
+                  "TFLite and time it on every measurable hardware beside --compare.")
+flags.DEFINE_list("compare", ["multi_max", "mobilenet_v2"], "Zoo models timed beside the "
+                  "searched one.")
+flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency comparison.")
+flags.mark_flag_as_required("model_dir")
+
+
+def config_from_flags():
+    from search.loop import SearchConfig
+    steps = FLAGS.steps
+    if steps is None and FLAGS.epochs is None:
+        steps = DEFAULT_STEPS
+    return SearchConfig(
+        model_dir=FLAGS.model_dir, hardware=tuple(FLAGS.hardware), metric=FLAGS.metric,
+        beta=FLAGS.beta, target=FLAGS.target, space=FLAGS.space, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+        steps=steps, epochs=FLAGS.epochs, warmup_fraction=FLAGS.warmup_fraction,
+        rl_delay_fraction=FLAGS.rl_delay_fraction, learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum, optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
+        rl_learning_rate=FLAGS.rl_learning_rate, supernet_width=FLAGS.supernet_width,
+        seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,
+        summary_every=FLAGS.summary_every, log_every=FLAGS.log_every,
+        entry_name=FLAGS.entry_name, zoo_dir=FLAGS.zoo_dir,
+        cost_model_dir=FLAGS.cost_model_dir, max_steps=FLAGS.max_steps,
+        progress=FLAGS.progress and sys.stderr.isatty())
+
+
+def _make_visible(zoo_dir: str | None) -> None:
+    """Let mhmodels.build find an entry written outside the built-in zoo."""
+    if not zoo_dir:
+        return
+    from mhmodels.registry import ZOO_PATH_ENV, zoo_dirs
+    target = os.path.realpath(zoo_dir)
+    if any(os.path.realpath(d) == target for d in zoo_dirs()):
+        return
+    parts = [p for p in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep) if p]
+    os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [zoo_dir])
+
+
+def compare_latency(result, config, compare, image_size: int) -> None:
+    """Print measured (LiteRT) and predicted latency of the entry beside the --compare models."""
+    import numpy as np
+
+    import mhmodels
+    from mhmodels.metrics import f_avg, f_max
+    from search.space import get_space
+    space = get_space(config.space)
+    names = [config.entry_name] + [c for c in compare if c != config.entry_name]
+    try:
+        from search.loop import load_cost_models
+        cms = load_cost_models(config.hardware, space, config.cost_model_dir)
+    except Exception as err:  # pragma: no cover - cost models are checked before the search
+        cms = None
+        print(f"(no cost models for the predicted column: {err})")
+    normalizers = [float(cm.normalizer_ms) for cm in cms] if cms else None
+    try:
+        from search.hardware import get_hardware
+        hardware = [get_hardware(h) for h in config.hardware]
+    except Exception as err:
+        hardware = []
+        print(f"TODO(lead): search.hardware unavailable ({err}); only predicted latency shown")
+    print(f"\nLatency at {image_size}x{image_size}, batch 1, 1 thread (ms; measured / predicted "
+          "by the cost model; f = MobileNet-normalised)")
+    header = f"{'model':<34}" + "".join(f"{h:>24}" for h in config.hardware)
+    if normalizers:
+        header += f"{'f_avg':>14}{'f_max':>14}"
+    print(header)
+    for name in names:
+        measured, predicted = [], []
+        try:
+            choices = space.choices_for(mhmodels.get_spec(name))
+        except ValueError:
+            choices = None
+        model = None
+        for i, hw_name in enumerate(config.hardware):
+            pred = float(np.asarray(cms[i].predict(choices[None])).reshape(-1)[0]) \
+                if cms and choices is not None else float("nan")
+            meas = float("nan")
+            hw = hardware[i] if i < len(hardware) else None
+            if hw is not None and hw.measurable:
+                try:
+                    if model is None:
+                        model = mhmodels.build(name, input_shape=(image_size, image_size, 3))
+                    meas = hw.latency_ms(hw.measure_model(model))
+                except Exception as err:  # keep going: one failing export is not fatal here
+                    print(f"  ({name} on {hw_name}: measurement failed: {err})")
+            measured.append(meas)
+            predicted.append(pred)
+        row = f"{name:<34}" + "".join(f"{m:>11.2f} / {p:>8.2f}  " for m, p in
+                                       zip(measured, predicted))
+        if normalizers:
+            lat = np.asarray(measured if np.all(np.isfinite(measured)) else predicted)
+            row += f"{float(f_avg(lat, normalizers)):>14.3f}{float(f_max(lat, normalizers)):>14.3f}"
+        print(row, flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger("search").setLevel(logging.INFO)
+    start = time.time()
+    # The strategy first: splitting the CPU into logical devices must precede any TF op.
+    from search import distribute
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
+                                        num_cpu_devices=FLAGS.num_cpu_devices)
+    from search.loop import run_search
+    config = config_from_flags()
+    print(f"search: {config.metric} over {', '.join(config.hardware)} on {config.dataset}, "
+          f"strategy {FLAGS.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
+          f"model_dir {config.model_dir}", flush=True)
+    result = run_search(config, strategy=strategy)
+    if not result.finished:
+        print(f"stopped at step {result.steps_done}/{result.total_steps} (--max_steps); rerun "
+              "with the same --model_dir to resume")
+        return 0
+    print(f"\nsearch finished: {result.total_steps} steps in {result.wall_s:.0f} s")
+    print(f"architecture: {'-'.join(str(int(c)) for c in result.choices)}")
+    print("predicted latency (ms): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in result.predicted_latency_ms.items())
+        + f"; f_avg {result.f_avg:.3f}, f_max {result.f_max:.3f}")
+    print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
+    if FLAGS.measure:
+        _make_visible(config.zoo_dir)
+        compare_latency(result, config, FLAGS.compare, FLAGS.measure_image_size)
+    print(f"\ntotal wall time {time.time() - start:.0f} s")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,513 @@
+"""The TuNAS-style multi-hardware search loop: step, checkpoints, summaries, the zoo entry.
+
+One search step, on every replica of a ``tf.distribute`` strategy:
+
+1. sample this replica's child alpha from the controller (stateless seed
+   ``(seed, step * replicas + replica_id)``: reproducible, distinct per replica, replayed exactly
+   after a resume);
+2. warm-up: with probability ``max(0, 1 - step / warmup_steps)`` train the largest child
+   instead (largest filters, expansion, blocks and kernel), TuNAS's filter warm-up;
+3. train the shared supernet weights on this replica's ``search_train`` batch (gradients
+   all-reduced, momentum SGD or RMSProp, cosine learning rate);
+4. accuracy A of alpha on this replica's held-out ``search_valid`` batch (batch-norm statistics of
+   the batch), predicted latency of alpha on every hardware from the linear cost models, the
+   reward ``A + beta |f / T - 1|`` (``search.reward``);
+5. REINFORCE update of the controller with the cross-replica mean reward in the EMA baseline.
+
+Everything that the run's future depends on is checkpointed (shared weights and their optimizer
+slots, controller logits and Adam state, EMA baseline, step); randomness is stateless in
+``(seed, step)`` and the input pipelines are seeded and skipped to the restored step, so a run
+resumed from a checkpoint reproduces the uninterrupted run.
+
+At the end the argmax architecture is decoded with ``space.decode`` and written atomically as a
+zoo entry ``<zoo_dir>/<entry_name>.json`` (spec + provenance). The entry name is checked before
+any work starts: an existing file or model name is an error, never an overwrite.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from search import distribute
+from search import reward as reward_lib
+from search import space as space_lib
+from search.controller import Controller, replicated_variable
+from search.supernet import Supernet
+
+log = logging.getLogger("search")
+
+# Fields of the config that must match when resuming from a checkpoint.
+RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
+               "batch_size", "steps", "warmup_fraction", "rl_delay_fraction", "learning_rate",
+               "momentum", "optimizer", "weight_decay", "rl_learning_rate", "supernet_width",
+               "seed", "num_replicas")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (the CLI flags map 1:1 onto these fields)."""
+
+    model_dir: str
+    hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "cpu_ref_float")
+    metric: str = "max"
+    beta: float = -0.07
+    target: float = 1.0
+    space: str = "multi_hw"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int = 32
+    batch_size: int = 32  # per replica
+    steps: int | None = None
+    epochs: float | None = None
+    warmup_fraction: float = 0.25
+    rl_delay_fraction: float = 0.25
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    optimizer: str = "momentum"
+    weight_decay: float = 4e-5
+    rl_learning_rate: float = 0.05
+    supernet_width: float = 0.25
+    seed: int = 0
+    checkpoint_every: int = 200
+    summary_every: int = 10
+    log_every: int = 50
+    entry_name: str | None = None
+    zoo_dir: str | None = None
+    cost_model_dir: str | None = None  # default: the shipped zoo/cost_models/
+    max_steps: int | None = None  # stop (without a final checkpoint) at this step: tests
+    progress: bool = False
+    num_replicas: int = field(default=1, repr=False)  # filled in by run_search
+
+
+@dataclass
+class SearchResult:
+    choices: np.ndarray  # argmax architecture
+    spec: Any  # ModelSpec of the argmax architecture
+    entry_path: str | None
+    steps_done: int
+    total_steps: int
+    logits: list[list[float]]
+    predicted_latency_ms: dict[str, float]
+    f_avg: float
+    f_max: float
+    history: dict[str, list[float]]
+    wall_s: float
+    finished: bool
+    objects: dict = field(default_factory=dict, repr=False)  # supernet, controller, strategy
+
+
+# --------------------------------------------------------------------------------------------
+# Zoo entry name
+# --------------------------------------------------------------------------------------------
+
+def default_zoo_dir() -> Path:
+    from mhmodels.registry import builtin_zoo_dir
+    return builtin_zoo_dir() / "models"
+
+
+def default_entry_name(metric: str) -> str:
+    return f"searched_{metric}_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
+
+
+def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
+    """The path the entry will be written to; raises if the name is invalid or taken."""
+    from mhmodels.registry import NAME_PATTERN
+    import mhmodels
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"entry name {name!r} must match {NAME_PATTERN.pattern} (lower case "
+                         "letters, digits, underscores; a letter first)")
+    directory = Path(zoo_dir) if zoo_dir else default_zoo_dir()
+    path = directory / f"{name}.json"
+    if path.exists():
+        raise FileExistsError(f"zoo entry {path} already exists; pick another --entry_name "
+                              "(entries are never overwritten)")
+    if name in mhmodels.list_models():
+        raise FileExistsError(f"a model named {name!r} already exists "
+                              f"({mhmodels.get_entry(name).source}); pick another --entry_name")
+    return path
+
+
+def write_entry_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise FileExistsError(f"zoo entry {path} appeared during the search; not overwriting")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+def load_cost_models(hardware: Sequence[str], space=None, directory=None) -> list:
+    from search.cost_model import load_cost_model
+    return [load_cost_model(hw, directory, space=space) for hw in hardware]
+
+
+def total_steps(config: SearchConfig, global_batch: int) -> int:
+    if config.steps is not None and config.epochs is not None:
+        raise ValueError("pass --steps or --epochs, not both")
+    if config.steps is not None:
+        if config.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {config.steps}")
+        return int(config.steps)
+    if config.epochs is None:
+        raise ValueError("pass --steps or --epochs")
+    from mhmodels.data import dataset_info
+    n = dataset_info(config.dataset, config.data_dir).num_examples["search_train"]
+    return max(1, int(math.ceil(config.epochs * n / global_batch)))
+
+
+def default_datasets(config: SearchConfig, global_batch: int, start_step: int):
+    """Seeded search_train / search_valid pipelines, skipped to ``start_step`` (exact resume)."""
+    from mhmodels.data import make_dataset
+    common = dict(image_size=config.image_size, batch_size=global_batch,
+                  data_dir=config.data_dir, seed=config.seed)
+    train = make_dataset(config.dataset, "search_train", training=True, **common)
+    valid = make_dataset(config.dataset, "search_valid", training=False, repeat=True,
+                         drop_remainder=True, **common)
+    return train.skip(start_step), valid.skip(start_step)
+
+
+def _json_config(config: SearchConfig) -> dict:
+    out = dataclasses.asdict(config)
+    out["hardware"] = list(config.hardware)
+    return out
+
+
+def _read(path: str) -> str:
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def _check_resume_config(path: str, config: SearchConfig) -> None:
+    if not tf.io.gfile.exists(path):
+        return
+    saved = json.loads(_read(path))
+    current = _json_config(config)
+    bad = [k for k in RESUME_KEYS if k in saved and saved[k] != current[k]]
+    if bad:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in bad)
+        raise ValueError(f"{os.path.dirname(path)} holds a search with different settings ({diffs}); "
+                         "use a new --model_dir or the same flags to resume")
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------
+
+def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None = None,
+               cost_models: Sequence | None = None, space: space_lib.SearchSpace | None = None,
+               num_classes: int | None = None,
+               datasets: Callable[[int, int], tuple] | None = None,
+               write_entry: bool = True,
+               on_step: Callable[[int, dict], None] | None = None) -> SearchResult:
+    """Run (or resume) a search; see the module docstring.
+
+    Args:
+      strategy: a tf.distribute strategy (default: the default strategy).
+      cost_models: one object per hardware with ``predict_tf``, ``predict``, ``normalizer_ms``
+        (default: ``search.cost_model.load_cost_model`` of every ``config.hardware``).
+      space: the search space (default ``get_space(config.space)``).
+      num_classes: of the dataset (default from ``mhmodels.data.dataset_info``).
+      datasets: ``(global_batch, start_step) -> (train_ds, valid_ds)`` of (images, labels)
+        batches (default: ``mhmodels.data.make_dataset`` splits search_train / search_valid).
+      write_entry: write the zoo entry at the end.
+      on_step: called as ``on_step(step, values)`` after every step with numpy per-replica
+        values (choices, reward, accuracy, latencies, baseline, mean_reward, ...).
+    """
+    start_time = time.time()
+    strategy = strategy or tf.distribute.get_strategy()
+    space = space or space_lib.get_space(config.space)
+    config.space = space.name
+    config.hardware = tuple(config.hardware)
+    reward_lib.check_metric(config.metric, len(config.hardware))
+    if config.beta > 0:
+        raise ValueError(f"beta must be <= 0, got {config.beta}")
+    entry_path = None
+    if write_entry:
+        config.entry_name = config.entry_name or default_entry_name(config.metric)
+        entry_path = check_entry_name(config.entry_name, config.zoo_dir)  # before any work
+    cost_models = list(cost_models) if cost_models is not None else \
+        load_cost_models(config.hardware, space, config.cost_model_dir)
+    if len(cost_models) != len(config.hardware):
+        raise ValueError(f"{len(cost_models)} cost models for {len(config.hardware)} hardware")
+    normalizers = [float(cm.normalizer_ms) for cm in cost_models]
+    if num_classes is None:
+        from mhmodels.data import dataset_info
+        num_classes = dataset_info(config.dataset, config.data_dir).num_classes
+
+    replicas = strategy.num_replicas_in_sync
+    config.num_replicas = replicas
+    global_batch = config.batch_size * replicas
+    steps = total_steps(config, global_batch)
+    config.steps, config.epochs = steps, None
+    warmup_steps = int(round(config.warmup_fraction * steps))
+    rl_delay_steps = int(round(config.rl_delay_fraction * steps))
+
+    model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
+    tf.io.gfile.makedirs(model_dir)
+    config_path = os.path.join(model_dir, "search_config.json")
+    _check_resume_config(config_path, config)
+
+    with strategy.scope():
+        supernet = Supernet(space, num_classes, width=config.supernet_width, seed=config.seed)
+        controller = Controller(space.num_choices, learning_rate=config.rl_learning_rate,
+                                rl_delay_steps=rl_delay_steps)
+        variables = supernet.trainable_weights
+        optimizer = distribute.WeightOptimizer(variables, kind=config.optimizer,
+                                               momentum=config.momentum,
+                                               weight_decay=config.weight_decay)
+        step_var = replicated_variable(tf.constant(0, tf.int64), "step", trainable=False)
+    checkpoint = tf.train.Checkpoint(supernet=supernet, controller=controller,
+                                     optimizer=optimizer, step=step_var)
+    chief = distribute.is_chief(strategy)
+    # Multi-worker: every worker saves (collective ops), non-chiefs into a scratch directory.
+    ckpt_dir = os.path.join(model_dir, "checkpoints") if chief else os.path.join(
+        model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id), "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
+    history_path = os.path.join(model_dir, "history.json")
+    history: dict[str, list[float]] = {"reward": [], "accuracy": [], "f": [], "entropy": []}
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))  # the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        start = int(step_var.numpy())
+        if tf.io.gfile.exists(history_path):
+            saved = json.loads(_read(history_path))
+            history = {k: v[:start] for k, v in saved.items()}
+        log.info("resumed from %s at step %d", latest, start)
+    else:
+        start = 0
+    if chief:
+        _write(config_path, json.dumps(_json_config(config), indent=2))
+
+    if datasets is None:
+        train_ds, valid_ds = default_datasets(config, global_batch, start)
+    else:
+        train_ds, valid_ds = datasets(global_batch, start)
+    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+    valid_iter = iter(strategy.experimental_distribute_dataset(valid_ds))
+
+    seed = int(config.seed)
+    metric, beta, target = config.metric, float(config.beta), float(config.target)
+
+    def replica_step(train_batch, valid_batch):
+        ctx = tf.distribute.get_replica_context()
+        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+        step = tf.convert_to_tensor(step_var)
+        stream = step * replicas + rid
+        choices = controller.sample(tf.stack([tf.constant(seed, tf.int64), 2 * stream]))
+        if warmup_steps > 0:
+            p = tf.maximum(0.0, 1.0 - tf.cast(step, tf.float32) / float(warmup_steps))
+        else:
+            p = tf.constant(0.0)
+        train_choices = supernet.warmup_choices(
+            choices, p, tf.stack([tf.constant(seed, tf.int64), 2 * stream + 1]))
+        images, labels = train_batch
+        with tf.GradientTape() as tape:
+            logits = supernet(images, train_choices)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.cast(labels, tf.int32), logits=logits))
+        grads = tape.gradient(loss, variables)
+        v_images, v_labels = valid_batch
+        v_logits = supernet(v_images, choices)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(
+            tf.argmax(v_logits, -1, output_type=tf.int32), tf.cast(v_labels, tf.int32)),
+            tf.float32))
+        latencies = tf.stack([tf.reshape(tf.cast(cm.predict_tf(choices), tf.float32), [])
+                              for cm in cost_models])
+        f = reward_lib.latency_metric(latencies, normalizers, metric)
+        r = reward_lib.reward(accuracy, latencies, normalizers, metric, beta, target)
+        stats = controller.update(choices, r, step)
+        optimizer.apply(grads, variables,
+                        distribute.cosine_learning_rate(config.learning_rate, step, steps))
+        return {"choices": choices, "reward": r, "accuracy": accuracy, "latencies": latencies,
+                "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(
+                    tf.reduce_any(tf.not_equal(train_choices, choices)), tf.float32),
+                "baseline": stats["baseline"], "mean_reward": stats["mean_reward"],
+                "rl_learning_rate": stats["rl_learning_rate"]}
+
+    @tf.function
+    def train_step(train_batch, valid_batch):
+        out = strategy.run(replica_step, args=(train_batch, valid_batch))
+        step_var.assign_add(1)
+        local = {k: tf.stack(strategy.experimental_local_results(v)) for k, v in out.items()}
+        local["entropy"] = controller.entropy()
+        local["probabilities"] = controller.probabilities()
+        return local
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries")) if chief \
+        else tf.summary.create_noop_writer()
+    stop = steps if config.max_steps is None else min(steps, int(config.max_steps))
+    bar = None
+    if config.progress and start < stop:
+        from tqdm import tqdm
+        bar = tqdm(total=stop, initial=start, desc="search", unit="step", dynamic_ncols=True)
+    names = [d.name for d in space.decisions]
+    t_log = time.time()
+    step = start
+    last = None
+    while step < stop:
+        out = train_step(next(train_iter), next(valid_iter))
+        step += 1
+        last = {k: v.numpy() for k, v in out.items()}
+        history["reward"].append(float(np.mean(last["reward"])))
+        history["accuracy"].append(float(np.mean(last["accuracy"])))
+        history["f"].append(float(np.mean(last["f"])))
+        history["entropy"].append(float(last["entropy"]))
+        if on_step is not None:
+            on_step(step, last)
+        if step % config.summary_every == 0 or step == stop:
+            _write_summaries(writer, step, last, config.hardware, normalizers, names)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{history['reward'][-1]:.3f}",
+                            acc=f"{history['accuracy'][-1]:.2f}",
+                            f=f"{history['f'][-1]:.2f}")
+        if step % config.log_every == 0 or step == stop:
+            k = min(config.log_every, len(history["reward"]))
+            rate = (step - max(start, step - config.log_every)) / max(1e-9, time.time() - t_log)
+            t_log = time.time()
+            log.info("step %d/%d reward %.4f acc %.3f f_%s %.3f entropy %.2f baseline %.4f "
+                     "rl_lr %.3g (%.1f steps/s)", step, steps,
+                     np.mean(history["reward"][-k:]), np.mean(history["accuracy"][-k:]),
+                     metric, np.mean(history["f"][-k:]), history["entropy"][-1],
+                     float(np.mean(last["baseline"])), float(np.mean(last["rl_learning_rate"])),
+                     rate)
+        if step % config.checkpoint_every == 0 or step == steps:
+            manager.save(checkpoint_number=step)
+            if chief:
+                _write(history_path, json.dumps(history))
+    if bar is not None:
+        bar.close()
+    writer.flush()
+
+    finished = int(step_var.numpy()) >= steps
+    choices = controller.argmax()
+    spec = space.decode(choices, name=config.entry_name or "searched",
+                        description=_description(config))
+    predicted = {hw: float(np.asarray(cm.predict(choices[None, :])).reshape(-1)[0])
+                 for hw, cm in zip(config.hardware, cost_models)}
+    lat = np.array([predicted[hw] for hw in config.hardware])
+    from mhmodels.metrics import f_avg, f_max
+    fa, fm = float(f_avg(lat, normalizers)), float(f_max(lat, normalizers))
+    result = SearchResult(
+        choices=choices, spec=spec, entry_path=None, steps_done=int(step_var.numpy()),
+        total_steps=steps, logits=controller.logits_numpy(), predicted_latency_ms=predicted,
+        f_avg=fa, f_max=fm, history=history, wall_s=time.time() - start_time,
+        finished=finished,
+        objects={"supernet": supernet, "controller": controller, "strategy": strategy})
+    if write_entry and finished and chief:
+        provenance = _provenance(config, space, cost_models, normalizers, result, strategy)
+        write_entry_atomic(entry_path, spec.to_json(extra={"provenance": provenance}))
+        result.entry_path = str(entry_path)
+        log.info("wrote zoo entry %s", entry_path)
+    return result
+
+
+def _description(config: SearchConfig) -> str:
+    return (f"Searched by `python -m search` (TuNAS-style, metric {config.metric}, beta "
+            f"{config.beta}, target {config.target}) for {', '.join(config.hardware)} on "
+            f"{config.dataset}.")
+
+
+def _metadata(plugin: str):
+    from tensorflow.core.framework import summary_pb2
+    md = summary_pb2.SummaryMetadata()
+    md.plugin_data.plugin_name = plugin
+    return md
+
+
+def summary_scalar(name: str, value: float) -> None:
+    """tf.summary.scalar without needing the tensorboard package (same on-disk format)."""
+    tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=_metadata("scalars"))
+
+
+def summary_histogram(name: str, values, bins: int = 20) -> None:
+    """A TensorBoard histogram ([bins, 3] = left edge, right edge, count), no tensorboard."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    counts, edges = np.histogram(values, bins=bins)
+    data = np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+    tf.summary.write(name, tf.constant(data), metadata=_metadata("histograms"))
+
+
+def _write_summaries(writer, step, out, hardware, normalizers, names) -> None:
+    with writer.as_default(step=step):
+        summary_scalar("reward/mean", float(np.mean(out["reward"])))
+        summary_scalar("reward/baseline", float(np.mean(out["baseline"])))
+        summary_scalar("accuracy/valid_batch", float(np.mean(out["accuracy"])))
+        summary_scalar("train/loss", float(np.mean(out["loss"])))
+        summary_scalar("train/warmup_fraction_of_replicas", float(np.mean(out["warmup"])))
+        summary_scalar("controller/entropy", float(out["entropy"]))
+        summary_scalar("controller/rl_learning_rate", float(np.mean(out["rl_learning_rate"])))
+        lat = np.asarray(out["latencies"], np.float64)  # [replicas, H]
+        for i, hw in enumerate(hardware):
+            summary_scalar(f"latency_ms/{hw}", float(lat[:, i].mean()))
+        norm = lat / np.asarray(normalizers)
+        summary_scalar("metric/f_avg", float(norm.mean(axis=-1).mean()))
+        summary_scalar("metric/f_max", float(norm.max(axis=-1).mean()))
+        probs = np.asarray(out["probabilities"])
+        for i, name in enumerate(names):
+            summary_scalar(f"top_probability/{name}", float(probs[i].max()))
+        summary_histogram("controller/top_probabilities", probs.max(axis=-1))
+
+
+def _reward_summary(history: dict[str, list[float]], points: int = 50) -> dict:
+    r = np.asarray(history["reward"], np.float64)
+    if r.size == 0:
+        return {}
+    window = max(1, min(100, r.size // 10 or 1))
+    idx = np.unique(np.linspace(0, r.size - 1, min(points, r.size)).astype(int))
+    return {"steps": int(r.size), "first_mean": float(r[:window].mean()),
+            "last_mean": float(r[-window:].mean()), "max": float(r.max()),
+            "window": int(window),
+            "curve": [[int(i) + 1, round(float(r[i]), 5)] for i in idx],
+            "last_accuracy_mean": float(np.mean(history["accuracy"][-window:])),
+            "last_f_mean": float(np.mean(history["f"][-window:]))}
+
+
+def _provenance(config, space, cost_models, normalizers, result, strategy) -> dict:
+    flags = _json_config(config)
+    for k in ("max_steps", "progress"):
+        flags.pop(k, None)
+    return {
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": "python -m search",
+        "flags": flags,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "space": space.name,
+        "choices": [int(c) for c in result.choices],
+        "architecture_key": space.encode(space.canonical(result.choices)),
+        "hardware": list(config.hardware),
+        "cost_models": {hw: {"version": str(getattr(cm, "version", "unknown")),
+                             "normalizer_ms": float(c)}
+                        for hw, cm, c in zip(config.hardware, cost_models, normalizers)},
+        "predicted_latency_ms": result.predicted_latency_ms,
+        "predicted_f_avg": result.f_avg,
+        "predicted_f_max": result.f_max,
+        "final_logits": {d.name: [round(float(x), 6) for x in lg]
+                         for d, lg in zip(space.decisions, result.logits)},
+        "reward_history": _reward_summary(result.history),
+        "final_entropy": result.history["entropy"][-1] if result.history["entropy"] else None,
+    }

@@ -1,0 +1,290 @@
+"""The one-shot weight-sharing supernet of a search space (TuNAS-style).
+
+``Supernet(space, num_classes)(images, choices)`` runs the child architecture ``choices`` (an
+int vector, one entry per decision of ``space``) with weights shared by every child:
+
+* **Filters by masking.** Every tensor is allocated at its widest setting (stage output filter
+  ratio 2.0, expansion 6); a child with N channels uses the first N and the rest are multiplied
+  by a 0/1 mask after every batch norm (+ activation), so unused channels are exactly zero and
+  get zero gradient.
+* **1x1 convs shared across kernel and expansion choices**: one expand 1x1 [Cin, 6 Cin] and one
+  project 1x1 [6 Cin, Cout] per block position; expansion e uses the first e*Cin hidden channels.
+  The project 1x1 is also shared by the regular and the fused variants.
+* **Kernel 3 = centre of the 5x5.** One 5x5 depthwise kernel per block; kernel 3 multiplies it by
+  a mask that keeps its central 3x3 (the same conv op runs either way, so no Python branching).
+* **Fused vs regular**: the fused block has its own KxK regular conv [K, K, Cin, 6 Cin] (and its
+  own batch norm); the regular block has expand 1x1 -> depthwise. Expansion 1 skips the expansion
+  layer as in the builder (ibn: depthwise on the input; fused: only the projection), and a strided
+  fused block of expansion 1 is the depthwise-separable one, as in ``SearchSpace.active_blocks``.
+* **Number of blocks by skipping**: a block beyond the stage's ``num_blocks`` is the identity on
+  the residual path.
+* **Batch norm always uses batch statistics** (training mode; there are no moving averages).
+* The stem (3x3 s2) and the head (1x1 960 -> pool -> 1x1 1280 -> classifier) are fixed.
+
+Which ops run is chosen with ``tf.switch_case`` on tensors, never Python control flow on tensor
+values, so a forward pass traces once and runs inside ``strategy.run`` / on TPU; the choice vector
+is an ordinary (per-replica) tensor.
+
+``width`` scales every channel count of the supernet (round to a multiple of 8), a proxy that
+makes a CPU search affordable: at width 1.0 the widest fused 5x5 convs alone hold ~1.5e8
+weights. The architecture the controller learns is always decoded at width 1.0.
+
+It is a ``tf.Module`` (plain ``tf.Variable`` weights) rather than a Keras layer: the search step
+updates and checkpoints its variables directly under every ``tf.distribute`` strategy, which is
+simplest and exact with plain variables (the standalone children are built with Keras by
+``mhmodels.build``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from mhmodels.spec import round8
+from search import space as space_lib
+from search.controller import replicated_variable
+
+BN_EPSILON = 1e-3
+MAX_KERNEL = max(space_lib.KERNELS)
+MAX_EXPANSION = max(space_lib.EXPANSIONS)
+
+# switch_case branches of a block
+SKIP, IBN_E1, IBN, FUSED_E1, FUSED = range(5)
+
+
+def _mask(total: int, active) -> tf.Tensor:
+    """[1, 1, 1, total] float mask with ones on the first ``active`` channels."""
+    return tf.cast(tf.range(total) < tf.cast(active, tf.int32), tf.float32)[None, None, None, :]
+
+
+def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+    """Batch norm with the batch's own statistics (the search always runs in training mode)."""
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=BN_EPSILON,
+                                              is_training=True)
+    return y
+
+
+class Supernet(tf.Module):
+    """Shared weights of every child of ``space``; call with (images, choices)."""
+
+    def __init__(self, space: space_lib.SearchSpace, num_classes: int, width: float = 1.0,
+                 seed: int = 0, name: str = "supernet"):
+        super().__init__(name=name)
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        self.space = space
+        self.num_classes = int(num_classes)
+        self.width = float(width)
+        self._seed = int(seed)
+        self._count = 0
+        self.weights: dict[str, tf.Variable] = {}
+        sc = self.scaled
+        idx = space.index
+        self.stem_filters = sc(space.stem_filters)
+        self._add_conv("stem", 3, 3, self.stem_filters)
+        self._add_bn("stem_bn", self.stem_filters)
+
+        self.stage_channels = []  # per stage: channels at each filter-ratio choice
+        self.blocks = []  # static description of each block position
+        cin_max = self.stem_filters
+        for s, stage in enumerate(space.stages):
+            table = [sc(space.stage_filters(s, r)) for r in range(len(space_lib.FILTER_RATIOS))]
+            self.stage_channels.append(tf.constant(table, tf.int32))
+            cout_max = max(table)
+            for b in range(max(space_lib.NUM_BLOCKS)):
+                prefix = f"stage{s}/block{b}"
+                hidden_max = MAX_EXPANSION * cin_max
+                p = f"s{s}b{b}"
+                self._add_conv(f"{p}_expand", 1, cin_max, hidden_max)
+                self._add_bn(f"{p}_expand_bn", hidden_max)
+                self._add_depthwise(f"{p}_dw", MAX_KERNEL, hidden_max)
+                self._add_bn(f"{p}_dw_bn", hidden_max)
+                self._add_conv(f"{p}_fused", MAX_KERNEL, cin_max, hidden_max)
+                self._add_bn(f"{p}_fused_bn", hidden_max)
+                self._add_conv(f"{p}_project", 1, hidden_max, cout_max)
+                self._add_bn(f"{p}_project_bn", cout_max)
+                self.blocks.append(dict(
+                    stage=s, index=b, key=p, stride=stage.stride if b == 0 else 1,
+                    cin_max=cin_max, cout_max=cout_max, hidden_max=hidden_max,
+                    i_expansion=idx[f"{prefix}/expansion"], i_kernel=idx[f"{prefix}/kernel"],
+                    i_type=idx[f"{prefix}/type"], i_blocks=idx[f"stage{s}/num_blocks"],
+                    i_ratio=idx[f"stage{s}/filter_ratio"]))
+                cin_max = cout_max
+        self.head_filters = sc(space.head_filters)
+        self.top_filters = sc(space.top_filters)
+        self._add_conv("head", 1, cin_max, self.head_filters)
+        self._add_bn("head_bn", self.head_filters)
+        self._add_conv("top", 1, self.head_filters, self.top_filters)
+        self._add_bn("top_bn", self.top_filters)
+        self._add_dense("classifier", self.top_filters, self.num_classes)
+
+        kernel_mask = np.zeros([MAX_KERNEL, MAX_KERNEL, 1, 1], np.float32)
+        kernel_mask[1:4, 1:4] = 1.0
+        self._centre3 = tf.constant(kernel_mask)
+        self._expansions = tf.constant(space_lib.EXPANSIONS, tf.int32)
+        # The largest setting of every width/ops decision (for the warm-up); type is left as is.
+        largest = np.zeros(len(space.decisions), np.int32)
+        override = np.zeros(len(space.decisions), bool)
+        for i, d in enumerate(space.decisions):
+            field = d.name.rsplit("/", 1)[1]
+            if field in ("num_blocks", "filter_ratio", "expansion", "kernel"):
+                largest[i] = int(np.argmax(d.choices))
+                override[i] = True
+        self._largest = tf.constant(largest)
+        self._override = tf.constant(override)
+
+    # -- variables ---------------------------------------------------------------------------
+    def scaled(self, channels: int) -> int:
+        return int(channels) if self.width == 1.0 else round8(channels * self.width)
+
+    def _init(self, shape, fan_out: int) -> tf.Tensor:
+        """He (fan-out) truncated normal, as the builder; seeded statelessly per variable."""
+        self._count += 1
+        std = math.sqrt(2.0 / max(1, fan_out)) / 0.87962566103423978
+        return std * tf.random.stateless_truncated_normal(shape, seed=[self._seed, self._count])
+
+    def _var(self, name: str, value) -> None:
+        self.weights[name] = replicated_variable(value, name=name)
+
+    def _add_conv(self, name: str, kernel: int, cin: int, cout: int) -> None:
+        self._var(name, self._init([kernel, kernel, cin, cout], kernel * kernel * cout))
+
+    def _add_depthwise(self, name: str, kernel: int, channels: int) -> None:
+        self._var(name, self._init([kernel, kernel, channels, 1], kernel * kernel))
+
+    def _add_bn(self, name: str, channels: int) -> None:
+        self._var(f"{name}_gamma", tf.ones([channels]))
+        self._var(f"{name}_beta", tf.zeros([channels]))
+
+    def _add_dense(self, name: str, cin: int, cout: int) -> None:
+        # Fan-in scaled (logits of variance ~1/3 at the start). The builder's fan-out init
+        # suits 1001 ImageNet classes; with 10 classes it starts with logits of std ~5, which
+        # slows a short search down a lot.
+        limit = math.sqrt(1.0 / cin)
+        self._count += 1
+        self._var(f"{name}_kernel", tf.random.stateless_uniform(
+            [cin, cout], seed=[self._seed, self._count], minval=-limit, maxval=limit))
+        self._var(f"{name}_bias", tf.zeros([cout]))
+
+    @property
+    def trainable_weights(self) -> list[tf.Variable]:
+        return [self.weights[k] for k in sorted(self.weights)]
+
+    def num_weights(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.weights.values()))
+
+    # -- ops ---------------------------------------------------------------------------------
+    def _bn(self, x, name, channels=None):
+        g, b = self.weights[f"{name}_gamma"], self.weights[f"{name}_beta"]
+        if channels is not None:
+            g, b = g[:channels], b[:channels]
+        return batch_norm(x, g, b)
+
+    def _conv(self, x, name, stride=1, cin=None, kernel=None):
+        w = self.weights[name]
+        if cin is not None:
+            w = w[:, :, :cin, :]
+        if kernel is not None:
+            w = w * kernel
+        return tf.nn.conv2d(x, w, strides=stride, padding="SAME")
+
+    def _depthwise(self, x, name, stride, channels, kernel):
+        w = self.weights[name][:, :, :channels, :] * kernel
+        return tf.nn.depthwise_conv2d(x, w, strides=[1, stride, stride, 1], padding="SAME")
+
+    # -- choices -----------------------------------------------------------------------------
+    def largest(self, choices) -> tf.Tensor:
+        """The warm-up child: ``choices`` with the largest filters / expansion / blocks / kernel."""
+        return tf.where(self._override, self._largest, tf.cast(choices, tf.int32))
+
+    def warmup_choices(self, choices, probability, seed) -> tf.Tensor:
+        """With ``probability`` (a scalar tensor) the largest child, else ``choices``."""
+        u = tf.random.stateless_uniform([], tf.cast(seed, tf.int64))
+        return tf.where(u < probability, self.largest(choices), tf.cast(choices, tf.int32))
+
+    # -- forward -----------------------------------------------------------------------------
+    def __call__(self, images, choices, return_blocks: bool = False):
+        """Logits [B, num_classes] of the child ``choices`` (int [D]) on ``images``.
+
+        With ``return_blocks`` also the output of every block position (at its widest shape,
+        unused channels zero), for tests and inspection.
+        """
+        choices = tf.cast(choices, tf.int32)
+        x = self._conv(images, "stem", stride=2)
+        x = tf.nn.relu(self._bn(x, "stem_bn"))
+        cin_act = tf.constant(self.stem_filters, tf.int32)
+        outputs = []
+        for blk in self.blocks:
+            x, cin_act = self._block(x, cin_act, blk, choices)
+            outputs.append(x)
+        x = tf.nn.relu(self._bn(self._conv(x, "head"), "head_bn"))
+        x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        x = tf.nn.relu(self._bn(self._conv(x, "top"), "top_bn"))
+        x = tf.reshape(x, [-1, self.top_filters])
+        logits = tf.matmul(x, self.weights["classifier_kernel"]) + self.weights["classifier_bias"]
+        return (logits, outputs) if return_blocks else logits
+
+    def _block(self, x, cin_act, blk, choices):
+        p, stride = blk["key"], blk["stride"]
+        cin_max, cout_max, hidden_max = blk["cin_max"], blk["cout_max"], blk["hidden_max"]
+        s, b = blk["stage"], blk["index"]
+        cout_act = tf.gather(self.stage_channels[s], choices[blk["i_ratio"]])
+        expansion = tf.gather(self._expansions, choices[blk["i_expansion"]])
+        kernel = tf.where(choices[blk["i_kernel"]] == space_lib.KERNELS.index(5),
+                          tf.ones_like(self._centre3), self._centre3)
+        fused = choices[blk["i_type"]] == space_lib.BLOCK_TYPES.index("fused_ibn")
+        present = b < choices[blk["i_blocks"]] + 1
+        m_in = _mask(cin_max, cin_act)
+        m_hid = _mask(hidden_max, expansion * cin_act)
+        m_out = _mask(cout_max, cout_act)
+
+        def project(h, channels):
+            h = self._conv(h, f"{p}_project", cin=channels)
+            return self._bn(h, f"{p}_project_bn") * m_out
+
+        def ibn_e1():
+            h = self._depthwise(x, f"{p}_dw", stride, cin_max, kernel)
+            h = tf.nn.relu(self._bn(h, f"{p}_dw_bn", cin_max)) * m_in
+            return project(h, cin_max)
+
+        def ibn():
+            h = tf.nn.relu(self._bn(self._conv(x, f"{p}_expand"), f"{p}_expand_bn")) * m_hid
+            h = self._depthwise(h, f"{p}_dw", stride, hidden_max, kernel)
+            h = tf.nn.relu(self._bn(h, f"{p}_dw_bn")) * m_hid
+            return project(h, hidden_max)
+
+        def fused_e1():
+            return project(x, cin_max)
+
+        def fused_ibn():
+            h = self._conv(x, f"{p}_fused", stride=stride, kernel=kernel)
+            h = tf.nn.relu(self._bn(h, f"{p}_fused_bn")) * m_hid
+            return project(h, hidden_max)
+
+        e1 = expansion == 1
+        if stride != 1:  # a strided fused block of expansion 1 is the depthwise-separable one
+            branch = tf.where(e1, IBN_E1, tf.where(fused, FUSED, IBN))
+        else:
+            branch = tf.where(fused, tf.where(e1, FUSED_E1, FUSED), tf.where(e1, IBN_E1, IBN))
+        if b > 0:
+            # Same stage, stride 1: same shapes, so the residual always applies and an absent
+            # block is the identity.
+            branch = tf.where(present, branch, SKIP)
+            fns = {SKIP: lambda: tf.zeros_like(x), IBN_E1: ibn_e1, IBN: ibn,
+                   FUSED_E1: fused_e1, FUSED: fused_ibn}
+            return x + tf.switch_case(branch, fns), cout_act
+        fns = {IBN_E1: ibn_e1, IBN: ibn, FUSED_E1: fused_e1, FUSED: fused_ibn}
+        if stride != 1:
+            fns.pop(FUSED_E1)
+        out = tf.switch_case(branch - 1, [fns[k] for k in sorted(fns)]) if stride == 1 else \
+            tf.switch_case(tf.where(branch == IBN_E1, 0, tf.where(branch == IBN, 1, 2)),
+                           [ibn_e1, ibn, fused_ibn])
+        if stride == 1:
+            # First block of a stride-1 stage: residual only when in == out channels.
+            if cin_max < cout_max:
+                shortcut = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, cout_max - cin_max]])
+            else:
+                shortcut = x[..., :cout_max]
+            out = out + shortcut * tf.cast(cin_act == cout_act, tf.float32)
+        return out, cout_act

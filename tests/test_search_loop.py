@@ -1,0 +1,216 @@
+"""The search loop: zoo entry, name clashes, summaries, exact resume, MirroredStrategy.
+
+Everything runs a tiny two-stage space on digits at 16x16 with stand-in linear cost models,
+so a run is seconds. The resume and mirrored tests run in subprocesses (this file is also the
+script they run) to get fresh TensorFlow runtimes.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# -- helpers shared with the subprocesses ----------------------------------------------------
+
+def tiny_space():
+    """One searched stage (4 block positions): a few seconds to trace."""
+    from search import space as space_lib
+    return space_lib.SearchSpace(stages=(space_lib.Stage(32, 2),), stem_filters=16,
+                                 head_filters=32, top_filters=32, name="tiny")
+
+
+class StandInCostModel:
+    """Same interface as search.cost_model.LinearCostModel: latency = bias + sum of w[d, c_d]."""
+
+    def __init__(self, space, hardware, seed, scale=1.0, normalizer_ms=10.0):
+        rng = np.random.default_rng(seed)
+        self.hardware, self.version, self.normalizer_ms = hardware, f"standin-{seed}", normalizer_ms
+        self.table = np.zeros((len(space.decisions), max(space.num_choices)), np.float32)
+        for i, n in enumerate(space.num_choices):
+            self.table[i, :n] = rng.uniform(0, scale, n)
+        self.bias = 1.0
+
+    def predict(self, choices):
+        c = np.asarray(choices).reshape(-1, self.table.shape[0])
+        return self.table[np.arange(self.table.shape[0]), c].sum(-1) + self.bias
+
+    def predict_tf(self, choices):
+        import tensorflow as tf
+        c = tf.cast(choices, tf.int32)
+        return tf.reduce_sum(tf.gather(tf.constant(self.table), c[:, None], axis=1,
+                                       batch_dims=1)) + self.bias
+
+
+def tiny_config(model_dir, **overrides):
+    from search.loop import SearchConfig
+    kw = dict(model_dir=str(model_dir), hardware=("hw_a", "hw_b"), metric="max",
+              image_size=16, batch_size=8, steps=8, warmup_fraction=0.25,
+              rl_delay_fraction=0.0, supernet_width=1.0, rl_learning_rate=0.1,
+              checkpoint_every=4, summary_every=2, log_every=4, seed=7)
+    kw.update(overrides)
+    return SearchConfig(**kw)
+
+
+def run_tiny(model_dir, strategy=None, write_entry=False, on_step=None, **overrides):
+    from search.loop import run_search
+    space = tiny_space()
+    cms = [StandInCostModel(space, "hw_a", 1), StandInCostModel(space, "hw_b", 2, 0.5)]
+    return run_search(tiny_config(model_dir, **overrides), strategy=strategy, cost_models=cms,
+                      space=space, write_entry=write_entry, on_step=on_step)
+
+
+def subprocess_main(mode, model_dir, out_path, extra):
+    if mode == "mirrored":
+        from search.distribute import make_strategy
+        strategy = make_strategy("mirrored", num_cpu_devices=2)
+        steps = []
+        result = run_tiny(model_dir, strategy=strategy, steps=6,
+                          on_step=lambda s, v: steps.append(
+                              {k: np.asarray(v[k]).tolist() for k in
+                               ("choices", "reward", "mean_reward", "baseline")}))
+        ctrl = result.objects["controller"]
+        per_replica = [np.asarray(strategy.experimental_local_results(v)).tolist()
+                       for v in ctrl.logits]
+        out = {"replicas": strategy.num_replicas_in_sync, "steps": steps,
+               "logits_per_replica": per_replica,
+               "baseline_final": float(ctrl.baseline.numpy())}
+    else:
+        result = run_tiny(model_dir, **json.loads(extra))
+        out = {"logits": result.logits, "steps_done": result.steps_done,
+               "finished": result.finished, "history": result.history}
+    Path(out_path).write_text(json.dumps(out))
+
+
+def run_subprocess(mode, model_dir, out_path, extra="{}", timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, __file__, mode, str(model_dir), str(out_path), extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(Path(out_path).read_text())
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+def test_search_writes_entry_that_builds(tmp_path, monkeypatch):
+    import mhmodels
+    from mhmodels.registry import ZOO_PATH_ENV
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    monkeypatch.setenv(ZOO_PATH_ENV, str(zoo))
+    result = run_tiny(tmp_path / "run", write_entry=True, entry_name="tiny_searched",
+                      zoo_dir=str(zoo))
+    assert result.finished and result.steps_done == 8
+    path = zoo / "tiny_searched.json"
+    assert result.entry_path == str(path) and path.exists()
+    assert not [p for p in zoo.iterdir() if p.name.startswith(".")]  # no temp file left
+    data = json.loads(path.read_text())
+    prov = data["provenance"]
+    assert prov["hardware"] == ["hw_a", "hw_b"]
+    assert prov["cost_models"]["hw_a"]["version"] == "standin-1"
+    assert prov["choices"] == [int(c) for c in result.choices]
+    assert set(prov["predicted_latency_ms"]) == {"hw_a", "hw_b"}
+    assert prov["flags"]["metric"] == "max" and prov["flags"]["steps"] == 8
+    assert len(prov["final_logits"]) == len(tiny_space().decisions)
+    assert prov["reward_history"]["steps"] == 8
+    # The spec is the argmax architecture, and mhmodels builds it by name.
+    assert mhmodels.get_spec("tiny_searched") == tiny_space().decode(result.choices,
+                                                                     "tiny_searched",
+                                                                     data["description"])
+    model = mhmodels.build("tiny_searched", input_shape=(64, 64, 3), num_classes=10)
+    assert model.output_shape == (None, 10)
+    # TensorBoard event files and checkpoints exist
+    assert list((tmp_path / "run" / "summaries").glob("events.out.tfevents*"))
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint").exists()
+
+
+def test_clashing_name_is_an_error_before_any_work(tmp_path, monkeypatch):
+    from search.loop import check_entry_name
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "taken.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already exists"):
+        run_tiny(tmp_path / "run1", write_entry=True, entry_name="taken", zoo_dir=str(zoo))
+    with pytest.raises(FileExistsError, match="multi_max"):
+        run_tiny(tmp_path / "run2", write_entry=True, entry_name="multi_max", zoo_dir=str(zoo))
+    with pytest.raises(ValueError, match="must match"):
+        check_entry_name("Bad-Name", zoo)
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    """Run 8 steps killed after step 5 (checkpoints every 4), resume to 8 in a new process:
+    same controller logits and reward history as one uninterrupted 8-step run."""
+    full = run_subprocess("run", tmp_path / "full", tmp_path / "full.json")
+    part = run_subprocess("run", tmp_path / "resumed", tmp_path / "part.json",
+                          json.dumps({"max_steps": 5}))
+    assert part["steps_done"] == 5 and not part["finished"]
+    resumed = run_subprocess("run", tmp_path / "resumed", tmp_path / "resumed.json")
+    assert resumed["finished"] and resumed["steps_done"] == 8
+    assert full["finished"]
+    assert np.any([np.any(np.asarray(l) != 0) for l in full["logits"]])  # the controller moved
+    for a, b in zip(full["logits"], resumed["logits"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(full["history"]["reward"], resumed["history"]["reward"],
+                               atol=1e-6)
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    run_tiny(tmp_path / "run", steps=2, checkpoint_every=2)
+    with pytest.raises(ValueError, match="different settings"):
+        run_tiny(tmp_path / "run", steps=2, checkpoint_every=2, seed=8)
+
+
+def test_mirrored_replicas_sample_their_own_architectures(tmp_path):
+    out = run_subprocess("mirrored", tmp_path / "m", tmp_path / "m.json")
+    assert out["replicas"] == 2
+    steps = out["steps"]
+    # each replica samples its own child (distinct at least once over the steps)
+    assert any(s["choices"][0] != s["choices"][1] for s in steps)
+    baseline = None
+    for s in steps:
+        mean = float(np.mean(s["reward"]))
+        assert s["mean_reward"] == pytest.approx([mean, mean], abs=1e-6)
+        used = mean if baseline is None else baseline
+        assert s["baseline"] == pytest.approx([used, used], abs=1e-6)
+        baseline = 0.95 * used + 0.05 * mean
+    assert out["baseline_final"] == pytest.approx(baseline, abs=1e-6)
+    # the controller's mirrored copies stay identical
+    for per_replica in out["logits_per_replica"]:
+        assert per_replica[0] == per_replica[1]
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(tmp_path):
+    """`python -m search` on the real space and the shipped cost models, a few tiny steps."""
+    from search.cost_model import DEFAULT_DIR
+    if not all((Path(DEFAULT_DIR) / f"{h}.json").exists()
+               for h in ("cpu_float", "cpu_int8", "cpu_ref_float")):
+        pytest.skip("shipped cost models not fitted yet")
+    zoo = tmp_path / "zoo"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "search", f"--model_dir={tmp_path / 'run'}", "--steps=3",
+           "--batch_size=4", "--log_every=1", "--nomeasure", f"--zoo_dir={zoo}",
+           "--entry_name=cli_entry"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "search finished: 3 steps" in proc.stdout
+    entry = json.loads((zoo / "cli_entry.json").read_text())
+    assert entry["provenance"]["hardware"] == ["cpu_float", "cpu_int8", "cpu_ref_float"]
+    assert entry["provenance"]["flags"]["metric"] == "max"
+    # the same name again is refused before any work
+    proc = subprocess.run(cmd[:1] + cmd[1:3] + [f"--model_dir={tmp_path / 'run2'}"] + cmd[4:],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+if __name__ == "__main__":
+    subprocess_main(*sys.argv[1:5])

@@ -1,0 +1,182 @@
+"""Supernet: shapes, masking, skipping, kernel sharing, and agreement with the built child."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mhmodels
+from search import space as space_lib
+from search.supernet import Supernet
+
+
+def tiny_space():
+    # A stride-2 stage and a stride-1 stage (whose first block has a conditional residual).
+    return space_lib.SearchSpace(stages=(space_lib.Stage(32, 2), space_lib.Stage(32, 1)),
+                                 stem_filters=32, head_filters=64, top_filters=64, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    space = tiny_space()
+    net = Supernet(space, num_classes=5, width=1.0, seed=1)
+    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 1])
+    fn = tf.function(lambda x, c: net(x, c, return_blocks=True))
+    return space, net, images, fn
+
+
+def set_choice(space, choices, name, value):
+    d = space.decisions[space.index[name]]
+    choices = np.array(choices)
+    choices[space.index[name]] = d.choices.index(value)
+    return choices
+
+
+def test_output_shape_and_all_children_run(tiny):
+    space, net, images, fn = tiny
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        logits, blocks = fn(images, tf.constant(space.sample(rng), tf.int32))
+        assert logits.shape == (8, 5) and np.all(np.isfinite(logits.numpy()))
+        assert len(blocks) == len(space.stages) * 4
+
+
+def test_unused_channels_are_exactly_zero(tiny):
+    space, net, images, fn = tiny
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        c = space.sample(rng)
+        _, blocks = fn(images, tf.constant(c, tf.int32))
+        for s in range(len(space.stages)):
+            active = space.stage_filters(s, int(c[space.index[f"stage{s}/filter_ratio"]]))
+            for b in range(4):
+                out = blocks[s * 4 + b].numpy()
+                assert out.shape[-1] == space.max_stage_filters(s)
+                assert np.all(out[..., active:] == 0.0)
+                assert np.any(out[..., :active] != 0.0)
+
+
+def test_absent_block_choices_do_not_matter(tiny):
+    space, net, images, fn = tiny
+    rng = np.random.default_rng(2)
+    c = set_choice(space, space.sample(rng), "stage0/num_blocks", 2)
+    ref, blocks = fn(images, tf.constant(c, tf.int32))
+    # blocks 2, 3 of stage 0 are the identity
+    np.testing.assert_array_equal(blocks[1].numpy(), blocks[2].numpy())
+    np.testing.assert_array_equal(blocks[1].numpy(), blocks[3].numpy())
+    for field, value in (("expansion", 6), ("kernel", 3), ("type", "fused_ibn"),
+                         ("expansion", 1), ("kernel", 5), ("type", "ibn")):
+        c2 = set_choice(space, c, f"stage0/block3/{field}", value)
+        c2 = set_choice(space, c2, f"stage0/block2/{field}", value)
+        out, _ = fn(images, tf.constant(c2, tf.int32))
+        np.testing.assert_array_equal(ref.numpy(), out.numpy())
+    # ... while a present block's choice does change the output
+    c3 = set_choice(space, c, "stage0/block1/expansion",
+                    2 if space.choice(c, "stage0/block1/expansion") != 2 else 3)
+    out, _ = fn(images, tf.constant(c3, tf.int32))
+    assert not np.allclose(ref.numpy(), out.numpy())
+
+
+def test_kernel3_is_the_centre_of_the_5x5():
+    space = tiny_space()
+    net = Supernet(space, num_classes=5, width=1.0, seed=3)
+    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 2])
+    c = np.zeros(len(space.decisions), np.int64)
+    c = set_choice(space, c, "stage0/num_blocks", 2)
+    c = set_choice(space, c, "stage0/block1/expansion", 3)
+    k3 = set_choice(space, c, "stage0/block1/kernel", 3)
+    k5 = set_choice(space, c, "stage0/block1/kernel", 5)
+    a, b = net(images, k3), net(images, k5)
+    assert not np.allclose(a.numpy(), b.numpy())
+    w = net.weights["s0b1_dw"]
+    ring = np.ones(w.shape, np.float32)
+    ring[1:4, 1:4] = 0.0
+    w.assign(w * (1.0 - ring))  # zero the outer ring: k5 must now equal k3
+    np.testing.assert_allclose(net(images, k3).numpy(), net(images, k5).numpy(), atol=1e-5)
+
+
+def copy_into_keras(net, space, choices, model):
+    """Put the supernet's (sliced) weights into the standalone Keras child."""
+    w = {k: v.numpy() for k, v in net.weights.items()}
+
+    def bn(layer_name, key, n):
+        layer = model.get_layer(layer_name)
+        mm, mv = layer.get_weights()[2:]
+        layer.set_weights([w[f"{key}_gamma"][:n], w[f"{key}_beta"][:n], mm, mv])
+
+    def k(kernel, size):
+        return kernel if size == 5 else kernel[1:4, 1:4]
+
+    model.get_layer("stem").set_weights([w["stem"]])
+    bn("stem_bn", "stem_bn", net.stem_filters)
+    cin = space.stem_filters
+    for i, ab in enumerate(space.active_blocks(choices)):
+        p, name = f"s{ab.stage}b{ab.index}", f"block{i}"
+        hidden = ab.expansion * ab.in_filters
+        if ab.kind == "ibn":
+            if ab.expansion > 1:
+                model.get_layer(f"{name}_expand").set_weights(
+                    [w[f"{p}_expand"][:, :, :cin, :hidden]])
+                bn(f"{name}_expand_bn", f"{p}_expand_bn", hidden)
+            else:
+                hidden = cin
+            model.get_layer(f"{name}_dw").set_weights([k(w[f"{p}_dw"][:, :, :hidden], ab.kernel)])
+            bn(f"{name}_dw_bn", f"{p}_dw_bn", hidden)
+        elif ab.expansion > 1:
+            model.get_layer(f"{name}_fused").set_weights(
+                [k(w[f"{p}_fused"][:, :, :cin, :hidden], ab.kernel)])
+            bn(f"{name}_fused_bn", f"{p}_fused_bn", hidden)
+        else:
+            hidden = cin
+        model.get_layer(f"{name}_project").set_weights(
+            [w[f"{p}_project"][:, :, :hidden, :ab.filters]])
+        bn(f"{name}_project_bn", f"{p}_project_bn", ab.filters)
+        cin = ab.filters
+    model.get_layer("head0").set_weights([w["head"][:, :, :cin]])
+    bn("head0_bn", "head_bn", space.head_filters)
+    model.get_layer("top0").set_weights([w["top"]])
+    bn("top0_bn", "top_bn", space.top_filters)
+    model.get_layer("classifier").set_weights([w["classifier_kernel"], w["classifier_bias"]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_supernet_child_equals_standalone_child(tiny, seed):
+    """Same weights, batch statistics: the supernet's child == mhmodels.build(decoded spec)."""
+    space, net, images, fn = tiny
+    rng = np.random.default_rng(100 + seed)
+    c = space.sample(rng)
+    if seed == 0:  # also cover a fused e1 and a conditional residual of the stride-1 stage
+        c = set_choice(space, c, "stage0/num_blocks", 2)
+        c = set_choice(space, c, "stage0/block1/type", "fused_ibn")
+        c = set_choice(space, c, "stage0/block1/expansion", 1)
+        c = set_choice(space, c, "stage1/filter_ratio", 1.0)
+        c = set_choice(space, c, "stage0/filter_ratio", 1.0)
+    spec = space.decode(c, "child")
+    model = mhmodels.build(spec, input_shape=(16, 16, 3), num_classes=5, dropout=0.0)
+    copy_into_keras(net, space, c, model)
+    want = model(images, training=True).numpy()
+    got, _ = fn(images, tf.constant(c, tf.int32))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_largest_child_and_warmup_choice():
+    space = tiny_space()
+    net = Supernet(space, num_classes=5, width=0.5)
+    c = np.zeros(len(space.decisions), np.int64)
+    big = net.largest(c).numpy()
+    assert space.choice(big, "stage0/num_blocks") == 4
+    assert space.choice(big, "stage1/filter_ratio") == 2.0
+    assert space.choice(big, "stage1/block2/expansion") == 6
+    assert space.choice(big, "stage1/block2/kernel") == 5
+    assert space.choice(big, "stage1/block2/type") == "ibn"  # type is never overridden
+    np.testing.assert_array_equal(net.warmup_choices(c, 1.0, [0, 1]).numpy(), big)
+    np.testing.assert_array_equal(net.warmup_choices(c, 0.0, [0, 1]).numpy(), c)
+    # width 0.5 halves the channels (multiples of 8)
+    assert net.stem_filters == 16 and net.blocks[-1]["cout_max"] == 32
+
+
+@pytest.mark.slow
+def test_full_space_supernet_runs_multi_max():
+    space = space_lib.get_space("multi_hw")
+    net = Supernet(space, num_classes=10, width=0.25)
+    c = space.choices_for(mhmodels.get_spec("multi_max"))
+    logits = net(tf.random.stateless_normal([4, 32, 32, 3], seed=[1, 1]), c)
+    assert logits.shape == (4, 10) and np.all(np.isfinite(logits.numpy()))
