@@ -21,6 +21,7 @@ import sys
 import time
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 DEFAULT_STEPS = 1000
@@ -136,12 +137,8 @@ def compare_latency(result, config, compare, image_size: int) -> None:
         cms = None
         print(f"(no cost models for the predicted column: {err})")
     normalizers = [float(cm.normalizer_ms) for cm in cms] if cms else None
-    try:
-        from search.hardware import get_hardware
-        hardware = [get_hardware(h) for h in config.hardware]
-    except Exception as err:
-        hardware = []
-        print(f"TODO(lead): search.hardware unavailable ({err}); only predicted latency shown")
+    from search.hardware import get_hardware
+    hardware = [get_hardware(h) for h in config.hardware]
     print(f"\nLatency at {image_size}x{image_size}, batch 1, 1 thread (ms; measured / predicted "
           "by the cost model; f = MobileNet-normalised)")
     header = f"{'model':<34}" + "".join(f"{h:>24}" for h in config.hardware)
@@ -169,7 +166,10 @@ def compare_latency(result, config, compare, image_size: int) -> None:
                     print(f"  ({name} on {hw_name}: measurement failed: {err})")
             measured.append(meas)
             predicted.append(pred)
-        row = f"{name:<34}" + "".join(f"{m:>11.2f} / {p:>8.2f}  " for m, p in
+        def ms(value: float, width: int) -> str:  # "-": not measurable / outside the space
+            return f"{value:>{width}.2f}" if np.isfinite(value) else f"{'-':>{width}}"
+
+        row = f"{name:<34}" + "".join(f"{ms(m, 11)} / {ms(p, 8)}  " for m, p in
                                        zip(measured, predicted))
         if normalizers:
             lat = np.asarray(measured if np.all(np.isfinite(measured)) else predicted)
@@ -181,6 +181,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("search").setLevel(logging.INFO)
+    if not FLAGS["verbosity"].present:  # TensorFlow's converter logs pages at INFO
+        absl_logging.set_verbosity(absl_logging.WARNING)
     start = time.time()
     # The strategy first: splitting the CPU into logical devices must precede any TF op.
     from search import distribute
@@ -210,6 +212,7 @@ def main(argv):
 
 
 def run():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
     app.run(main)
 
 
