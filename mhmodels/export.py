@@ -7,7 +7,8 @@
     mhmodels.export_tflite(mhmodels.quantize(model), 'm.tflite', quantization='uint8')  # QAT
 
 quantization:
-  'float'   - float32 graph.
+  'float'   - float32 graph (of a QAT model: float ops with QUANTIZE/DEQUANTIZE pairs where
+              the fake-quant ops were, i.e. quantization simulated in float).
   'dynamic' - int8 weights, float activations (dynamic-range quantization). Float models only.
   'int8'    - full integer: every op on int8 tensors (int32 biases), int8 input and output.
   'uint8'   - as 'int8' with uint8 input and output (a QUANTIZE op at each end).
@@ -35,9 +36,10 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
 # Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
@@ -214,6 +216,9 @@ def representative_dataset(data, input_shape: tuple[int, ...],
 
     def batches():
         source = data() if callable(data) else data
+        if isinstance(source, tuple) and len(source) in (2, 3) and \
+                np.ndim(source[0]) == len(input_shape) + 1:
+            source = source[0]  # one (inputs, labels[, weights]) tuple
         if hasattr(source, "shape") and not isinstance(source, (list, tuple)):
             yield np.asarray(source)
             return
@@ -349,7 +354,10 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     workdir = tempfile.mkdtemp(prefix="mhmodels_export_")
     try:
         # Keras' SavedModel export prints "Saved artifact at ..." with its endpoints: noise.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # int8/uint8 I/O: TF's converter warns that it has no input statistics, which
+            # only a v1 graph-def conversion would use (the range is in the graph).
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             converter = _converter(model, frontend, workdir)
             _configure(converter, quantization, qat, representative_data, input_shape,
                        calibration_samples)

@@ -13,16 +13,22 @@ default 8-bit scheme. Layers the scheme does not know are given explicit configs
   Multiply (hard-swish, squeeze-excite scaling)  -> fake-quant of the output only
   Rescaling (the +3 and the /6 of hard-sigmoid)   -> fake-quant of the output only
 
-Everything else (Conv2D, DepthwiseConv2D + BatchNormalization folding patterns, ReLU, Add,
+Everything else (Conv2D, DepthwiseConv2D + BatchNormalization patterns, ReLU, Add,
 GlobalAveragePooling2D, Dense with a per-tensor kernel quantizer, Dropout, Flatten) uses the
-default 8-bit registry. A layer that ends up without quantization where one is expected is an
-error, never silently skipped (`check_quantized`).
+default 8-bit registry, with one tfmot bug fixed (see `_scheme_class`: tfmot 0.8.1 leaves the
+kernel of a Conv2D followed directly by a ReLU -- the squeeze-excite reduce conv -- in float).
+A layer left without the quantization it needs is an error (`check_quantized`), never skipped.
 
-How the Keras 3 model tells `quantize` what to rebuild: the builder attaches a dict
-`model._mhmodels_build_args` (keys: spec, width, input_shape, num_classes, include_top,
-pooling, dropout, classifier_activation); explicit keyword arguments to `quantize` fill in or
-override it. Without the attribute, `spec` (a ModelSpec, a zoo name or a spec dict) and
-`width` must be given; input shape, classes, top and dropout are read off the model.
+How `quantize` knows what to rebuild: `mhmodels.build_model` records its arguments on the
+model as `model._mhmodels_build_args` (the builder's `BuildArgs`: spec, width, input_shape,
+num_classes, include_top, pooling, dropout, classifier_activation; a plain dict works too).
+Explicit keyword arguments to `quantize` override it. Without the attribute, `spec` (a
+ModelSpec, a zoo name or a spec dict) and `width` must be given; input shape, classes, top and
+dropout are then read off the model.
+
+tfmot starts every activation range at [-6, 6] and moves it slowly (EMA 0.999); `calibrate`
+(or `quantize(..., calibration_data=x)`) sets the ranges from data first, as post-training
+calibration would.
 
 Importing tfmot sets TF_USE_LEGACY_KERAS=1 for the process. `load_tfmot()` resolves `tf.keras`
 first and restores the variable afterwards, so Keras 3 use in the same process is unaffected.
@@ -69,7 +75,9 @@ def load_tfmot():
     import tensorflow as tf
 
     previous = os.environ.get("TF_USE_LEGACY_KERAS")
-    getattr(tf.keras, "__name__", None)  # resolve the lazy loader under the user's setting
+    # Resolve tf.keras's lazy loader now, under the user's setting (an attribute the loader
+    # itself lacks, so that it loads the module).
+    getattr(tf.keras, "__version__", None)
     try:
         tfmot = importlib.import_module("tensorflow_model_optimization")
         importlib.import_module("tensorflow_model_optimization.quantization.keras")
@@ -464,6 +472,8 @@ def _batches(data, batch_size: int, max_samples: int):
     import numpy as np
 
     source = data() if callable(data) else data
+    if isinstance(source, tuple) and len(source) in (2, 3) and np.ndim(source[0]) == 4:
+        source = source[0]  # one (inputs, labels[, weights]) tuple
     if hasattr(source, "shape") and not isinstance(source, (list, tuple)):
         source = [np.asarray(source)]
     taken = 0
@@ -570,7 +580,8 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
         if copy:
             copy_weights(model, float_twin)
     qat = quantize_tf_keras(float_twin)
-    object.__setattr__(qat, BUILD_ARGS_ATTR, dict(args))
+    object.__setattr__(qat, BUILD_ARGS_ATTR,
+                       getattr(float_twin, BUILD_ARGS_ATTR, None) or dict(args))
     object.__setattr__(qat, QAT_ATTR, True)
     if calibration_data is not None:
         calibrate(qat, calibration_data)
