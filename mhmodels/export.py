@@ -302,11 +302,11 @@ def _configure(converter, quantization: str, qat: bool, representative, input_sh
 
 
 def _frontend_and_qat(model) -> tuple[str, bool]:
-    from mhmodels.quantize import frontend_of
+    from mhmodels.qat import frontend_of
     frontend = frontend_of(model)
     qat = False
     if frontend == "tf_keras":
-        from mhmodels.quantize import is_qat_model
+        from mhmodels.qat import is_qat_model
         qat = is_qat_model(model)
     return frontend, qat
 

@@ -264,7 +264,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
             model.load_weights(str(path), skip_mismatch=True)
     if not cfg.qat:
         return model, model
-    from mhmodels.quantize import quantize
+    from mhmodels.qat import quantize
 
     return model, quantize(model)
 
@@ -288,7 +288,7 @@ def _make_optimizer(k, cfg: TrainConfig, peak: float, total_steps: int):
 
 
 def _keras_module_of(model):
-    from mhmodels.quantize import frontend_of
+    from mhmodels.qat import frontend_of
     import importlib
 
     return importlib.import_module(frontend_of(model))

@@ -6,7 +6,6 @@ Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5,
 the 224x224 int8 conversion timing). Tests marked slow cover every zoo model and the trained
 QAT parity.
 """
-import importlib
 import os
 import time
 
@@ -16,10 +15,8 @@ import pytest
 import mhmodels
 from mhmodels import images
 
-# importlib: once mhmodels/__init__ exports the quantize() function, the attribute
-# mhmodels.quantize is that function, not this module.
-E = importlib.import_module("mhmodels.export")
-Q = importlib.import_module("mhmodels.quantize")
+from mhmodels import export as E
+from mhmodels import qat as Q
 
 FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
 WIDTH = 0.5 if FULL else 0.35

@@ -250,7 +250,7 @@ def test_qat_fine_tunes_the_fake_quant_twin(tmp_path):
     base = T.train(config(tmp_path / "float", steps=4))
     result = T.train(config(tmp_path / "qat", steps=3, qat=True, mode="train_and_eval",
                             init_weights=base.weights_path))
-    from mhmodels.quantize import is_qat_model
+    from mhmodels.qat import is_qat_model
 
     assert is_qat_model(result.model)
     assert all(math.isfinite(l) for _, l in result.losses)

@@ -1,11 +1,10 @@
-"""mhmodels.quantize: the QAT (fake-quant) twin built with tfmot on the tf_keras build.
+"""mhmodels.quantize (mhmodels/qat.py): the QAT twin built with tfmot on the tf_keras build.
 
 Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5, 64x64).
 Per-model coverage (twin + one fit step for every zoo model) is in test_export.py, where the
 same QAT twin is also exported; here: the twin's structure, weight transfer, calibration,
 build-argument handling, and Keras 3 + tfmot in one process.
 """
-import importlib
 import os
 import subprocess
 import sys
@@ -17,9 +16,7 @@ import pytest
 import mhmodels
 from mhmodels import images
 
-# importlib: once mhmodels/__init__ exports the quantize() function, the attribute
-# mhmodels.quantize is that function, not this module.
-Q = importlib.import_module("mhmodels.quantize")
+from mhmodels import qat as Q
 
 FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
 WIDTH = 0.5 if FULL else 0.35
@@ -46,7 +43,7 @@ def v3_small_qat(v3_small):
 
 
 def test_import_does_not_load_tensorflow():
-    code = ("import sys, mhmodels, mhmodels.quantize, mhmodels.export, mhmodels.images; "
+    code = ("import sys, mhmodels, mhmodels.qat, mhmodels.export, mhmodels.images; "
             "bad = [m for m in ('tensorflow', 'tf_keras', 'keras', "
             "'tensorflow_model_optimization') if m in sys.modules]; "
             "assert not bad, bad")
@@ -196,7 +193,7 @@ def test_keras3_and_tfmot_in_one_fresh_process():
         import os, numpy as np
         assert "TF_USE_LEGACY_KERAS" not in os.environ
         import mhmodels
-        from mhmodels import quantize as Q
+        from mhmodels import qat as Q
         m = mhmodels.build("mobilenet_v1", 0.25, input_shape={SHAPE}, num_classes=4)
         qat = Q.quantize(m)
         assert Q.frontend_of(qat) == "tf_keras"
