@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
-DEFAULT_STEPS = 1000
+DEFAULT_STEPS = 2000
 
 flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
                   "Comma-separated hardware to optimise for (search.hardware names: cpu_float, "
@@ -46,8 +46,9 @@ flags.DEFINE_integer("steps", None, f"Search steps (default {DEFAULT_STEPS} when
                      "not given either).")
 flags.DEFINE_float("epochs", None, "Search length in epochs of the search_train split "
                    "(instead of --steps).")
-flags.DEFINE_float("warmup_fraction", 0.25, "Fraction of steps with the filter warm-up (largest "
-                   "child trained with a probability decaying 1 -> 0).")
+flags.DEFINE_float("warmup_fraction", 0.25, "Fraction of steps with TuNAS's filter and op "
+                   "warm-ups (the largest child, and every block's regular + fused ops summed, "
+                   "each with a probability decaying 1 -> 0).")
 flags.DEFINE_float("rl_delay_fraction", 0.25, "Fraction of steps before the controller learns "
                    "(its learning rate is 0 until then; paper: 0.5, TuNAS: 0.25).")
 flags.DEFINE_float("learning_rate", 0.05, "Shared-weights learning rate (cosine decay).")

@@ -6,7 +6,9 @@ One search step, on every replica of a ``tf.distribute`` strategy:
    ``(seed, step * replicas + replica_id)``: reproducible, distinct per replica, replayed exactly
    after a resume);
 2. warm-up: with probability ``max(0, 1 - step / warmup_steps)`` train the largest child
-   instead (largest filters, expansion, blocks and kernel), TuNAS's filter warm-up;
+   instead (largest filters, expansion, blocks and kernel), TuNAS's filter warm-up, and,
+   drawn independently with the same probability, run every block's regular and fused ops
+   together (TuNAS's op warm-up, ``Supernet(..., all_ops=True)``);
 3. train the shared supernet weights on this replica's ``search_train`` batch (gradients
    all-reduced, momentum SGD or RMSProp, cosine learning rate);
 4. accuracy A of alpha on this replica's held-out ``search_valid`` batch (batch-norm statistics of
@@ -71,7 +73,7 @@ class SearchConfig:
     epochs: float | None = None
     warmup_fraction: float = 0.25
     rl_delay_fraction: float = 0.25
-    learning_rate: float = 0.1
+    learning_rate: float = 0.05
     momentum: float = 0.9
     optimizer: str = "momentum"
     weight_decay: float = 4e-5
@@ -321,11 +323,11 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
             p = tf.maximum(0.0, 1.0 - tf.cast(step, tf.float32) / float(warmup_steps))
         else:
             p = tf.constant(0.0)
-        train_choices = supernet.warmup_choices(
+        train_choices, all_ops = supernet.warmup(
             choices, p, tf.stack([tf.constant(seed, tf.int64), 2 * stream + 1]))
         images, labels = train_batch
         with tf.GradientTape() as tape:
-            logits = supernet(images, train_choices)
+            logits = supernet(images, train_choices, all_ops)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.cast(labels, tf.int32), logits=logits))
         grads = tape.gradient(loss, variables)
@@ -342,8 +344,8 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         optimizer.apply(grads, variables,
                         distribute.cosine_learning_rate(config.learning_rate, step, steps))
         return {"choices": choices, "reward": r, "accuracy": accuracy, "latencies": latencies,
-                "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(
-                    tf.reduce_any(tf.not_equal(train_choices, choices)), tf.float32),
+                "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(tf.logical_or(
+                    all_ops, tf.reduce_any(tf.not_equal(train_choices, choices))), tf.float32),
                 "baseline": stats["baseline"], "mean_reward": stats["mean_reward"],
                 "rl_learning_rate": stats["rl_learning_rate"]}
 

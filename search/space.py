@@ -186,36 +186,57 @@ class SearchSpace:
         return spec
 
     def choices_for(self, spec: ModelSpec) -> np.ndarray:
-        """Inverse of `decode` for a spec inside the space (e.g. Multi-MAX); else ValueError."""
-        arr = np.zeros(len(self.decisions), dtype=np.int64)
+        """Inverse of `decode` for a spec inside the space (e.g. Multi-MAX); else ValueError.
+
+        Stage boundaries are found by backtracking: a stride-1 stage whose filters equal the
+        previous stage's (e.g. 192 = 1.5 x 128 = 1.25 x 160) continues it block for block, so
+        the greedy split can be wrong. Where several splits decode to the spec (the same
+        network), the one with the longest earlier stages is returned.
+        """
         blocks = list(spec.blocks)
-        for s, stage in enumerate(self.stages):
-            group = []
-            while blocks and (not group or blocks[0].stride == 1) and \
-                    (group or blocks[0].stride == stage.stride):
-                if group and blocks[0].filters != group[0].filters:
-                    break
-                group.append(blocks.pop(0))
-                if len(group) == max(NUM_BLOCKS):
-                    break
-            if not group:
-                raise ValueError(f"{spec.name}: no block fits stage {s} (stride {stage.stride})")
-            ratios = [r for r in range(len(FILTER_RATIOS))
-                      if self.stage_filters(s, r) == group[0].filters]
-            if not ratios:
-                raise ValueError(f"{spec.name}: {group[0].filters} filters is not a choice of "
-                                 f"stage {s}")
-            arr[self.index[f"stage{s}/num_blocks"]] = NUM_BLOCKS.index(len(group))
-            arr[self.index[f"stage{s}/filter_ratio"]] = ratios[0]
+
+        def fits(layer) -> bool:
+            return (layer.kind in BLOCK_TYPES and layer.expansion in EXPANSIONS and
+                    layer.kernel in KERNELS and not layer.se_ratio and layer.activation == "relu")
+
+        def split(s: int, start: int) -> list[int] | None:
+            """Blocks per stage for stages s.. covering blocks[start:], or None."""
+            if s == len(self.stages):
+                return [] if start == len(blocks) else None
+            stage = self.stages[s]
+            if start >= len(blocks) or blocks[start].stride != stage.stride:
+                return None
+            filters = blocks[start].filters
+            if not any(self.stage_filters(s, r) == filters for r in range(len(FILTER_RATIOS))):
+                return None
+            n_max = 0
+            while (n_max < max(NUM_BLOCKS) and start + n_max < len(blocks) and
+                   fits(blocks[start + n_max]) and blocks[start + n_max].filters == filters and
+                   (n_max == 0 or blocks[start + n_max].stride == 1)):
+                n_max += 1
+            for n in range(n_max, 0, -1):
+                rest = split(s + 1, start + n)
+                if rest is not None:
+                    return [n] + rest
+            return None
+
+        counts = split(0, 0)
+        if counts is None:
+            raise ValueError(f"{spec.name} is not a point of the {self.name} space (its blocks "
+                             "do not split into the stages' strides, filters and choices)")
+        arr = np.zeros(len(self.decisions), dtype=np.int64)
+        start = 0
+        for s, n in enumerate(counts):
+            group = blocks[start:start + n]
+            start += n
+            arr[self.index[f"stage{s}/num_blocks"]] = NUM_BLOCKS.index(n)
+            arr[self.index[f"stage{s}/filter_ratio"]] = next(
+                r for r in range(len(FILTER_RATIOS))
+                if self.stage_filters(s, r) == group[0].filters)
             for b, layer in enumerate(group):
-                if layer.kind not in BLOCK_TYPES or layer.expansion not in EXPANSIONS or \
-                        layer.kernel not in KERNELS or layer.se_ratio or layer.activation != "relu":
-                    raise ValueError(f"{spec.name}: block {layer} is outside the search space")
                 arr[self.index[f"stage{s}/block{b}/expansion"]] = EXPANSIONS.index(layer.expansion)
                 arr[self.index[f"stage{s}/block{b}/kernel"]] = KERNELS.index(layer.kernel)
                 arr[self.index[f"stage{s}/block{b}/type"]] = BLOCK_TYPES.index(layer.kind)
-        if blocks:
-            raise ValueError(f"{spec.name}: {len(blocks)} blocks left over after the last stage")
         if self.decode(arr, spec.name).blocks != spec.blocks:
             raise ValueError(f"{spec.name} is not a point of the {self.name} space")
         return arr

@@ -93,6 +93,32 @@ def test_kernel3_is_the_centre_of_the_5x5():
     np.testing.assert_allclose(net(images, k3).numpy(), net(images, k5).numpy(), atol=1e-5)
 
 
+def test_all_ops_sums_the_regular_and_fused_hidden_features(tiny):
+    """Op warm-up: with the fused conv zeroed its hidden features are zero (ReLU of a zero
+    beta), so all ops == the regular op alone; with it intact all ops differ from both."""
+    space, net, images, fn = tiny
+    c = set_choice(space, space.sample(np.random.default_rng(5)), "stage0/num_blocks", 4)
+    c = set_choice(space, c, "stage0/block1/expansion", 4)
+    regular = np.array(c)
+    for i, d in enumerate(space.decisions):
+        if d.name.endswith("/type"):
+            regular[i] = d.choices.index("ibn")  # every block regular
+    fused = set_choice(space, regular, "stage0/block1/type", "fused_ibn")
+    both = net(images, regular, all_ops=True).numpy()
+    for single in (regular, fused):
+        assert not np.allclose(both, net(images, single).numpy(), atol=1e-3)
+    weights = [v for name, v in net.weights.items() if name.endswith("_fused")]
+    saved = [v.numpy() for v in weights]
+    try:
+        for v in weights:
+            v.assign(tf.zeros_like(v))
+        np.testing.assert_allclose(net(images, fused, all_ops=True).numpy(),
+                                   net(images, regular).numpy(), rtol=1e-4, atol=1e-4)
+    finally:
+        for v, value in zip(weights, saved):
+            v.assign(value)
+
+
 def copy_into_keras(net, space, choices, model):
     """Put the supernet's (sliced) weights into the standalone Keras child."""
     w = {k: v.numpy() for k, v in net.weights.items()}
@@ -109,23 +135,18 @@ def copy_into_keras(net, space, choices, model):
     bn("stem_bn", "stem_bn", net.stem_filters)
     cin = space.stem_filters
     for i, ab in enumerate(space.active_blocks(choices)):
+        assert ab.expansion > 1, "the supernet runs expansion 1 through the expansion layer"
         p, name = f"s{ab.stage}b{ab.index}", f"block{i}"
         hidden = ab.expansion * ab.in_filters
         if ab.kind == "ibn":
-            if ab.expansion > 1:
-                model.get_layer(f"{name}_expand").set_weights(
-                    [w[f"{p}_expand"][:, :, :cin, :hidden]])
-                bn(f"{name}_expand_bn", f"{p}_expand_bn", hidden)
-            else:
-                hidden = cin
+            model.get_layer(f"{name}_expand").set_weights([w[f"{p}_expand"][:, :, :cin, :hidden]])
+            bn(f"{name}_expand_bn", f"{p}_expand_bn", hidden)
             model.get_layer(f"{name}_dw").set_weights([k(w[f"{p}_dw"][:, :, :hidden], ab.kernel)])
             bn(f"{name}_dw_bn", f"{p}_dw_bn", hidden)
-        elif ab.expansion > 1:
+        else:
             model.get_layer(f"{name}_fused").set_weights(
                 [k(w[f"{p}_fused"][:, :, :cin, :hidden], ab.kernel)])
             bn(f"{name}_fused_bn", f"{p}_fused_bn", hidden)
-        else:
-            hidden = cin
         model.get_layer(f"{name}_project").set_weights(
             [w[f"{p}_project"][:, :, :hidden, :ab.filters]])
         bn(f"{name}_project_bn", f"{p}_project_bn", ab.filters)
@@ -137,16 +158,26 @@ def copy_into_keras(net, space, choices, model):
     model.get_layer("classifier").set_weights([w["classifier_kernel"], w["classifier_bias"]])
 
 
+def no_expansion_one(space, choices, rng):
+    """``choices`` with every expansion-1 choice redrawn from 2..6."""
+    choices = np.array(choices)
+    for i, d in enumerate(space.decisions):
+        if d.name.endswith("/expansion") and d.choices[choices[i]] == 1:
+            choices[i] = rng.integers(1, d.size)
+    return choices
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_supernet_child_equals_standalone_child(tiny, seed):
-    """Same weights, batch statistics: the supernet's child == mhmodels.build(decoded spec)."""
+    """Same weights, batch statistics: the supernet's child == mhmodels.build(decoded spec).
+
+    For every expansion > 1; expansion 1 is a documented proxy (see the next test)."""
     space, net, images, fn = tiny
     rng = np.random.default_rng(100 + seed)
-    c = space.sample(rng)
-    if seed == 0:  # also cover a fused e1 and a conditional residual of the stride-1 stage
+    c = no_expansion_one(space, space.sample(rng), rng)
+    if seed == 0:  # also cover a fused block and a conditional residual of the stride-1 stage
         c = set_choice(space, c, "stage0/num_blocks", 2)
         c = set_choice(space, c, "stage0/block1/type", "fused_ibn")
-        c = set_choice(space, c, "stage0/block1/expansion", 1)
         c = set_choice(space, c, "stage1/filter_ratio", 1.0)
         c = set_choice(space, c, "stage0/filter_ratio", 1.0)
     spec = space.decode(c, "child")
@@ -155,6 +186,36 @@ def test_supernet_child_equals_standalone_child(tiny, seed):
     want = model(images, training=True).numpy()
     got, _ = fn(images, tf.constant(c, tf.int32))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_expansion_one_shares_the_expansion_path(tiny):
+    """Expansion 1 runs the expansion layer on its first Cin channels (one op per block type,
+    one feature basis), so it is expansion 2 with the second half of the hidden channels off."""
+    space, net, images, fn = tiny
+    rng = np.random.default_rng(7)
+    c = set_choice(space, space.sample(rng), "stage0/num_blocks", 2)
+    c = set_choice(space, c, "stage0/block1/type", "ibn")
+    e1 = set_choice(space, c, "stage0/block1/expansion", 1)
+    e2 = set_choice(space, c, "stage0/block1/expansion", 2)
+    out1, _ = fn(images, tf.constant(e1, tf.int32))
+    out2, _ = fn(images, tf.constant(e2, tf.int32))
+    assert not np.allclose(out1.numpy(), out2.numpy())
+    cin = space.stage_filters(0, int(c[space.index["stage0/filter_ratio"]]))  # block1's input
+    weights = {name: net.weights[name] for name in ("s0b1_expand", "s0b1_dw", "s0b1_project")}
+    saved = {name: v.numpy() for name, v in weights.items()}
+    try:  # with hidden channels cin..2cin cut off everywhere, e2 must equal e1
+        for name, axis in (("s0b1_expand", 3), ("s0b1_dw", 2), ("s0b1_project", 2)):
+            value = saved[name].copy()
+            index = [slice(None)] * 4
+            index[axis] = slice(cin, None)
+            value[tuple(index)] = 0.0
+            weights[name].assign(value)
+        a, _ = fn(images, tf.constant(e1, tf.int32))
+        b, _ = fn(images, tf.constant(e2, tf.int32))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    finally:
+        for name, v in weights.items():
+            v.assign(saved[name])
 
 
 def test_largest_child_and_warmup_choice():
@@ -167,8 +228,16 @@ def test_largest_child_and_warmup_choice():
     assert space.choice(big, "stage1/block2/expansion") == 6
     assert space.choice(big, "stage1/block2/kernel") == 5
     assert space.choice(big, "stage1/block2/type") == "ibn"  # type is never overridden
-    np.testing.assert_array_equal(net.warmup_choices(c, 1.0, [0, 1]).numpy(), big)
-    np.testing.assert_array_equal(net.warmup_choices(c, 0.0, [0, 1]).numpy(), c)
+    warm, all_ops = net.warmup(c, 1.0, [0, 1])
+    np.testing.assert_array_equal(warm.numpy(), big)
+    assert bool(all_ops)
+    cold, all_ops = net.warmup(c, 0.0, [0, 1])
+    np.testing.assert_array_equal(cold.numpy(), c)
+    assert not bool(all_ops)
+    # the two warm-ups are drawn independently: over many seeds all four combinations occur
+    seen = {(bool(np.any(w.numpy() != c)), bool(a))
+            for w, a in (net.warmup(c, 0.5, [0, i]) for i in range(40))}
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
     # width 0.5 halves the channels (multiples of 8)
     assert net.stem_filters == 16 and net.blocks[-1]["cout_max"] == 32
 
