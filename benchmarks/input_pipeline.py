@@ -57,14 +57,21 @@ def _time(fn, batches: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def pipeline_puller(dataset):
+def batch_closure(consume, dataset):
+    """A closure that applies `consume` to an iterator over `dataset` (one batch per call)
+    and waits for the first of its two results."""
     iterator = iter(dataset)
 
-    def pull():
-        images, _ = next(iterator)
-        images.numpy()
+    def run():
+        first, _ = consume(iterator)
+        first.numpy()
 
-    return pull
+    return run
+
+
+def pipeline_puller(dataset):
+    """Pulls one batch of `dataset` (images materialised) per call."""
+    return batch_closure(next, dataset)
 
 
 def step_runner(tf, model, num_classes: int, batch_size: int, total_steps: int):
@@ -80,13 +87,7 @@ def step_runner(tf, model, num_classes: int, batch_size: int, total_steps: int):
                               host_iterator=True)
 
     def make(dataset):
-        iterator = iter(dataset)
-
-        def run():
-            loss, _ = step(iterator)
-            loss.numpy()
-
-        return run
+        return batch_closure(step, dataset)  # the step returns (loss, ...)
 
     return make
 

@@ -1,6 +1,6 @@
 """Search quality: the searched architecture vs the best of K random ones at matched f_max.
 
-    python benchmarks/search_quality.py --entry=<zoo entry> [--k=5] [--train_steps=400] \
+    python benchmarks/search_quality.py --entry=<zoo entry> [--k=5] [--train_steps=800] \
         [--tolerance=0.1] [--width=0.25] [--image_size=32] [--json=out.json]
 
 Random architectures of the space are drawn until K of them have a predicted (cost-model)
@@ -11,27 +11,27 @@ random architecture at the same worst-case latency.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 
+from _report import write_json  # benchmarks/_report.py, beside this script; defines --json
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 flags.DEFINE_string("entry", None, "Zoo entry emitted by python -m search.")
 flags.DEFINE_integer("k", 5, "Random architectures at matched f_max.")
 flags.DEFINE_float("tolerance", 0.1, "Relative f_max tolerance of the match.")
-flags.DEFINE_integer("train_steps", 400, "Training steps per architecture.")
+flags.DEFINE_integer("train_steps", 800, "Training steps per architecture.")
 flags.DEFINE_integer("batch_size", 32, "Training batch size.")
-flags.DEFINE_float("learning_rate", 0.02, "Momentum SGD learning rate (cosine decay).")
+flags.DEFINE_float("learning_rate", 0.05, "Momentum SGD learning rate (cosine decay).")
 flags.DEFINE_float("width", 0.25, "Width multiplier the architectures are trained at.")
 flags.DEFINE_integer("image_size", 32, "Image size.")
 flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"], "Cost models.")
 flags.DEFINE_string("cost_model_dir", None, "Cost-model directory (default: shipped).")
 flags.DEFINE_integer("seed", 0, "Seed of the random architectures and training.")
-flags.DEFINE_string("json", None, "Write the results here too.")
 flags.mark_flag_as_required("entry")
 FLAGS = flags.FLAGS
 
@@ -95,8 +95,7 @@ def main(argv):
     results["best_random_accuracy"] = best
     print(f"searched {results['entry_accuracy']:.4f} vs best of {len(matched)} random "
           f"{best:.4f} at f_max {target:.3f} +- {100 * FLAGS.tolerance:.0f}%")
-    if FLAGS.json:
-        Path(FLAGS.json).write_text(json.dumps(results, indent=2))
+    write_json(results)
     return 0
 
 

@@ -17,7 +17,6 @@ Cost models: the shipped ones when present, else stand-in linear models of the s
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from _report import write_json  # benchmarks/_report.py, beside this script; defines --json
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 flags.DEFINE_integer("steps", 30, "Timed steps per measurement (after 3 warm-up steps).")
@@ -33,7 +34,6 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("image_size", 32, "Image size.")
 flags.DEFINE_float("supernet_width", 0.25, "Supernet (and standalone child) width.")
 flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"], "Cost models.")
-flags.DEFINE_string("json", None, "Write the results here too.")
 FLAGS = flags.FLAGS
 
 
@@ -157,8 +157,7 @@ def main(argv):
     print(f"search step {results['search_step_s'] * 1e3:.1f} ms; controller + cost models "
           f"{results['controller_s'] * 1e3:.2f} ms = {100 * results['controller_overhead']:.1f}% "
           f"(goal <= 5%; {source} cost models)")
-    if FLAGS.json:
-        Path(FLAGS.json).write_text(json.dumps(results, indent=2))
+    write_json(results)
     return 0
 
 

@@ -12,7 +12,6 @@ Latency statistic: min and median over all pooled runs (the machine may be share
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -21,11 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from _report import write_json  # noqa: E402  (benchmarks/_report.py; defines --json)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 5, "Interleaved measurement passes.")
 flags.DEFINE_integer("runs", 20, "Timed runs per model per pass.")
 flags.DEFINE_integer("image_size", 224, "Input resolution.")
-flags.DEFINE_string("json", None, "Also write the results here.")
 
 
 def main(argv):
@@ -94,9 +94,7 @@ def main(argv):
           "float exports: " + ", ".join(
               f"{k} {v:.1f} s" for k, v in export_s.items() if "int8" not in k))
     # Wall time of an export on a shared machine mostly measures the other jobs' load.
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(out)
 
 
 if __name__ == "__main__":
