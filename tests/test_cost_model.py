@@ -212,25 +212,25 @@ def test_csv_hardware(tmp_path, space):
     with pytest.raises(ValueError, match="cannot measure"):
         hw.measure_tflite(b"")
 
-    bad = tmp_path / "bad.csv"
-    bad.write_text("arch,ms\nx,1\n")
-    with pytest.raises(ValueError, match="latency_ms"):
-        read_latency_csv(bad)
-    bad.write_text("arch,latency_ms\nx,fast\n")
-    with pytest.raises(ValueError, match="line 2"):
-        read_latency_csv(bad)
-    bad.write_text("arch,latency_ms\nx,-1\n")
-    with pytest.raises(ValueError, match="positive"):
-        read_latency_csv(bad)
-    bad.write_text("arch,latency_ms\n")
-    with pytest.raises(ValueError, match="no rows"):
-        read_latency_csv(bad)
     with pytest.raises(FileNotFoundError):
         read_latency_csv(tmp_path / "nope.csv")
     nonorm = tmp_path / "nonorm.csv"
     nonorm.write_text("arch,latency_ms\n1-2,3\n")
     with pytest.raises(KeyError, match="mobilenet_v1"):
         get_hardware(f"csv:{nonorm}").normalizer_ms()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("arch,ms\nx,1\n", "latency_ms"),
+    ("arch,latency_ms\nx,fast\n", "line 2"),
+    ("arch,latency_ms\nx,-1\n", "positive"),
+    ("arch,latency_ms\n", "no rows"),
+])
+def test_read_latency_csv_rejects_bad_files(tmp_path, text, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_latency_csv(bad)
 
 
 def test_csv_hardware_fits_a_cost_model(tmp_path, space):
@@ -340,5 +340,12 @@ def test_shipped_model_ranks_freshly_measured_archs(space):
         true.append(hw.latency_ms(hw.measure_model(net)))
         pred.append(model.predict(c))
     # Six points, re-measured on a shared machine (thread CPU time): a real but tolerant bar.
+    # The host CPU may differ from the one the model was fitted on (cloud machines differ by
+    # ~2x); a faster or slower host scales every latency alike, which the search's
+    # MobileNet-normalised metric cancels. So: the ranking, and the error after one
+    # least-squares scale factor, which itself must stay within a plausible host range.
+    true, pred = np.asarray(true), np.asarray(pred, np.float64).reshape(-1)
     assert spearman(pred, true) >= 0.8, (true, pred)
-    assert mape(pred, true) <= 15.0, (true, pred)
+    scale = float(pred @ true / (pred @ pred))
+    assert 0.25 <= scale <= 4.0, (scale, true, pred)
+    assert mape(scale * pred, true) <= 15.0, (scale, true, pred)

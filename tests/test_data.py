@@ -4,9 +4,7 @@ ILSVRC-shaped tar files made here. Nothing is downloaded."""
 from __future__ import annotations
 
 import collections
-import io
 import struct
-import tarfile
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from archives import tar_bytes
 from mhmodels import data
 
 
@@ -358,16 +357,6 @@ def test_tfds_unprepared_or_unknown_fails_fast_without_download(tmp_path: Path):
 SYNSETS = ("n01440764", "n01443537")  # ImageNet class ids 0 and 1
 
 
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
-
-
 def _jpeg(level: int, shape: tuple[int, int]) -> bytes:
     return tf.io.encode_jpeg(tf.constant(_solid((level,) * 3, shape)), quality=100).numpy()
 
@@ -377,14 +366,14 @@ def imagenet_dirs(tmp_path_factory) -> tuple[str, str]:
     """ILSVRC2012-shaped train/val tars (2 synsets x 3 images, 4 val images) for a manual_dir."""
     manual = tmp_path_factory.mktemp("manual")
     train = {
-        f"{syn}.tar": _tar_bytes(
+        f"{syn}.tar": tar_bytes(
             {f"{syn}_{i}.JPEG": _jpeg(20 + 10 * i, (50 + i, 70)) for i in range(3)}
         )
         for syn in SYNSETS
     }
-    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(train))
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(train))
     val = {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(40 * i, (60, 45)) for i in range(1, 5)}
-    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
     return str(manual), str(tmp_path_factory.mktemp("tfds_imagenet"))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from archives import tar_gz
 from mhmodels import weights as W
 
 DATA = random.Random(1234).randbytes(300_000)  # several 64 KiB chunks
@@ -318,22 +319,6 @@ def test_cache_dir_default_and_env(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _tar_gz(members: dict[str, bytes], links: dict[str, tuple[str, bytes]] | None = None
-            ) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, (target, kind) in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            info.linkname = target
-            tar.addfile(info)
-    return buf.getvalue()
-
-
 def _zip(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -351,7 +336,7 @@ def _entry(model, width, fmt, url, data, **extra):
 def manifest(server, tmp_path, monkeypatch):
     tflite = b"TFL3" + bytes(range(256)) * 10
     inner = DATA[:40_000]
-    archive = _tar_gz({"ckpt/multi_avg.weights.h5": inner, "ckpt/README.txt": b"hi"})
+    archive = tar_gz({"ckpt/multi_avg.weights.h5": inner, "ckpt/README.txt": b"hi"})
     server.files["/mm.weights.h5"] = DATA
     server.files["/mm_int8.tflite"] = tflite
     server.files["/ma.tar.gz"] = archive
@@ -483,16 +468,16 @@ def test_zip_extraction_with_member(server, isolated_env):
 
 
 @pytest.mark.parametrize("archive_kind, build", [
-    ("tar.gz", lambda: _tar_gz({"../evil.txt": b"pwned"})),
-    ("tar.gz", lambda: _tar_gz({"ok/../../evil.txt": b"pwned"})),
-    ("tar.gz", lambda: _tar_gz({"/tmp/mhmodels-evil.txt": b"pwned"})),
-    ("tar.gz", lambda: _tar_gz({}, {"link": ("/etc/passwd", tarfile.SYMTYPE)})),
-    ("tar.gz", lambda: _tar_gz({}, {"sub/link": ("../../evil", tarfile.SYMTYPE)})),
-    ("tar.gz", lambda: _tar_gz({}, {"hard": ("../evil", tarfile.LNKTYPE)})),
-    ("tar.gz", lambda: _tar_gz({"link/evil.txt": b"x"}, {"link": ("sub", tarfile.SYMTYPE)})),
-    ("tar.gz", lambda: _tar_gz({}, {"sub/b": ("..", tarfile.SYMTYPE),
-                                    "a": ("sub/b/..", tarfile.SYMTYPE)})),
-    ("tar.gz", lambda: _tar_gz({"x": b"x"}, {"x": ("/etc/passwd", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: tar_gz({"../evil.txt": b"pwned"})),
+    ("tar.gz", lambda: tar_gz({"ok/../../evil.txt": b"pwned"})),
+    ("tar.gz", lambda: tar_gz({"/tmp/mhmodels-evil.txt": b"pwned"})),
+    ("tar.gz", lambda: tar_gz({}, {"link": ("/etc/passwd", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: tar_gz({}, {"sub/link": ("../../evil", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: tar_gz({}, {"hard": ("../evil", tarfile.LNKTYPE)})),
+    ("tar.gz", lambda: tar_gz({"link/evil.txt": b"x"}, {"link": ("sub", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: tar_gz({}, {"sub/b": ("..", tarfile.SYMTYPE),
+                                   "a": ("sub/b/..", tarfile.SYMTYPE)})),
+    ("tar.gz", lambda: tar_gz({"x": b"x"}, {"x": ("/etc/passwd", tarfile.SYMTYPE)})),
     ("zip", lambda: _zip({"../evil.txt": b"pwned"})),
     ("zip", lambda: _zip({"/abs/evil.txt": b"pwned"})),
 ])
@@ -510,8 +495,8 @@ def test_unsafe_archives_are_rejected_and_leave_nothing(server, isolated_env, tm
 
 
 def test_safe_internal_symlink_in_tar_is_allowed(server, isolated_env):
-    archive = _tar_gz({"d/real.weights.h5": b"w"}, {"d/alias.weights.h5": ("real.weights.h5",
-                                                                           tarfile.SYMTYPE)})
+    archive = tar_gz({"d/real.weights.h5": b"w"}, {"d/alias.weights.h5": ("real.weights.h5",
+                                                                          tarfile.SYMTYPE)})
     server.files["/s.tar.gz"] = archive
     path = W.fetch(server.url("/s.tar.gz"), sha(archive), extract="tar.gz",
                    member="d/alias.weights.h5", progress=False)
