@@ -122,7 +122,7 @@ def _make_visible(zoo_dir: str | None) -> None:
     os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [zoo_dir])
 
 
-def compare_latency(result, config, compare, image_size: int) -> None:
+def compare_latency(config, compare: list[str], image_size: int) -> None:
     """Print measured (LiteRT) and predicted latency of the entry beside the --compare models."""
     import numpy as np
 
@@ -145,6 +145,19 @@ def compare_latency(result, config, compare, image_size: int) -> None:
     header = f"{'model':<34}" + "".join(f"{h:>24}" for h in config.hardware)
     if normalizers:
         header += f"{'f_avg':>14}{'f_max':>14}"
+    # Measured rows are normalised by MobileNetV1 measured here too: the cost models'
+    # milliseconds belong to the host they were fitted on, which may be faster or slower.
+    measured_normalizers = list(normalizers or [])
+    for i, hw in enumerate(hardware):
+        if normalizers and hw.measurable:
+            try:
+                measured_normalizers[i] = hw.normalizer_ms(image_size)
+            except Exception as err:  # keep going: fall back to the cost model's value
+                print(f"  (mobilenet_v1 on {hw.name}: measurement failed: {err})")
+    if normalizers:
+        print("normaliser C = MobileNetV1 (ms, measured / cost model): " + ", ".join(
+            f"{hw} {m:.2f} / {c:.2f}" for hw, m, c in
+            zip(config.hardware, measured_normalizers, normalizers)))
     print(header)
     for name in names:
         measured, predicted = [], []
@@ -173,8 +186,10 @@ def compare_latency(result, config, compare, image_size: int) -> None:
         row = f"{name:<34}" + "".join(f"{ms(m, 11)} / {ms(p, 8)}  " for m, p in
                                        zip(measured, predicted))
         if normalizers:
-            lat = np.asarray(measured if np.all(np.isfinite(measured)) else predicted)
-            row += f"{float(f_avg(lat, normalizers)):>14.3f}{float(f_max(lat, normalizers)):>14.3f}"
+            use_measured = np.all(np.isfinite(measured))
+            lat = np.asarray(measured if use_measured else predicted)
+            norm = measured_normalizers if use_measured else normalizers
+            row += f"{float(f_avg(lat, norm)):>14.3f}{float(f_max(lat, norm)):>14.3f}"
         print(row, flush=True)
 
 
@@ -207,7 +222,7 @@ def main(argv):
     print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
     if FLAGS.measure:
         _make_visible(config.zoo_dir)
-        compare_latency(result, config, FLAGS.compare, FLAGS.measure_image_size)
+        compare_latency(config, FLAGS.compare, FLAGS.measure_image_size)
     print(f"\ntotal wall time {time.time() - start:.0f} s")
     return 0
 

@@ -212,5 +212,29 @@ def test_cli_end_to_end(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
+@pytest.mark.slow
+def test_compare_latency_normalises_measured_rows_by_mobilenet_v1_measured_here(capsys):
+    """Cost-model ms belong to the host they were fitted on: measured rows use C measured here."""
+    from search.__main__ import compare_latency
+    from search.loop import SearchConfig
+    hardware = ("cpu_float", "cpu_int8")
+    config = SearchConfig(model_dir="unused", hardware=hardware, entry_name="multi_max")
+    compare_latency(config, ["mobilenet_v2"], image_size=96)
+    lines = capsys.readouterr().out.splitlines()
+    norm_line = next(line for line in lines if line.startswith("normaliser C"))
+    measured_c = [float(part.split()[1]) for part in norm_line.split(": ", 1)[1].split(", ")]
+    assert all(c > 0 for c in measured_c)
+    for name in ("multi_max", "mobilenet_v2"):
+        fields = next(line for line in lines if line.startswith(name + " ")).split()[1:]
+        measured = [float(fields[3 * i]) for i in range(len(hardware))]
+        f_avg, f_max = float(fields[-2]), float(fields[-1])
+        ratios = [m / c for m, c in zip(measured, measured_c)]
+        # the table prints 2 decimals of ms and 3 of f
+        assert f_max == pytest.approx(max(ratios), rel=0.03)
+        assert f_avg == pytest.approx(sum(ratios) / len(ratios), rel=0.03)
+    # multi_max is in the space, so it has a prediction; mobilenet_v2 is not ("-")
+    assert next(line for line in lines if line.startswith("mobilenet_v2 ")).split()[3] == "-"
+
+
 if __name__ == "__main__":
     subprocess_main(*sys.argv[1:5])
