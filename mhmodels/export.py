@@ -362,7 +362,8 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
             _configure(converter, quantization, qat, representative_data, input_shape,
                        calibration_samples)
             try:
-                flatbuffer = converter.convert()
+                with _without_converter_chatter():
+                    flatbuffer = converter.convert()
             except ValueError as err:  # e.g. a bad representative_data batch
                 if "representative_data" in str(err):
                     raise
@@ -380,6 +381,37 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     return ExportResult(path=str(path), quantization=quantization, from_qat=qat,
                         size_bytes=len(flatbuffer), seconds=seconds,
                         op_counts=op_counts(flatbuffer))
+
+
+# Lines the converter's native code prints on every full-integer conversion, whatever the
+# log level: they say nothing the caller did not ask for.
+_CONVERTER_CHATTER = ("fully_quantize: ",)
+
+
+@contextlib.contextmanager
+def _without_converter_chatter():
+    """Run the converter with native stderr captured; pass on everything but known chatter."""
+    import sys
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not line.startswith(_CONVERTER_CHATTER)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _atomic_write(path: Path, content: bytes) -> None:

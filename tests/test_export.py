@@ -127,8 +127,9 @@ def test_dynamic_range_export(v3_small, digits, tmp_path):
     assert cosine(keras_logits, E.predict_tflite(result, x[:32])).min() > 0.95
 
 
-def test_post_training_int8_and_uint8_have_no_float_ops(v3_small, digits, tmp_path):
+def test_post_training_int8_and_uint8_have_no_float_ops(v3_small, digits, tmp_path, capfd):
     x, _ = digits
+    capfd.readouterr()
     for q in ("int8", "uint8"):
         result = E.export_tflite(v3_small, tmp_path / f"{q}.tflite", quantization=q,
                                  representative_data=x[:64])
@@ -144,10 +145,25 @@ def test_post_training_int8_and_uint8_have_no_float_ops(v3_small, digits, tmp_pa
             if q == "uint8" and "uint8" in types:
                 assert op.name == "QUANTIZE", op
         assert np.all(np.isfinite(E.predict_tflite(result, x[:4])))
+    # the converter's native "fully_quantize: ..." line is not passed on to the user
+    assert "fully_quantize" not in capfd.readouterr().err
     # an array of batches, a generator function and (x, y) pairs all work as data
     batches = [(x[i:i + 8], None) for i in range(0, 32, 8)]
     E.export_tflite(v3_small, tmp_path / "gen.tflite", quantization="int8",
                     representative_data=lambda: iter(batches), calibration_samples=16)
+
+
+def test_converter_chatter_is_dropped_and_other_native_stderr_passed_on(capfd):
+    with E._without_converter_chatter():
+        os.write(2, b"fully_quantize: 0, inference_type: 6\nW converter: a real warning\n")
+    err = capfd.readouterr().err
+    assert "W converter: a real warning" in err and "fully_quantize" not in err
+    with pytest.raises(RuntimeError):  # restored even when the conversion raises
+        with E._without_converter_chatter():
+            os.write(2, b"error detail\n")
+            raise RuntimeError("conversion failed")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "error detail\nafter\n"
 
 
 # --------------------------------------------------------------------------------------------
