@@ -215,7 +215,7 @@ def test_cli_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_compare_latency_normalises_measured_rows_by_mobilenet_v1_measured_here(capsys):
     """Cost-model ms belong to the host they were fitted on: measured rows use C measured here."""
-    from search.__main__ import compare_latency
+    from search.compare import compare_latency
     from search.loop import SearchConfig
     hardware = ("cpu_float", "cpu_int8")
     config = SearchConfig(model_dir="unused", hardware=hardware, entry_name="multi_max")
