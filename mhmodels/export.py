@@ -34,6 +34,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -391,7 +392,6 @@ _CONVERTER_CHATTER = ("fully_quantize: ",)
 @contextlib.contextmanager
 def _without_converter_chatter():
     """Run the converter with native stderr captured; pass on everything but known chatter."""
-    import sys
     try:
         sys.stderr.flush()
         saved = os.dup(2)
