@@ -1,4 +1,4 @@
-"""What every benchmark does with its results: --json, one file written atomically.
+"""What every benchmark shares: --json (one file, written atomically) and quiet logs.
 
 Importing this module defines the shared ``--json`` flag.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from absl import flags
+from absl import logging as absl_logging
 
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
@@ -22,3 +23,9 @@ def write_json(results: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, path)
+
+
+def quiet_logs() -> None:
+    """absl INFO off unless --verbosity was given: TensorFlow's converter logs pages there."""
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from _report import write_json  # benchmarks/_report.py, beside this script; defines --json
+from _report import quiet_logs, write_json  # benchmarks/_report.py; defines --json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,6 +58,7 @@ def train_and_eval(spec, steps, seed):
 
 
 def main(argv):
+    quiet_logs()
     import mhmodels
     from mhmodels.metrics import f_max
     from search.loop import load_cost_models

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from _report import write_json  # benchmarks/_report.py, beside this script; defines --json
+from _report import quiet_logs, write_json  # benchmarks/_report.py; defines --json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,6 +64,7 @@ def _time(fn, steps):
 
 
 def main(argv):
+    quiet_logs()
     import tensorflow as tf
 
     import mhmodels

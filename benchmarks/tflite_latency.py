@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from _report import write_json  # noqa: E402  (benchmarks/_report.py; defines --json)
+from _report import quiet_logs, write_json  # noqa: E402  (benchmarks/_report.py; defines --json)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 5, "Interleaved measurement passes.")
@@ -29,6 +29,7 @@ flags.DEFINE_integer("image_size", 224, "Input resolution.")
 
 
 def main(argv):
+    quiet_logs()
     del argv
     import keras
     import numpy as np
