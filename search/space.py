@@ -42,6 +42,10 @@ class Stage:
     base_filters: int
     stride: int
 
+    def block_stride(self, block: int) -> int:
+        """The stage's stride on its first block, 1 after."""
+        return self.stride if block == 0 else 1
+
 
 @dataclass(frozen=True)
 class ActiveBlock:
@@ -151,7 +155,7 @@ class SearchSpace:
             ratio = int(arr[self.index[f"stage{s}/filter_ratio"]])
             filters = self.stage_filters(s, ratio)
             for b in range(self.choice(arr, f"stage{s}/num_blocks")):
-                stride = stage.stride if b == 0 else 1
+                stride = stage.block_stride(b)
                 expansion = self.choice(arr, f"stage{s}/block{b}/expansion")
                 kind = self.choice(arr, f"stage{s}/block{b}/type")
                 if kind == "fused_ibn" and expansion == 1 and stride != 1:
@@ -212,7 +216,7 @@ class SearchSpace:
             n_max = 0
             while (n_max < max(NUM_BLOCKS) and start + n_max < len(blocks) and
                    fits(blocks[start + n_max]) and blocks[start + n_max].filters == filters and
-                   (n_max == 0 or blocks[start + n_max].stride == 1)):
+                   blocks[start + n_max].stride == stage.block_stride(n_max)):
                 n_max += 1
             for n in range(n_max, 0, -1):
                 rest = split(s + 1, start + n)

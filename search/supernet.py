@@ -59,11 +59,6 @@ MAX_KERNEL = max(space_lib.KERNELS)
 MAX_EXPANSION = max(space_lib.EXPANSIONS)
 
 
-def stride_of(stage: space_lib.Stage, block: int) -> int:
-    """The stage's stride on its first block, 1 after."""
-    return stage.stride if block == 0 else 1
-
-
 def _mask(total: int, active) -> tf.Tensor:
     """[1, 1, 1, total] float mask with ones on the first ``active`` channels."""
     return tf.cast(tf.range(total) < tf.cast(active, tf.int32), tf.float32)[None, None, None, :]
@@ -113,9 +108,10 @@ class Supernet(tf.Module):
                 self._add_bn(f"{p}_dw_bn", hidden_max)
                 self._add_conv(f"{p}_fused", MAX_KERNEL, cin_max, hidden_max)
                 self._add_bn(f"{p}_fused_bn", hidden_max)
-                self._add_project(f"{p}_project", hidden_max, cout_max)
+                self._add_conv(f"{p}_project", 1, hidden_max, cout_max)
+                self._add_bn(f"{p}_project_bn", cout_max)
                 self.blocks.append(dict(
-                    stage=s, index=b, key=p, stride=stride_of(stage, b),
+                    stage=s, index=b, key=p, stride=stage.block_stride(b),
                     cin_max=cin_max, cout_max=cout_max, hidden_max=hidden_max,
                     i_expansion=idx[f"{prefix}/expansion"], i_kernel=idx[f"{prefix}/kernel"],
                     i_type=idx[f"{prefix}/type"], i_blocks=idx[f"stage{s}/num_blocks"],
@@ -166,11 +162,6 @@ class Supernet(tf.Module):
     def _add_bn(self, name: str, channels: int) -> None:
         self._var(f"{name}_gamma", tf.ones([channels]))
         self._var(f"{name}_beta", tf.zeros([channels]))
-
-    def _add_project(self, name: str, cin: int, cout: int) -> None:
-        """A 1x1 projection conv and its batch norm (``<name>``, ``<name>_bn``)."""
-        self._add_conv(name, 1, cin, cout)
-        self._add_bn(f"{name}_bn", cout)
 
     def _add_dense(self, name: str, cin: int, cout: int) -> None:
         # Fan-in scaled (logits of variance ~1/3 at the start). The builder's fan-out init
