@@ -128,6 +128,13 @@ def main(argv):
     logging.getLogger("search").setLevel(logging.INFO)
     if not FLAGS["verbosity"].present:  # TensorFlow's converter logs pages at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.measure:  # a typo in --compare is an error now, not after the search
+        import mhmodels
+        for name in FLAGS.compare:
+            try:
+                mhmodels.get_spec(name)
+            except ValueError as err:
+                raise app.UsageError(f"--compare: {err}") from err
     start = time.time()
     # The strategy first: splitting the CPU into logical devices must precede any TF op.
     from search import distribute

@@ -212,6 +212,15 @@ def test_cli_end_to_end(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
+def test_cli_unknown_compare_model_is_an_error_before_any_work(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "search", f"--model_dir={tmp_path / 'run'}",
+                           "--compare=multi_max,multi_maxx"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--compare: unknown model 'multi_maxx'; did you mean 'multi_max'" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
 @pytest.mark.slow
 def test_compare_latency_normalises_measured_rows_by_mobilenet_v1_measured_here(capsys):
     """Cost-model ms belong to the host they were fitted on: measured rows use C measured here."""
