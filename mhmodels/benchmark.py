@@ -9,8 +9,10 @@ for latency, not for accuracy), and timed with `mhmodels.latency.measure_tflite`
 repeated runs; with 1 thread each run is timed by the thread's CPU time, so other jobs
 on a shared machine do not inflate it) in `--rounds` interleaved passes over all models,
 so that what load remains hits every model alike. Each (quantization, XNNPACK on/off) pair is a "hardware"
-column: cpu_float, cpu_int8, cpu_ref_float, cpu_ref_int8. MobileNetV1 1.0 is always measured in
-the same run and is the normaliser of the MN-Norm avg / max columns (paper eq. 4-5).
+column: cpu_float, cpu_int8, cpu_ref_float, cpu_ref_int8; each `--npu` preset (Arm Ethos-U55 /
+U65 / U85, `mhmodels.vela`) is another, priced by vela on the int8 export. MobileNetV1 1.0 is
+always measured in the same run and is the normaliser of the MN-Norm avg / max columns (paper
+eq. 4-5), which therefore span the CPU and the NPUs.
 
 Writes to --output_dir: benchmark.csv, benchmark.json (config, normalisers, rows with median
 and p10 / p90 per hardware) and benchmark.png (accuracy when known for every model, else MAdds,
@@ -63,6 +65,8 @@ _define(flags.DEFINE_string, "output_dir", "benchmark_results",
 _define(flags.DEFINE_bool, "keep_tflite", False,
         "Keep the exported .tflite files in output_dir/tflite.")
 _define(flags.DEFINE_bool, "plot", True, "Write benchmark.png.")
+_define(flags.DEFINE_list, "npu", ["ethos_u55", "ethos_u65", "ethos_u85"],
+        "Arm Ethos-U presets priced by vela on the int8 export (empty: none).")
 
 
 def hardware_name(quantization: str, xnnpack: bool) -> str:
@@ -78,8 +82,11 @@ def _representative(image_size: int):
 def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
                   image_size=224, xnnpack="both", runs=30, warmup=5, rounds=2,
                   num_classes=1001, output_dir="benchmark_results", keep_tflite=False,
-                  plot=True, progress=True) -> dict:
-    """Measure every (model, width) on every hardware; write CSV / JSON / PNG. Returns the JSON."""
+                  plot=True, progress=True, npu=()) -> dict:
+    """Measure every (model, width) on every hardware; write CSV / JSON / PNG. Returns the JSON.
+
+    `npu`: Ethos-U presets (`mhmodels.vela.PRESETS`) priced by vela on the int8 export (one
+    deterministic estimate each; ops vela leaves on the host CPU are reported as `cpu_ops`)."""
     import mhmodels
     from mhmodels.export import export_tflite
     from mhmodels.latency import measure_tflite
@@ -92,6 +99,9 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
             raise ValueError(f"unknown quantization {q!r}")
     xnn_modes = {"both": [True, False], "on": [True], "off": [False]}[xnnpack]
     hardware = [(hardware_name(q, x), q, x) for x in xnn_modes for q in quantizations]
+    from mhmodels import vela
+    npus = {name: vela.preset(name) for name in npu}  # bad names / no vela: fail up front
+    exports = list(quantizations) + (["int8"] if npus and "int8" not in quantizations else [])
     entries = [(m, w) for m in models for w in widths]
     for name in models:
         mhmodels.get_spec(name)  # unknown names fail before any work
@@ -106,7 +116,8 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(entries) * (1 + rounds * len(hardware)), desc="benchmark",
+        bar = tqdm(total=len(entries) * (1 + rounds * len(hardware) + len(npus)),
+                   desc="benchmark",
                    unit="step", dynamic_ncols=True, file=sys.stderr)
     rows: dict = {}
     files: dict = {}
@@ -125,7 +136,7 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
                                    "params_m": round(counts.params / 1e6, 4),
                                    "madds_m": round(counts.madds / 1e6, 2),
                                    "imagenet_top1": top1, "latency": {}}
-            for q in quantizations:
+            for q in exports:
                 path = tflite_dir / f"{name}_{width:g}_{q}.tflite"
                 kwargs = {"representative_data": _representative(image_size)} \
                     if q in ("int8", "uint8") else {}
@@ -147,6 +158,14 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
                     if bar is not None:
                         bar.set_postfix(model=f"{name}@{width:g}", hw=hw)
                         bar.update(1)
+        estimates: dict = {}
+        for name, width in entries:
+            for hw, config in npus.items():
+                estimates[(name, width, hw)] = vela.estimate_tflite(files[(name, width, "int8")],
+                                                                    config)
+                if bar is not None:
+                    bar.set_postfix(model=f"{name}@{width:g}", hw=hw)
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -160,7 +179,11 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
             "p10_ms": round(float(np.percentile(a, 10)), 4),
             "p90_ms": round(float(np.percentile(a, 90)), 4),
             "runs": int(a.size)}
-    names = [h for h, _, _ in hardware]
+    for (name, width, hw), est in estimates.items():
+        ms = round(est.latency_ms, 4)
+        rows[(name, width)]["latency"][hw] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms,
+                                              "runs": 1, "cpu_ops": est.cpu_ops}
+    names = [h for h, _, _ in hardware] + list(npus)
     normalizers = {h: rows[NORMALIZER]["latency"][h]["median_ms"] for h in names}
     for row in rows.values():
         lat = [row["latency"][h]["median_ms"] for h in names]
@@ -172,7 +195,8 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
                    "threads": threads, "image_size": image_size, "xnnpack": xnnpack,
                    "runs": runs, "warmup": warmup, "rounds": rounds,
                    "num_classes": num_classes, "statistic": "median_ms",
-                   "clock": "thread CPU time" if threads == 1 else "wall"},
+                   "clock": "thread CPU time" if threads == 1 else "wall",
+                   "npu": {hw: c.to_dict() for hw, c in npus.items()}},
         "hardware": names,
         "normalizer": {"model": NORMALIZER[0], "width": NORMALIZER[1], "latency_ms": normalizers},
         "export_seconds": export_seconds,
@@ -239,7 +263,7 @@ def plot_results(result: dict, path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"LiteRT, {result['config']['image_size']}px, "
+    fig.suptitle(f"LiteRT (CPU) and vela (NPU), {result['config']['image_size']}px, "
                  f"{result['config']['threads']} thread(s)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -251,11 +275,17 @@ def format_table(result: dict) -> str:
     head = f"{'model':24s} {'wm':>5s} {'Params':>7s} {'MAdds':>8s} " + " ".join(
         f"{h:>14s}" for h in names) + f" {'avg':>6s} {'max':>6s}"
     lines = [head]
+    left_on_cpu = []
     for r in result["rows"]:
+        left_on_cpu += [f"{r['model']}@{r['width']:g} on {h}: {r['latency'][h]['cpu_ops']}"
+                        for h in names if r["latency"][h].get("cpu_ops")]
         lines.append(f"{r['model']:24s} {r['width']:5.2f} {r['params_m']:7.2f} "
                      f"{r['madds_m']:8.1f} " + " ".join(
                          f"{r['latency'][h]['median_ms']:14.2f}" for h in names) +
                      f" {r['mn_norm_avg']:6.3f} {r['mn_norm_max']:6.3f}")
+    if left_on_cpu:
+        lines.append("ops vela leaves on the host CPU (not in the NPU estimates): "
+                     + ", ".join(left_on_cpu))
     return "\n".join(lines)
 
 
@@ -266,7 +296,8 @@ def main(argv):
         FLAGS.models, FLAGS.widths, FLAGS.quantization, threads=FLAGS.threads,
         image_size=FLAGS.image_size, xnnpack=FLAGS.xnnpack, runs=FLAGS.runs,
         warmup=FLAGS.warmup, rounds=FLAGS.rounds, num_classes=FLAGS.num_classes,
-        output_dir=FLAGS.output_dir, keep_tflite=FLAGS.keep_tflite, plot=FLAGS.plot)
+        output_dir=FLAGS.output_dir, keep_tflite=FLAGS.keep_tflite, plot=FLAGS.plot,
+        npu=FLAGS.npu)
     print(format_table(result))
     print(f"wrote {Path(FLAGS.output_dir) / 'benchmark.csv'}, benchmark.json"
           + (", benchmark.png" if FLAGS.plot else ""))

@@ -18,9 +18,8 @@ model (`mhmodels.quantize`) it uses the ranges learned in training. Either way t
 graph is checked (`check_integer_only`): a float op left in it is an error and no file is
 written. Writes are atomic: a temporary file in the target directory, replaced into place.
 
-Conversion goes through a SavedModel: Keras 3 models by `TFLiteConverter.from_keras_model`
-(which exports a `training=False` endpoint), tf_keras models by `model.export` (a lightweight
-SavedModel of the forward pass; tf_keras's full SavedModel tracing of every layer is slow) and
+Conversion goes through a forward-pass-only SavedModel (`ExportArchive` of Keras 3 or tf_keras,
+one `training=False` endpoint whose input signature has a static batch of 1 by default) and
 `from_saved_model`. Never `from_concrete_functions`: it drops the weights. Inputs must have a
 fixed shape (the builder requires one).
 
@@ -258,26 +257,26 @@ def representative_dataset(data, input_shape: tuple[int, ...],
 # --------------------------------------------------------------------------------------------
 # Conversion.
 
-def _converter(model, frontend: str, workdir: str):
+def _converter(model, frontend: str, workdir: str, batch_size: int | None):
+    """A converter of the model's forward pass (training=False) with a fixed input signature.
+
+    Both front-ends go through a forward-pass-only SavedModel (`ExportArchive`), whose input
+    signature carries `batch_size`: with a static batch every shape op (e.g. Flatten's
+    SHAPE / STRIDED_SLICE / PACK) folds to a constant, which NPUs need (vela cannot run SHAPE),
+    and the graph states the batch the interpreter allocates anyway."""
     import tensorflow as tf
-    if frontend == "keras":
-        return tf.lite.TFLiteConverter.from_keras_model(model)
-    # tf_keras: a forward-pass-only SavedModel (training=False), then from_saved_model.
     saved = os.path.join(workdir, "saved_model")
-    _export_tf_keras(model, saved)
-    return tf.lite.TFLiteConverter.from_saved_model(saved)
-
-
-def _export_tf_keras(model, directory: str) -> None:
-    """model.export with the input signature fixed to the model's input shape (batch free)."""
-    import tensorflow as tf
-    import tf_keras
-
-    archive = tf_keras.export.ExportArchive()
+    if frontend == "keras":
+        import keras
+        archive = keras.export.ExportArchive()
+    else:  # tf_keras's full SavedModel tracing of every layer is slow: forward pass only
+        import tf_keras
+        archive = tf_keras.export.ExportArchive()
     archive.track(model)
-    spec = tf.TensorSpec((None, *_input_shape(model)), tf.float32, name="image")
+    spec = tf.TensorSpec((batch_size, *_input_shape(model)), tf.float32, name="image")
     archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
-    archive.write_out(directory)
+    archive.write_out(saved, **({"verbose": False} if frontend == "keras" else {}))
+    return tf.lite.TFLiteConverter.from_saved_model(saved)
 
 
 def _configure(converter, quantization: str, qat: bool, representative, input_shape,
@@ -314,13 +313,16 @@ def _frontend_and_qat(model) -> tuple[str, bool]:
 
 def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
                   representative_data: Any = None, *, check: bool = True,
-                  calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> ExportResult:
+                  calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+                  batch_size: int | None = 1) -> ExportResult:
     """Convert `model` to a TFLite flatbuffer at `path`; returns an `ExportResult` (a path).
 
     `model`: a float Keras 3 model, a float tf_keras model, or a QAT twin from
     `mhmodels.quantize`. `representative_data` (float models, 'int8'/'uint8' only): input
     batches for calibration, see `representative_dataset`. `check`: for 'int8'/'uint8', fail
-    (writing nothing) if any op is left with a float tensor.
+    (writing nothing) if any op is left with a float tensor. `batch_size`: the graph's static
+    batch (default 1, what on-device interpreters and NPU compilers want); None leaves it
+    dynamic (shape ops then stay in the graph).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
@@ -340,6 +342,8 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
         raise ValueError(f"representative_data is only used for 'int8'/'uint8' export of float "
                          f"models, not for quantization={quantization!r}"
                          + (" of a QAT model (its ranges are learned)" if qat else ""))
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if not isinstance(calibration_samples, int) or calibration_samples < 1:
         raise ValueError(f"calibration_samples must be a positive integer, got "
                          f"{calibration_samples!r}")
@@ -359,7 +363,7 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
             # int8/uint8 I/O: TF's converter warns that it has no input statistics, which
             # only a v1 graph-def conversion would use (the range is in the graph).
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            converter = _converter(model, frontend, workdir)
+            converter = _converter(model, frontend, workdir, batch_size)
             _configure(converter, quantization, qat, representative_data, input_shape,
                        calibration_samples)
             try:

@@ -26,9 +26,11 @@ from absl import logging as absl_logging
 FLAGS = flags.FLAGS
 DEFAULT_STEPS = 2000
 
-flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
+flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "ethos_u55", "ethos_u85"],
                   "Comma-separated hardware to optimise for (search.hardware names: cpu_float, "
-                  "cpu_int8, cpu_ref_float, csv:<path>); each needs a fitted cost model.")
+                  "cpu_int8, cpu_ref_float, ethos_u55, ethos_u65, ethos_u85, "
+                  "vela:<accelerator>:<system>:<memory_mode>, csv:<path>); each needs a "
+                  "fitted cost model.")
 flags.DEFINE_enum("metric", "max", ["single", "avg", "max"],
                   "Latency metric in the reward: single (one hardware, TuNAS), avg = f_avg "
                   "(paper eq. 7), max = f_max (paper eq. 8).")
@@ -84,8 +86,8 @@ flags.DEFINE_integer("max_steps", None, "Stop at this step without finishing (no
 flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 flags.DEFINE_bool("measure", True, "After the search, build the entry at 224x224, export it to "
                   "TFLite and time it on every measurable hardware beside --compare.")
-flags.DEFINE_list("compare", ["multi_max", "mobilenet_v2"], "Zoo models timed beside the "
-                  "searched one.")
+flags.DEFINE_list("compare", ["multi_max", "multi_avg", "mobilenet_v2", "mobilenet_edgetpu"],
+                  "Zoo models measured beside the searched one.")
 flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency comparison.")
 flags.mark_flag_as_required("model_dir")
 

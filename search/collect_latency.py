@@ -3,10 +3,23 @@
     python -m search.collect_latency --hardware=cpu_float,cpu_int8,cpu_ref_float \
         --num_archs=300 --space=multi_hw --image_size=224 --output=zoo/cost_models/data/cpu.csv
 
+    python -m search.collect_latency --hardware=ethos_u55,ethos_u65,ethos_u85 --workers=2 \
+        --num_archs=300 --output=data/npu.csv       # vela estimates: parallel processes
+
 Architectures are sampled uniformly from the space (independent uniform choice per decision),
-built with `mhmodels.build`, exported once per format the hardware need (float, int8) with
-`mhmodels.export.export_tflite`, and measured with `mhmodels.latency.measure_tflite` (the
-one measurement path). Every row is appended and fsync'ed as soon as it is measured, so an
+built with `mhmodels.build`, exported once per format the hardware need (one float export for
+the float CPU hardware, one int8 export for cpu_int8 and every NPU) with
+`mhmodels.export.export_tflite`, and measured by each hardware's one latency path
+(`search.hardware`: LiteRT timing, vela estimate). Export is the bottleneck (seconds per
+architecture); `--workers=N` builds, exports and measures in N processes. vela's estimates are
+deterministic, so NPU data can be collected in parallel; CPU timings taken while other
+processes export are slower and noisier (thread CPU time hides pre-emption, not a shared
+cache), so collect CPU hardware with one worker on a quiet machine.
+
+The configuration of every hardware (tool and version, vela accelerator / system / memory
+mode, LiteRT settings) is written beside the CSV as `<output>.hardware.json`; appending with a
+different configuration is refused, and `search.cost_model --fit` copies it into the cost
+model. Every row is appended and fsync'ed as soon as it is measured, so an
 interrupted run loses at most the architecture in flight; a rerun reads the rows already
 there, never measures an architecture twice (keys are `space.encode(space.canonical(c))`),
 drops a half-written last line and continues until the file holds `--num_archs`
@@ -19,13 +32,15 @@ depthwise-heavy corner where the zoo's models live. The shipped data
 (zoo/cost_models/data/cpu_latency.csv) merges such streams; see its README.
 
 Columns: arch, image_size, madds_m, params_m, seconds, then per hardware `<hw>_ms` (the
-statistic the cost models fit, `search.hardware.STATISTIC`: the minimum thread CPU time),
-`<hw>_median_ms`, `<hw>_min_ms`.
+statistic the cost models fit: for LiteRT `search.hardware.STATISTIC`, the minimum thread CPU
+time, beside `<hw>_median_ms`, `<hw>_min_ms`; for an NPU vela's estimate, beside
+`<hw>_cpu_ops`, the ops vela leaves on the host CPU).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -35,7 +50,8 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from search.hardware import NORMALIZER_MODEL, Hardware, export_bytes, parse_hardware_list
+from search.hardware import (NORMALIZER_MODEL, Hardware, LiteRTHardware, get_hardware,
+                             measure_all, parse_hardware_list)
 
 BASE_COLUMNS = ("arch", "image_size", "madds_m", "params_m", "seconds")
 
@@ -43,8 +59,48 @@ BASE_COLUMNS = ("arch", "image_size", "madds_m", "params_m", "seconds")
 def columns_for(hardware: Sequence[Hardware]) -> list[str]:
     cols = list(BASE_COLUMNS)
     for hw in hardware:
-        cols += [f"{hw.name}_ms", f"{hw.name}_median_ms", f"{hw.name}_min_ms"]
+        cols += [f"{hw.name}_{suffix}" for suffix in hw.column_suffixes()]
     return cols
+
+
+def config_path(output: str | os.PathLike) -> Path:
+    """Where the hardware configuration of a collected CSV is kept: `<output>.hardware.json`."""
+    output = Path(output)
+    return output.with_name(output.stem + ".hardware.json")
+
+
+def read_config(output: str | os.PathLike) -> dict | None:
+    """{hardware name: config()} recorded for a collected CSV; None for files without one."""
+    path = config_path(output)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["hardware"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a hardware configuration file ({err})") from None
+
+
+def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh: bool) -> None:
+    """Record the hardware configuration of a new CSV; refuse to extend one measured with
+    another (another vela version or memory mode, other LiteRT settings, ...)."""
+    recorded = read_config(output)
+    if recorded is None:
+        if not fresh:
+            print(f"[collect] {output} has no {config_path(output).name}: its rows' hardware "
+                  "configuration is unknown; recording the current one", file=sys.stderr)
+        _write_json(config_path(output), {"hardware": {hw.name: hw.config() for hw in hardware}})
+        return
+    for hw in hardware:
+        if not hw.same_config(recorded.get(hw.name)):
+            raise ValueError(f"{output} was measured with {hw.name} configured as "
+                             f"{recorded.get(hw.name)}, not {hw.config()}: data of different "
+                             "configurations cannot be mixed; use another --output")
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def repair_and_read(path: Path, columns: Sequence[str]) -> list[dict]:
@@ -99,20 +155,42 @@ def _format_row(columns: Sequence[str], row: dict) -> str:
 
 def measure_model(model, hardware: Sequence[Hardware], image_size: int,
                   overrides: dict) -> dict:
-    """Export `model` once per format and time it on every hardware: one CSV row's values."""
+    """Export `model` once per format and measure it on every hardware: one CSV row's values."""
     from mhmodels.profile import count_layers
     counts = count_layers(model)
     row = {"madds_m": counts.madds / 1e6, "params_m": counts.params / 1e6}
-    exported: dict[str, bytes] = {}
+    results = measure_all(model, hardware, image_size, overrides)
     for hw in hardware:
-        if hw.quantization not in exported:
-            exported[hw.quantization] = export_bytes(model, hw.quantization, image_size)
-    for hw in hardware:
-        result = hw.measure_tflite(exported[hw.quantization], **overrides)
-        row[f"{hw.name}_ms"] = hw.latency_ms(result)
-        row[f"{hw.name}_median_ms"] = result.median_ms
-        row[f"{hw.name}_min_ms"] = result.min_ms
+        for suffix, value in hw.row_values(results[hw.name]).items():
+            row[f"{hw.name}_{suffix}"] = value
     return row
+
+
+def measure_key(key: str, hardware: Sequence[Hardware], image_size: int, overrides: dict,
+                space) -> dict:
+    """Build the architecture `key` (or the normaliser) and measure it: one complete row."""
+    import mhmodels
+    t0 = time.time()
+    shape = (image_size, image_size, 3)
+    model = mhmodels.build(NORMALIZER_MODEL, 1.0, input_shape=shape) \
+        if key == NORMALIZER_MODEL else mhmodels.build(space.decode(space.parse(key)),
+                                                       input_shape=shape)
+    row = measure_model(model, hardware, image_size, overrides)
+    row.update(arch=key, image_size=image_size, seconds=time.time() - t0)
+    return row
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # one core per worker: N workers use N cores
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _worker_measure(key, hardware_names, image_size, overrides, space_name) -> dict:
+    from search.space import get_space
+    return measure_key(key, [get_hardware(n) for n in hardware_names], image_size, overrides,
+                       get_space(space_name))
 
 
 def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> np.ndarray:
@@ -136,85 +214,145 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             space_name: str = "multi_hw", image_size: int = 224, seed: int = 0,
             overrides: dict | None = None, max_seconds: float | None = None,
             progress: bool = True, fused_prob: float | None = None,
-            anchors: Sequence[str] = ()) -> int:
+            anchors: Sequence[str] = (), workers: int = 1) -> int:
     """Append measurements until `output` holds `num_archs` architectures; returns the count.
 
     `anchors`: zoo model names inside the space (e.g. multi_max) measured first, as rows keyed
-    by their choices like any sampled architecture."""
+    by their choices like any sampled architecture. `workers`: processes that build, export
+    and measure in parallel (rows are appended as they finish)."""
     import mhmodels
     from search.space import get_space
 
     for hw in hardware:
         if not hw.measurable:
             raise ValueError(f"hardware {hw.name!r} cannot be measured here")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and any(isinstance(hw, LiteRTHardware) for hw in hardware):
+        print("[collect] note: CPU timings taken beside other exporting processes are slower "
+              "and noisier; collect CPU hardware with --workers=1 on a quiet machine",
+              file=sys.stderr)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     space = get_space(space_name)
     path = Path(output)
     columns = columns_for(hardware)
+    fresh = not path.exists() or path.stat().st_size == 0
     rows = repair_and_read(path, columns)
+    check_config(path, hardware, fresh)
     sizes = {int(r["image_size"]) for r in rows}
     if sizes and sizes != {image_size}:
         raise ValueError(f"{path} holds image sizes {sorted(sizes)}, not {image_size}")
     done = {r["arch"] for r in rows}
     start = time.time()
 
-    def write(key, model, t0):
-        row = measure_model(model, hardware, image_size, overrides)
-        row.update(arch=key, image_size=image_size, seconds=time.time() - t0)
+    def write(row):
         _append(path, _format_row(columns, row))
-        done.add(key)
+        done.add(row["arch"])
 
-    if NORMALIZER_MODEL not in done:
-        t0 = time.time()
-        write(NORMALIZER_MODEL, mhmodels.build(NORMALIZER_MODEL, 1.0,
-                                               input_shape=(image_size, image_size, 3)), t0)
+    first = [] if NORMALIZER_MODEL in done else [NORMALIZER_MODEL]
     for name in anchors:
         key = space.encode(space.canonical(space.choices_for(mhmodels.get_spec(name))))
-        if key not in done:
-            t0 = time.time()
-            write(key, mhmodels.build(space.decode(space.parse(key)),
-                                      input_shape=(image_size, image_size, 3)), t0)
+        if key not in done and key not in first:
+            first.append(key)
     have = len(done - {NORMALIZER_MODEL})
+    target = have + sum(k != NORMALIZER_MODEL for k in first)
     rng = np.random.default_rng(seed)
+    attempts = 0
+
+    def keys():
+        """The architectures to measure, in a deterministic order: normaliser, anchors, then
+        the seed's uniform samples not already in the file."""
+        nonlocal attempts, target
+        yield from first
+        queued = set(first)
+        while target < num_archs:
+            attempts += 1
+            if attempts > 100 * num_archs + 1000:
+                raise RuntimeError("could not sample enough distinct architectures")
+            key = space.encode(space.canonical(sample(space, rng, fused_prob)))
+            if key in done or key in queued:
+                continue
+            queued.add(key)
+            target += 1
+            yield key
+
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=num_archs, initial=min(have, num_archs), desc="archs", unit="arch",
                    dynamic_ncols=True, file=sys.stderr)
-    attempts = 0
-    try:
-        while have < num_archs:
-            if max_seconds is not None and time.time() - start > max_seconds:
-                print("[collect] time limit reached", file=sys.stderr)
-                break
-            attempts += 1
-            if attempts > 100 * num_archs + 1000:
-                raise RuntimeError("could not sample enough distinct architectures")
-            key = space.encode(space.canonical(sample(space, rng, fused_prob)))
-            if key in done:
-                continue
-            t0 = time.time()
-            model = mhmodels.build(space.decode(space.parse(key)),
-                                   input_shape=(image_size, image_size, 3))
-            write(key, model, t0)
-            del model
+
+    def finished(row):
+        nonlocal have
+        write(row)
+        if row["arch"] != NORMALIZER_MODEL:
             have += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(s_per_arch=f"{time.time() - t0:.1f}")
-            if have % 20 == 0:
-                import keras
-                keras.backend.clear_session()
+                bar.set_postfix(s_per_arch=f"{row['seconds']:.1f}")
+
+    def out_of_time():
+        if max_seconds is not None and time.time() - start > max_seconds:
+            print("[collect] time limit reached", file=sys.stderr)
+            return True
+        return False
+
+    try:
+        if workers == 1:
+            for i, key in enumerate(keys()):
+                if out_of_time():
+                    break
+                finished(measure_key(key, hardware, image_size, overrides, space))
+                if i % 20 == 19:
+                    import keras
+                    keras.backend.clear_session()
+        else:
+            _collect_parallel(keys(), finished, out_of_time, hardware, image_size, overrides,
+                              space_name, workers)
     finally:
         if bar is not None:
             bar.close()
     return have
 
 
+def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrides,
+                      space_name, workers) -> None:
+    """Keep `workers` processes busy with `keys`; hand each finished row to `finished`."""
+    import concurrent.futures as cf
+    import multiprocessing
+    names = [hw.name for hw in hardware]
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                max_tasks_per_child=50) as pool:
+        pending = set()
+        source = iter(keys)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < 2 * workers and not out_of_time():
+                    key = next(source, None)
+                    if key is None:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(_worker_measure, key, names, image_size,
+                                            overrides, space_name))
+                if not pending:
+                    break
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    finished(future.result())
+                if out_of_time():
+                    exhausted = True
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def define_flags():
     """Flags of the command line (defined only when run as a program: no clashes on import)."""
     flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
-                      "Hardware to measure (LiteRT hardware of search.hardware).")
+                      "Hardware to measure (search.hardware names: LiteRT CPU, Ethos-U NPUs "
+                      "via vela).")
     flags.DEFINE_integer("num_archs", 200, "Collect until the file holds this many architectures "
                          "(the normaliser row not counted).")
     flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
@@ -229,6 +367,9 @@ def define_flags():
                        "over the type decision, i.e. 0.5).")
     flags.DEFINE_list("anchors", [], "Zoo models inside the space measured first "
                       "(e.g. multi_avg,multi_max).")
+    flags.DEFINE_integer("workers", 1, "Processes that build, export and measure in parallel "
+                         "(NPU estimates are deterministic; time CPU hardware with 1).",
+                         lower_bound=1)
 
 
 def main(argv):
@@ -240,7 +381,7 @@ def main(argv):
     n = collect(hardware, FLAGS.num_archs, FLAGS.output, FLAGS.space, FLAGS.image_size,
                 FLAGS.seed, overrides,
                 None if FLAGS.max_hours is None else FLAGS.max_hours * 3600.0,
-                fused_prob=FLAGS.fused_prob, anchors=FLAGS.anchors)
+                fused_prob=FLAGS.fused_prob, anchors=FLAGS.anchors, workers=FLAGS.workers)
     print(f"{FLAGS.output}: {n} architectures")
 
 

@@ -40,7 +40,9 @@ import numpy as np
 FORMAT_VERSION = 1
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "zoo" / "cost_models"
 PHYSICAL = ("ops", "pw_madds", "dw3_madds", "dw5_madds", "full3_madds", "full5_madds",
-            "act_melems", "add_melems")
+            "act_melems", "add_melems", "weights_m")
+# weights_m (millions of weights) matters on NPUs, which stream weights from flash or DRAM
+# (Ethos-U55 in shared-SRAM mode reads them at 0.5 GB/s): their cost is not in the MAdds.
 
 
 class CostModelError(ValueError):
@@ -140,17 +142,18 @@ def build_layout(space, image_size: int) -> FeatureLayout:
             if e == 1:
                 return vec()
             return vec(ops=1, act_melems=h_out * h_out * hid / 1e6,
+                       weights_m=k * k * cin * hid / 1e6,
                        **{f"full{k}_madds": h_out * h_out * k * k * cin * hid / 1e6})
-        v = vec(ops=1, act_melems=h_out * h_out * hid / 1e6,
+        v = vec(ops=1, act_melems=h_out * h_out * hid / 1e6, weights_m=k * k * hid / 1e6,
                 **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
         if e != 1:
             v += vec(ops=1, pw_madds=h_in * h_in * cin * hid / 1e6,
-                     act_melems=h_in * h_in * hid / 1e6)
+                     act_melems=h_in * h_in * hid / 1e6, weights_m=cin * hid / 1e6)
         return v
 
     def proj_part(cin, e, cout, stride, h_out):
         v = vec(ops=1, pw_madds=h_out * h_out * cin * e * cout / 1e6,
-                act_melems=h_out * h_out * cout / 1e6)
+                act_melems=h_out * h_out * cout / 1e6, weights_m=cin * e * cout / 1e6)
         if stride == 1 and cin == cout:
             v += vec(ops=1, add_melems=h_out * h_out * cout / 1e6)
         return v
@@ -167,7 +170,8 @@ def build_layout(space, image_size: int) -> FeatureLayout:
             f = space.stage_filters(s, r)
             if last:  # the fixed head 1x1 conv reads this stage's output
                 return vec(ops=1, pw_madds=h_out * h_out * f * space.head_filters / 1e6,
-                           act_melems=h_out * h_out * f / 1e6)
+                           act_melems=h_out * h_out * f / 1e6,
+                           weights_m=f * space.head_filters / 1e6)
             return vec()
         add(f"stage{s}", (len(NUM_BLOCKS), nr), [(nb, nr), (rc, 1)], None, stage_desc, s)
 
@@ -231,6 +235,9 @@ class LinearCostModel:
     decision_sizes: tuple = ()
     statistic: str = "min_ms"
     metrics: dict = field(default_factory=dict)  # held-out spearman / mape, sizes, lambdas
+    # search.hardware config() of the measurements it was fitted on (tool, versions, vela
+    # accelerator / system / memory mode, LiteRT settings); None for CSV / older files.
+    hardware_config: dict | None = None
 
     def __post_init__(self):
         from search.space import get_space
@@ -320,6 +327,7 @@ class LinearCostModel:
                       "decision_sizes": list(self.decision_sizes)},
             "image_size": self.image_size,
             "statistic": self.statistic,
+            "hardware_config": self.hardware_config,
             "normalizer_ms": self.normalizer_ms,
             "num_features": self.num_features,
             "feature_spec": [{"name": s.name, "offset": s.offset, "size": s.size,
@@ -354,7 +362,8 @@ class LinearCostModel:
                         image_size=int(data["image_size"]), version=str(data.get("version", "1")),
                         decision_sizes=tuple(space["decision_sizes"]),
                         statistic=data.get("statistic", "min_ms"),
-                        metrics=dict(data.get("metrics", {})))
+                        metrics=dict(data.get("metrics", {})),
+                        hardware_config=data.get("hardware_config"))
         except CostModelError as err:
             raise CostModelError(f"{source}: {err}") from None
         except (KeyError, TypeError, ValueError) as err:
@@ -394,12 +403,40 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
     except json.JSONDecodeError as err:
         raise CostModelError(f"{path}: not valid JSON: {err}") from None
     model = LinearCostModel.from_dict(data, source=str(path))
+    check_hardware_config(model, hardware, source=str(path))
     if space is not None and (space.name != model.space_name or
                               tuple(space.num_choices) != tuple(model.decision_sizes)):
         raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
                              f"{list(model.decision_sizes)}, not {space.name!r} with "
                              f"{list(space.num_choices)}")
     return model
+
+
+def check_hardware_config(model: LinearCostModel, hardware: str, source: str) -> None:
+    """A cost model must describe the hardware it is used for: the same vela accelerator,
+    system config and memory mode, the same LiteRT settings. Another tool version only warns
+    (its numbers may have moved); files without a recorded configuration are accepted."""
+    from search.hardware import CSV_PREFIX, INFORMATIVE_KEYS, get_hardware
+    recorded = model.hardware_config
+    if recorded is None or str(hardware).endswith(".json") or \
+            str(hardware).startswith(CSV_PREFIX):
+        return
+    current = get_hardware(hardware).config()
+    skip = set(INFORMATIVE_KEYS)
+    versions = {k for k in set(current) | set(recorded) if k.endswith("_version")}
+    differ = sorted(k for k in (set(current) | set(recorded)) - skip - versions
+                    if current.get(k) != recorded.get(k))
+    if differ:
+        raise CostModelError(
+            f"{source}: fitted on {hardware} configured as "
+            f"{ {k: recorded.get(k) for k in differ} }, but {hardware} is now "
+            f"{ {k: current.get(k) for k in differ} }: refit it on data of this configuration")
+    moved = sorted(k for k in versions if current.get(k) != recorded.get(k))
+    if moved:
+        import warnings
+        warnings.warn(f"{source}: fitted with {', '.join(f'{k} {recorded.get(k)}' for k in moved)}"
+                      f"; installed: {', '.join(f'{k} {current.get(k)}' for k in moved)}",
+                      stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,7 +592,8 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     from search.hardware import CSV_PREFIX, hardware_id
     from search.space import get_space
     space = get_space(space_name)
-    if hardware.startswith(CSV_PREFIX):  # csv:<path>: latencies measured elsewhere
+    is_csv = hardware.startswith(CSV_PREFIX)
+    if is_csv:  # csv:<path>: latencies measured elsewhere
         data = hardware[len(CSV_PREFIX):]  # its own file (--data is for collected CSVs)
         hardware = hardware_id(hardware)
     choices, y, normalizer = read_dataset(data, hardware, space)
@@ -581,12 +619,17 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     metrics["train_spearman"] = round(spearman(train_pred, y), 4)
     metrics["train_mape"] = round(mape(train_pred, y), 3)
     metrics["data"] = Path(data).name
-    from search.hardware import BUILTIN
-    statistic = BUILTIN[hardware].statistic if hardware in BUILTIN else "as measured (csv)"
+    from search.collect_latency import read_config
+    from search.hardware import get_hardware
+    if is_csv:
+        statistic, config = "as measured (csv)", None
+    else:
+        statistic = get_hardware(hardware).statistic
+        config = (read_config(data) or {}).get(hardware)
     return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
                            normalizer_ms=normalizer, image_size=image_size, version=version,
                            decision_sizes=tuple(space.num_choices), statistic=statistic,
-                           metrics=metrics)
+                           metrics=metrics, hardware_config=config)
 
 
 def scatter_plot(true, pred, path, title: str, cv=None) -> None:

@@ -1,19 +1,29 @@
-"""Hardware the search optimises for: how a model's latency is obtained, and its normaliser.
+"""Hardware the search optimises for: one interface, one latency path per kind of hardware.
 
-A `Hardware` is a name plus a way to get latency:
-  * LiteRT on this machine's CPU (`cpu_float`, `cpu_int8`, `cpu_ref_float`): the model is
-    exported with `mhmodels.export.export_tflite` in the hardware's quantization and timed
-    with `mhmodels.latency.measure_tflite` (the same path `python -m mhmodels benchmark` uses);
-  * `csv:<path>`: latencies measured elsewhere (e.g. on a phone), one row per architecture
-    keyed by `space.encode(space.canonical(choices))`: columns `arch,latency_ms`. A row whose
-    arch is `mobilenet_v1` gives the normaliser.
+Every `Hardware` has a name, the export format it runs (`quantization`), a `config()` that is
+recorded with every measurement and cost model, and `measure_tflite` / `latency_ms`:
+
+  * `LiteRTHardware`: this machine's CPU through LiteRT (`cpu_float`, `cpu_int8`,
+    `cpu_ref_float`); timed with `mhmodels.latency.measure_tflite`, the path
+    `python -m mhmodels benchmark` uses;
+  * `VelaHardware`: an Arm Ethos-U NPU, priced by Arm's compiler vela on the full-int8 export
+    (`mhmodels.vela.estimate_tflite`): presets `ethos_u55` (U55-256, High-End Embedded, shared
+    SRAM), `ethos_u65` (U65-512, High-End, dedicated SRAM), `ethos_u85` (U85-2048, SYS_DRAM_High,
+    384 KB dedicated SRAM) and any configuration vela accepts as
+    `vela:<accelerator>:<system config>:<memory mode>`. Ops vela leaves on the host CPU are
+    counted (`cpu_ops`), never priced silently at zero;
+  * `CsvHardware` (`csv:<path>`): latencies measured elsewhere (e.g. on a phone), one row per
+    architecture keyed by `space.encode(space.canonical(choices))`: columns `arch,latency_ms`.
+    A row whose arch is `mobilenet_v1` gives the normaliser.
+
+One int8 export serves every int8 hardware (`measure_all` exports once per format).
 
 The normaliser C of a hardware is the latency of MobileNetV1 width 1.0 measured the same way
 (paper section 6.2); the cost model stores the value it was fitted with (`normalizer_ms`).
 
-    hw = get_hardware('cpu_float')
-    hw.measure_model(keras_model).median_ms      # export + measure
-    hw.latency_ms(hw.measure_model(keras_model)) # the statistic the cost models are fit on
+    hw = get_hardware('ethos_u55')
+    hw.latency_ms(hw.measure_model(keras_model))   # export + measure, the fitted statistic
+    measure_all(keras_model, [get_hardware('cpu_int8'), hw])   # one int8 export for both
     hw.normalizer_ms(image_size=224)
 """
 from __future__ import annotations
@@ -21,26 +31,33 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mhmodels.latency import LatencyResult, measure_tflite
+from mhmodels.vela import VelaConfig, VelaEstimate
 
-# The per-model statistic the cost models are fitted on: the minimum over the timed runs of the
-# calling thread's CPU time per invocation (mhmodels.latency, 1 thread). CPU time does not
-# count time spent pre-empted by other jobs on a shared machine (wall-clock medians and minima
-# moved by 2x here); its minimum also drops runs slowed by a busy sibling core / cache. On the
-# collected data it fitted better than the median (5-fold CV MAPE 4.9% vs 7.3% on cpu_float).
+# The per-model statistic the CPU cost models are fitted on: the minimum over the timed runs
+# of the calling thread's CPU time per invocation (mhmodels.latency, 1 thread). CPU time does
+# not count time spent pre-empted by other jobs on a shared machine (wall-clock medians and
+# minima moved by 2x here); its minimum also drops runs slowed by a busy sibling core / cache.
+# On the collected data it fitted better than the median (5-fold CV MAPE 4.9% vs 7.3%).
 STATISTIC = "min_ms"
 NORMALIZER_MODEL = "mobilenet_v1"
 CSV_PREFIX = "csv:"
+VELA_PREFIX = "vela:"
+# Keys of `config()` that describe the host rather than the measurement: informative only.
+INFORMATIVE_KEYS = ("host",)
 
 
-def representative_data(image_size: int, num_batches: int = 3, seed: int = 0):
-    """A few random batches: enough calibration for *latency* purposes (not accuracy)."""
+def representative_data(image_size: int, num_batches: int = 1, seed: int = 0):
+    """Random calibration batches: enough for *latency* purposes (not accuracy).
+
+    Latency does not depend on the calibrated ranges, and each batch costs a full float
+    inference inside the converter, so one batch is the default."""
     rng = np.random.default_rng(seed)
     return [rng.uniform(-1.0, 1.0, size=(1, image_size, image_size, 3)).astype(np.float32)
             for _ in range(num_batches)]
@@ -61,66 +78,141 @@ def export_bytes(model, quantization: str, image_size: int | None = None) -> byt
 
 @dataclass(frozen=True)
 class Hardware:
-    """A latency source. `quantization` is None for hardware measured elsewhere (CSV)."""
+    """A latency source. `quantization` is the export format it runs; None: measured elsewhere."""
 
     name: str
     description: str
     quantization: str | None = "float"
-    use_xnnpack: bool = True
-    threads: int = 1
-    warmup: int = 3
-    runs: int = 15
-    min_time_s: float = 0.5
-    statistic: str = STATISTIC
-    csv_path: str | None = None
-    _table: Mapping[str, float] | None = field(default=None, compare=False, repr=False)
 
     @property
     def measurable(self) -> bool:
-        return self.csv_path is None
+        """True when this machine can produce the latency of a model (export + measure)."""
+        return self.quantization is not None
 
-    # -- LiteRT measurement --------------------------------------------------------------------
-    def measure_tflite(self, model: bytes | str | os.PathLike, **overrides) -> LatencyResult:
-        """Time a TFLite model already in this hardware's format."""
-        self._need_measurable()
-        kwargs = dict(threads=self.threads, use_xnnpack=self.use_xnnpack, warmup=self.warmup,
-                      runs=self.runs, min_time_s=self.min_time_s)
-        kwargs.update(overrides)
-        return measure_tflite(model, **kwargs)
+    @property
+    def statistic(self) -> str:
+        return "latency_ms"
+
+    def config(self) -> dict:
+        """What the numbers depend on (tool, versions, settings): kept with every measurement."""
+        return {"tool": "csv"}
+
+    def same_config(self, other: Mapping[str, Any] | None) -> bool:
+        """Whether a recorded `config()` describes the same measurement as this hardware's."""
+        if other is None:
+            return False
+        mine = {k: v for k, v in self.config().items() if k not in INFORMATIVE_KEYS}
+        theirs = {k: v for k, v in other.items() if k not in INFORMATIVE_KEYS}
+        return mine == theirs
+
+    # CSV columns this hardware contributes to a collect_latency file: `<name>_<suffix>`.
+    def column_suffixes(self) -> tuple[str, ...]:
+        return ("ms",)
+
+    def row_values(self, result) -> dict[str, float | int]:
+        return {"ms": self.latency_ms(result)}
+
+    # -- measuring ------------------------------------------------------------------------------
+    def measure_tflite(self, model: bytes | str | os.PathLike, **overrides):
+        """Latency of a TFLite model already in this hardware's format (`quantization`)."""
+        raise ValueError(f"hardware {self.name!r} ({self.description}) cannot measure models "
+                         "here")
+
+    def latency_ms(self, result) -> float:
+        """The statistic the cost models are fitted on, from a `measure_tflite` result."""
+        return float(getattr(result, self.statistic))
 
     def export(self, keras_model, image_size: int | None = None) -> bytes:
         self._need_measurable()
         return export_bytes(keras_model, self.quantization, image_size)
 
-    def measure_model(self, keras_model, **overrides) -> LatencyResult:
-        """Export `keras_model` in this hardware's format and time it."""
+    def measure_model(self, keras_model, **overrides):
+        """Export `keras_model` in this hardware's format and measure it."""
         return self.measure_tflite(self.export(keras_model), **overrides)
-
-    def latency_ms(self, result: LatencyResult) -> float:
-        return float(getattr(result, self.statistic))
 
     def measure_choices(self, space, choices, image_size: int = 224, **overrides) -> float:
         """Latency (ms, `statistic`) of an architecture of `space`: measured or looked up."""
-        if not self.measurable:
-            return self.lookup(space, choices)
         import mhmodels
         model = mhmodels.build(space.decode(choices), input_shape=(image_size, image_size, 3))
         return self.latency_ms(self.measure_model(model, **overrides))
 
     def normalizer_ms(self, image_size: int = 224, **overrides) -> float:
         """C: the latency of MobileNetV1 width 1.0 on this hardware, measured the same way."""
-        if not self.measurable:
-            table = self.table()
-            if NORMALIZER_MODEL not in table:
-                raise KeyError(f"{self.csv_path}: no '{NORMALIZER_MODEL}' row, so hardware "
-                               f"{self.name!r} has no normaliser (add a row "
-                               f"'{NORMALIZER_MODEL},<ms>')")
-            return table[NORMALIZER_MODEL]
         import mhmodels
         model = mhmodels.build(NORMALIZER_MODEL, 1.0, input_shape=(image_size, image_size, 3))
         return self.latency_ms(self.measure_model(model, **overrides))
 
-    # -- CSV ---------------------------------------------------------------------------------
+    def _need_measurable(self):
+        if not self.measurable:
+            raise ValueError(f"hardware {self.name!r} ({self.description}) cannot measure "
+                             "models here")
+
+
+@dataclass(frozen=True)
+class LiteRTHardware(Hardware):
+    """This machine's CPU through LiteRT, batch 1, timed by `mhmodels.latency.measure_tflite`."""
+
+    use_xnnpack: bool = True
+    threads: int = 1
+    warmup: int = 3
+    runs: int = 15
+    min_time_s: float = 0.5
+
+    @property
+    def statistic(self) -> str:
+        return STATISTIC
+
+    def config(self) -> dict:
+        from importlib.metadata import version
+        return {"tool": "litert", "litert_version": version("ai-edge-litert"),
+                "quantization": self.quantization, "use_xnnpack": self.use_xnnpack,
+                "threads": self.threads, "statistic": self.statistic, "host": _host()}
+
+    def column_suffixes(self) -> tuple[str, ...]:
+        return ("ms", "median_ms", "min_ms")
+
+    def row_values(self, result: LatencyResult) -> dict[str, float | int]:
+        return {"ms": self.latency_ms(result), "median_ms": result.median_ms,
+                "min_ms": result.min_ms}
+
+    def measure_tflite(self, model, **overrides) -> LatencyResult:
+        kwargs = dict(threads=self.threads, use_xnnpack=self.use_xnnpack, warmup=self.warmup,
+                      runs=self.runs, min_time_s=self.min_time_s)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return measure_tflite(model, **kwargs)
+
+
+@dataclass(frozen=True)
+class VelaHardware(Hardware):
+    """An Arm Ethos-U NPU: vela's performance estimate of the full-int8 export (deterministic)."""
+
+    vela: VelaConfig | None = None
+
+    def config(self) -> dict:
+        return {**self.vela.to_dict(), "quantization": self.quantization}
+
+    def column_suffixes(self) -> tuple[str, ...]:
+        return ("ms", "cpu_ops")
+
+    def row_values(self, result: VelaEstimate) -> dict[str, float | int]:
+        return {"ms": result.latency_ms, "cpu_ops": result.cpu_ops}
+
+    def measure_tflite(self, model, **overrides) -> VelaEstimate:
+        """vela's estimate; `overrides` (runs, warmup of the CPU hardware) do not apply."""
+        from mhmodels.vela import estimate_tflite
+        return estimate_tflite(model, self.vela)
+
+
+@dataclass(frozen=True)
+class CsvHardware(Hardware):
+    """Latencies measured elsewhere, read from `csv_path` (columns `arch,latency_ms`)."""
+
+    csv_path: str = ""
+    _table: Mapping[str, float] | None = field(default=None, compare=False, repr=False)
+
+    def config(self) -> dict:
+        return {"tool": "csv", "path": self.csv_path}
+
     def table(self) -> Mapping[str, float]:
         if self._table is None:
             object.__setattr__(self, "_table", read_latency_csv(self.csv_path))
@@ -135,10 +227,41 @@ class Hardware:
                            "space.encode(space.canonical(choices))")
         return table[key]
 
-    def _need_measurable(self):
-        if not self.measurable:
-            raise ValueError(f"hardware {self.name!r} reads latencies from {self.csv_path}; "
-                             "it cannot measure models here")
+    def measure_choices(self, space, choices, image_size: int = 224, **overrides) -> float:
+        return self.lookup(space, choices)
+
+    def normalizer_ms(self, image_size: int = 224, **overrides) -> float:
+        table = self.table()
+        if NORMALIZER_MODEL not in table:
+            raise KeyError(f"{self.csv_path}: no '{NORMALIZER_MODEL}' row, so hardware "
+                           f"{self.name!r} has no normaliser (add a row "
+                           f"'{NORMALIZER_MODEL},<ms>')")
+        return table[NORMALIZER_MODEL]
+
+
+def measure_all(model, hardware: Sequence[Hardware], image_size: int | None = None,
+                overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{hardware name: measure_tflite result}, exporting `model` once per format needed."""
+    exported: dict[str, bytes] = {}
+    results = {}
+    for hw in hardware:
+        hw._need_measurable()
+        if hw.quantization not in exported:
+            exported[hw.quantization] = export_bytes(model, hw.quantization, image_size)
+        results[hw.name] = hw.measure_tflite(exported[hw.quantization], **dict(overrides or {}))
+    return results
+
+
+def _host() -> str:
+    """The CPU model name: CPU milliseconds belong to the host they were measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
 
 
 def read_latency_csv(path: str | os.PathLike) -> dict[str, float]:
@@ -174,43 +297,70 @@ def read_latency_csv(path: str | os.PathLike) -> dict[str, float]:
     return table
 
 
+from mhmodels.vela import PRESETS as NPU_PRESETS  # noqa: E402 - (accelerator, system, memory)
+
 BUILTIN: dict[str, Hardware] = {
-    "cpu_float": Hardware("cpu_float", "this CPU, LiteRT + XNNPACK, float32 model, 1 thread",
-                          quantization="float", use_xnnpack=True),
-    "cpu_int8": Hardware("cpu_int8", "this CPU, LiteRT + XNNPACK, full-int8 model, 1 thread",
-                         quantization="int8", use_xnnpack=True),
-    "cpu_ref_float": Hardware("cpu_ref_float", "this CPU, LiteRT builtin kernels without "
-                              "default delegates, float32 model, 1 thread",
-                              quantization="float", use_xnnpack=False, warmup=1, runs=5),
+    "cpu_float": LiteRTHardware("cpu_float", "this CPU, LiteRT + XNNPACK, float32 model, "
+                                "1 thread", quantization="float", use_xnnpack=True),
+    "cpu_int8": LiteRTHardware("cpu_int8", "this CPU, LiteRT + XNNPACK, full-int8 model, "
+                               "1 thread", quantization="int8", use_xnnpack=True),
+    "cpu_ref_float": LiteRTHardware("cpu_ref_float", "this CPU, LiteRT builtin kernels "
+                                    "without default delegates, float32 model, 1 thread",
+                                    quantization="float", use_xnnpack=False, warmup=1, runs=5),
 }
+_NPU_CACHE: dict[str, VelaHardware] = {}
+
+
+def _vela_hardware(name: str, accelerator: str, system: str, memory_mode: str) -> VelaHardware:
+    if name not in _NPU_CACHE:
+        config = VelaConfig(accelerator, system, memory_mode)  # validates against vela.ini
+        _NPU_CACHE[name] = VelaHardware(
+            name, f"Arm {accelerator} NPU ({system}, {memory_mode}), vela estimate of the "
+            "full-int8 model", quantization="int8", vela=config)
+    return _NPU_CACHE[name]
 
 
 def list_hardware() -> list[str]:
-    return sorted(BUILTIN) + [f"{CSV_PREFIX}<path>"]
+    return sorted(BUILTIN) + sorted(NPU_PRESETS) + \
+        [f"{VELA_PREFIX}<accelerator>:<system>:<memory_mode>", f"{CSV_PREFIX}<path>"]
 
 
 def get_hardware(name: str) -> Hardware:
-    """`cpu_float` | `cpu_int8` | `cpu_ref_float` | `csv:<path>`."""
+    """`cpu_float` | `cpu_int8` | `cpu_ref_float` | `ethos_u55` | `ethos_u65` | `ethos_u85` |
+    `vela:<accelerator>:<system>:<memory_mode>` | `csv:<path>`."""
     if not isinstance(name, str):
         raise TypeError(f"hardware name must be a string, got {type(name).__name__}")
     if name.startswith(CSV_PREFIX):
         path = name[len(CSV_PREFIX):]
         if not path:
             raise ValueError("csv hardware needs a path: csv:<path>")
-        return Hardware(name=hardware_id(name), description=f"latencies read from {path}",
-                        quantization=None, csv_path=path)
+        return CsvHardware(name=hardware_id(name), description=f"latencies read from {path}",
+                           quantization=None, csv_path=path)
+    if name.startswith(VELA_PREFIX):
+        parts = name[len(VELA_PREFIX):].split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"vela hardware is vela:<accelerator>:<system>:<memory_mode>, e.g. "
+                             f"vela:ethos-u55-128:Ethos_U55_Deep_Embedded:Shared_Sram; got "
+                             f"{name!r}")
+        return _vela_hardware(hardware_id(name), *parts)
+    if name in NPU_PRESETS:
+        return _vela_hardware(name, *NPU_PRESETS[name])
     if name not in BUILTIN:
         import difflib
-        close = difflib.get_close_matches(name, list(BUILTIN), n=2)
+        close = difflib.get_close_matches(name, list(BUILTIN) + list(NPU_PRESETS), n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown hardware {name!r}{hint}; known: {', '.join(list_hardware())}")
     return BUILTIN[name]
 
 
 def hardware_id(name: str) -> str:
-    """A file-name-safe id: `cpu_float` stays, `csv:/x/pixel4_gpu.csv` -> `pixel4_gpu`."""
+    """A file-name-safe id: `cpu_float` stays, `csv:/x/pixel4_gpu.csv` -> `pixel4_gpu`,
+    `vela:ethos-u55-128:Ethos_U55_Deep_Embedded:Shared_Sram` ->
+    `vela_ethos-u55-128_Ethos_U55_Deep_Embedded_Shared_Sram`."""
     if name.startswith(CSV_PREFIX):
         return Path(name[len(CSV_PREFIX):]).stem
+    if name.startswith(VELA_PREFIX):
+        return "vela_" + name[len(VELA_PREFIX):].replace(":", "_")
     return name
 
 

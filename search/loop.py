@@ -60,7 +60,7 @@ class SearchConfig:
     """Everything a search run depends on (the CLI flags map 1:1 onto these fields)."""
 
     model_dir: str
-    hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "cpu_ref_float")
+    hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")
     metric: str = "max"
     beta: float = -0.07
     target: float = 1.0

@@ -18,7 +18,7 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     res = run_benchmark(["multi_max", "mobilenet_v3_small"], ["0.5"], ["float", "int8"],
                         image_size=64, xnnpack="both", runs=3, warmup=1, rounds=2,
-                        output_dir=out, progress=False)
+                        output_dir=out, progress=False, npu=["ethos_u55", "ethos_u85"])
     return out, res
 
 
@@ -26,7 +26,8 @@ def test_files_and_table_shape(result):
     out, res = result
     for name in ("benchmark.csv", "benchmark.json", "benchmark.png"):
         assert (out / name).stat().st_size > 0
-    assert res["hardware"] == ["cpu_float", "cpu_int8", "cpu_ref_float", "cpu_ref_int8"]
+    assert res["hardware"] == ["cpu_float", "cpu_int8", "cpu_ref_float", "cpu_ref_int8",
+                               "ethos_u55", "ethos_u85"]
     with (out / "benchmark.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     # The two models plus MobileNetV1 1.0, the normaliser, measured in the same run.
@@ -55,7 +56,11 @@ def test_json_matches_csv_and_metrics(result):
         avg, mx = mn_norm(lat, [norm[h] for h in data["hardware"]])
         assert row["mn_norm_avg"] == pytest.approx(avg, abs=1e-4)
         assert row["mn_norm_max"] == pytest.approx(mx, abs=1e-4)
-        assert all(row["latency"][h]["runs"] == 6 for h in data["hardware"])
+        assert all(row["latency"][h]["runs"] == 6 for h in data["hardware"][:4])
+        # NPU columns: one deterministic vela estimate, every op on the NPU.
+        assert all(row["latency"][h]["runs"] == 1 and row["latency"][h]["cpu_ops"] == 0
+                   for h in ("ethos_u55", "ethos_u85"))
+    assert data["config"]["npu"]["ethos_u55"]["accelerator"] == "ethos-u55-256"
     # Reference latencies (ref kernels) are slower than XNNPACK for MobileNetV1.
     v1 = data["rows"][-1]["latency"]
     assert v1["cpu_ref_float"]["p10_ms"] > v1["cpu_float"]["p10_ms"]
