@@ -1,0 +1,245 @@
+"""Converters of published checkpoints, proven on the publishers' own code (offline).
+
+The fixtures (tests/fixtures/keras_applications, made by tools/make_keras_fixtures.py) are
+keras.applications MobileNets built by the publisher's Keras 2 code with random weights and
+saved in the published legacy HDF5 format under keras's file names, with the logits the
+publisher's model gave on real photos. Here they are converted into our models and compared
+with those logits and with Keras 3's keras.applications loading the same file.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import threading
+import warnings
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mhmodels
+from mhmodels import pretrained as P
+from mhmodels import weights as W
+from mhmodels.images import sample_photos
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras_applications"
+INDEX = json.loads((FIXTURES / "index.json").read_text())
+TOLERANCE = 1e-4  # relative: max |ours - theirs| / max |theirs|
+
+
+def rel_err(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The fixtures gunzipped: byte for byte the files keras' save_weights wrote."""
+    out = tmp_path_factory.mktemp("keras_h5")
+    paths = {}
+    for model_id, entry in INDEX.items():
+        path = out / entry["file"][: -len(".gz")]
+        with gzip.open(FIXTURES / entry["file"]) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        paths[model_id] = path
+    return paths
+
+
+def photos(entry) -> np.ndarray:
+    return sample_photos(size=entry["input_size"], crops_per_image=2)
+
+
+@pytest.mark.parametrize("model_id", sorted(INDEX))
+def test_converted_logits_equal_the_publishers_model(files, model_id):
+    entry = INDEX[model_id]
+    size = entry["input_size"]
+    ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
+                                     input_shape=(size, size, 3))
+    theirs = np.load(FIXTURES / entry["logits"])
+    assert theirs.std() > 0.1  # random weights gave informative logits, not a constant
+    got = ours(photos(entry), training=False).numpy()
+    assert got.shape == theirs.shape == (4, entry["classes"])
+    assert rel_err(got, theirs) <= TOLERANCE
+    # A converter that lost any tensor would be far off: shuffling one proves the test can fail.
+    layer = ours.get_layer("block1_dw_bn")
+    gamma, *rest = layer.get_weights()
+    layer.set_weights([gamma[::-1].copy(), *rest])
+    assert rel_err(ours(photos(entry), training=False).numpy(), theirs) > 1e-3
+
+
+@pytest.mark.parametrize("model_id", ["mobilenet_v2", "mobilenet_v3_large"])
+def test_keras3_keras_applications_reading_the_same_file_agrees(files, model_id):
+    """Keras 3's own loader of the published files (what keras.applications users run),
+    with MobileNetV3's built-in rescaling fed [0, 255] pixels: ours on preprocess_input."""
+    import keras
+
+    entry = INDEX[model_id]
+    size = entry["input_size"]
+    kwargs = dict(alpha=entry["alpha"], input_shape=(size, size, 3), classes=entry["classes"],
+                  weights=str(files[model_id]), classifier_activation=None)
+    if entry["function"].startswith("MobileNetV3"):
+        kwargs.update(include_preprocessing=True, minimalistic=entry["minimalistic"])
+    reference = getattr(keras.applications, entry["function"])(**kwargs)
+    pixels = (photos(entry) + 1.0) * 127.5  # back to [0, 255]
+    fed = pixels if entry["function"].startswith("MobileNetV3") else pixels / 127.5 - 1.0
+    theirs = reference(fed, training=False).numpy()
+    ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
+                                     input_shape=(size, size, 3))
+    assert rel_err(ours(mhmodels.preprocess_input(pixels), training=False).numpy(), theirs) <= TOLERANCE
+
+
+def test_every_layer_maps_to_one_published_name():
+    for model_id, family in P.KERAS_FAMILIES.items():
+        model = mhmodels.build(model_id, input_shape=(64, 64, 3), num_classes=1000)
+        names = [P.published_name(family, layer.name) for layer in model.layers if layer.weights]
+        assert len(names) == len(set(names)), model_id
+    with pytest.raises(P.CheckpointMismatch, match="no counterpart"):
+        P.published_name("keras_v1", "block0_fused")
+
+
+def test_refusals_say_why_and_never_load_into_a_different_network(files):
+    v3 = mhmodels.get_spec("mobilenet_v3_large")
+    with pytest.raises(P.ArchitectureMismatch, match="keeps its stem at 16 channels"):
+        P.checkpoint_spec(v3, "keras_v3", 1.25)
+    with pytest.raises(P.ArchitectureMismatch, match=r"6x the last block's channels \(192\)"):
+        P.checkpoint_spec(mhmodels.get_spec("mobilenet_v3_small"), "keras_v3", 0.35)
+    assert P.checkpoint_spec(v3, "keras_v3", 0.75) == v3  # published widths: our own spec
+    with pytest.raises(P.ArchitectureMismatch, match="multiples of 32"):
+        P.from_keras_applications(files["mobilenet_v1"], "mobilenet_v1", 0.25,
+                                  input_shape=(112, 112, 3))
+    with pytest.raises(P.CheckpointMismatch, match=r"has shape .* needs"):  # another width
+        P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v2", 0.5,
+                                  input_shape=(96, 96, 3))
+    with pytest.raises(P.CheckpointMismatch, match="is a keras.applications MobileNetV2 file"):
+        P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v1", 0.35,
+                                  input_shape=(96, 96, 3))
+    with pytest.raises(ValueError, match="1000-class head"):
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), num_classes=1001,
+                       weights=str(files["mobilenet_v1"]))
+
+
+def test_build_loads_a_keras_applications_file_by_path(files):
+    entry = INDEX["mobilenet_v2"]
+    model = mhmodels.build("mobilenet_v2", entry["alpha"], input_shape=(96, 96, 3),
+                           weights=str(files["mobilenet_v2"]))
+    theirs = np.load(FIXTURES / entry["logits"])
+    assert model.output_shape == (None, 10)  # the class count comes from the file
+    assert rel_err(model(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
+    features = mhmodels.build("mobilenet_v2", entry["alpha"], input_shape=(96, 96, 3),
+                              include_top=False, pooling="avg",
+                              weights=str(files["mobilenet_v2"]))
+    np.testing.assert_array_equal(features.get_layer("head0").kernel.numpy(),
+                                  model.get_layer("head0").kernel.numpy())
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def published(files, tmp_path, monkeypatch):
+    """A local HTTP server serving the MobileNetV1 0.25 / 128 fixture under its published name,
+    and a manifest entry for it like the shipped one (unpinned: keras publishes no hash)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(files["mobilenet_v1"], root / "mobilenet_2_5_128_tf.h5")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: _Quiet(*a, directory=root,
+                                                                          **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    shipped = {(c.model, c.width, c.resolution): c for c in W.load_manifest()}
+    entry = dict(json.loads(W.manifest_path().read_text())["checkpoints"][
+        list(shipped).index(("mobilenet_v1", 0.25, 128))])
+    entry["url"] = f"http://127.0.0.1:{server.server_address[1]}/mobilenet_2_5_128_tf.h5"
+    manifest = tmp_path / "weights.json"
+    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(manifest))
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    yield entry
+    server.shutdown()
+    server.server_close()
+
+
+def test_build_weights_imagenet_downloads_converts_and_decodes(published):
+    entry = INDEX["mobilenet_v1"]
+    with pytest.warns(W.UnpinnedCheckpointWarning, match="unpinned"):
+        model = mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3),
+                               weights="imagenet")
+    assert model.output_shape == (None, 1000)  # keras.applications' layout, not our 1001
+    logits = model(photos(entry), training=False).numpy()
+    assert rel_err(logits, np.load(FIXTURES / entry["logits"])) <= TOLERANCE
+    top = mhmodels.decode_predictions(logits, top=3)
+    assert len(top) == 4 and all(len(row) == 3 for row in top)
+    best = int(np.argmax(logits[0]))
+    assert top[0][0] == (*mhmodels.preprocessing.imagenet_classes()[best], float(logits[0, best]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second use: verified against the recorded sha256
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), weights="imagenet")
+    with pytest.raises(ValueError, match="ImageNet head"):
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), weights="imagenet",
+                       num_classes=10)
+
+
+def test_shipped_manifest_lists_the_keras_applications_checkpoints():
+    ckpts = W.load_manifest()
+    keras_files = [c for c in ckpts if c.source == "keras_applications"]
+    assert len(keras_files) == 16 + 22 + 5  # V1 4x4, V2 as TF-slim, V3 large/small/large-min
+    by_key = {(c.model, c.width, c.resolution): c for c in keras_files}
+    v3 = by_key[("mobilenet_v3_large", 1.0, 224)]
+    assert v3.md5 == "59e551e166be033d707958cf9e29a6a7" and v3.pinned and v3.top1 == 75.6
+    v2 = by_key[("mobilenet_v2", 1.4, 224)]
+    assert not v2.pinned and v2.classes == 1000 and v2.top1 == 75.0
+    assert v2.cache_filename == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.4_224.h5"
+    assert by_key[("mobilenet_v1", 0.25, 128)].url.endswith("/mobilenet_2_5_128_tf.h5")
+    for c in keras_files:  # every one is buildable exactly (no refusal at published widths)
+        P.checkpoint_spec(mhmodels.get_spec(c.model), P.KERAS_FAMILIES[c.model], c.width,
+                          (c.resolution, c.resolution, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# Input rule and class names
+# --------------------------------------------------------------------------------------------
+
+
+def test_preprocess_input_maps_pixels_to_minus_one_one():
+    pixels = np.array([[[[0, 127.5, 255]]]], dtype=np.float32)
+    np.testing.assert_allclose(mhmodels.preprocess_input(pixels), [[[[-1.0, 0.0, 1.0]]]])
+    as_uint8 = mhmodels.preprocess_input(np.full((2, 4, 4, 3), 255, np.uint8))
+    assert as_uint8.dtype == np.float32 and np.all(as_uint8 == 1.0)
+    unit = mhmodels.preprocess_input(np.array([[0.0, 0.5, 1.0]]), value_range=(0, 1))
+    np.testing.assert_allclose(unit, [[-1.0, 0.0, 1.0]])
+    import tensorflow as tf
+
+    tensor = mhmodels.preprocess_input(tf.constant(pixels))
+    np.testing.assert_allclose(np.asarray(tensor), [[[[-1.0, 0.0, 1.0]]]])
+    with pytest.raises(ValueError, match="3 RGB channels"):
+        mhmodels.preprocess_input(np.zeros((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match="high > low"):
+        mhmodels.preprocess_input(pixels, value_range=(1, 1))
+
+
+def test_decode_predictions_handles_both_layouts_explicitly():
+    classes = mhmodels.preprocessing.imagenet_classes()
+    assert len(classes) == 1000 and classes[0] == ("n01440764", "tench")
+    assert classes[999] == ("n15075141", "toilet tissue")
+    keras_row = np.zeros((1, 1000))
+    keras_row[0, 1], keras_row[0, 0] = 5.0, 2.0
+    assert mhmodels.decode_predictions(keras_row, top=2) == [
+        [("n01443537", "goldfish", 5.0), ("n01440764", "tench", 2.0)]]
+    ours_row = np.zeros((1, 1001))  # background first: index i + 1 is keras class i
+    ours_row[0, 2], ours_row[0, 0] = 5.0, 4.0
+    assert mhmodels.decode_predictions(ours_row, top=2) == [
+        [("n01443537", "goldfish", 5.0), ("background", "background", 4.0)]]
+    with pytest.raises(ValueError, match="10 classes"):
+        mhmodels.decode_predictions(np.zeros((1, 10)))
+    with pytest.raises(ValueError, match="have 1001"):
+        mhmodels.decode_predictions(keras_row, layout=1001)
+    with pytest.raises(ValueError, match="top must be"):
+        mhmodels.decode_predictions(keras_row, top=0)
