@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -153,9 +156,14 @@ def published(files, tmp_path, monkeypatch):
     shipped = {(c.model, c.width, c.resolution): c for c in W.load_manifest()}
     entry = dict(json.loads(W.manifest_path().read_text())["checkpoints"][
         list(shipped).index(("mobilenet_v1", 0.25, 128))])
-    entry["url"] = f"http://127.0.0.1:{server.server_address[1]}/mobilenet_2_5_128_tf.h5"
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    entry["url"] = f"{base}/mobilenet_2_5_128_tf.h5"
+    (root / "multi_avg_int8.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(300))
+    tflite = dict(next(c for c in json.loads(W.manifest_path().read_text())["checkpoints"]
+                       if c["model"] == "multi_avg" and c["format"] == "tflite_int8"))
+    tflite["url"] = f"{base}/multi_avg_int8.tflite"
     manifest = tmp_path / "weights.json"
-    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [entry, tflite]}))
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -243,3 +251,66 @@ def test_decode_predictions_handles_both_layouts_explicitly():
         mhmodels.decode_predictions(keras_row, layout=1001)
     with pytest.raises(ValueError, match="top must be"):
         mhmodels.decode_predictions(keras_row, top=0)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m mhmodels weights list | fetch
+# --------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mhmodels", "weights", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ),
+                          cwd=Path(__file__).parent.parent)
+
+
+def test_cli_lists_the_shipped_table_and_says_unpinned(monkeypatch, tmp_path):
+    monkeypatch.delenv("MHMODELS_WEIGHTS_MANIFEST", raising=False)
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    done = _cli("list", "--model=mobilenet_v3_large")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mobilenet")]
+    assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
+        ("0.75", "224", "1000", "keras_h5", "73.30"), ("1.00", "224", "1000", "keras_h5",
+                                                       "75.60")]
+    assert all(line.endswith("md5 (published)") for line in done.stdout.splitlines()[2:4])
+    v1 = _cli("list", "--model=mobilenet_v1").stdout
+    assert v1.count("unpinned; sha256 recorded at first download") == 16
+    bad = _cli("fetch")
+    assert bad.returncode != 0 and "exactly one model" in bad.stderr
+
+
+def test_cli_fetches_a_published_tflite_file(published):
+    done = _cli("fetch", "multi_avg", "--format=tflite_int8", "--noprogress")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.read_bytes()[4:8] == b"TFL3" and "unpinned" in done.stderr
+    missing = _cli("fetch", "multi_max", "--format=tflite_int8", "--noprogress")
+    assert missing.returncode == 1 and "no checkpoints for 'multi_max'" in missing.stderr
+
+
+def test_fetch_exports_a_tflite_from_converted_weights_once(published):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mhmodels import weights_cli
+
+    entry = INDEX["mobilenet_v1"]
+    with pytest.warns(W.UnpinnedCheckpointWarning):
+        path = weights_cli.fetch_file("mobilenet_v1", 0.25, "tflite_float", None, progress=False)
+    assert path.name == "mobilenet_v1-w0.25-r128-imagenet-float.tflite"
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    x = photos(entry)[:1]
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert rel_err(got, np.load(FIXTURES / entry["logits"])[:1]) <= TOLERANCE
+    mtime = path.stat().st_mtime_ns
+    assert weights_cli.fetch_file("mobilenet_v1", 0.25, "tflite_float", 128,
+                                  progress=False) == path
+    assert path.stat().st_mtime_ns == mtime  # cached, not exported again
+    converted = weights_cli.fetch_file("mobilenet_v1", 0.25, "keras", None, progress=False)
+    model = mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), num_classes=1000,
+                           weights=str(converted))
+    assert rel_err(model(x, training=False).numpy(),
+                   np.load(FIXTURES / entry["logits"])[:1]) <= TOLERANCE
