@@ -449,3 +449,43 @@ def pretrained_tflite(model: str, width: float = 1.0, quantization: str = "float
     target.parent.mkdir(parents=True, exist_ok=True)
     export_tflite(built, target, quantization, representative_data=data)
     return target
+
+
+def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
+    """Load `weights` (a dataset name such as 'imagenet', a path or a URL) into a model that
+    `mhmodels.build` made, e.g. for `python -m mhmodels.train --init_weights=imagenet`.
+
+    With `skip_mismatched_head`, a checkpoint whose classifier has another class count fills
+    every layer but the classifier (fine-tuning on your own classes); otherwise that is an error.
+    """
+    from mhmodels.builder import build_args, build_model
+
+    args = build_args(model)
+    if args is None:
+        raise ValueError("load_weights needs a model built by mhmodels.build / build_model")
+    prepared = prepare(args.spec, args.width, weights, input_shape=args.input_shape,
+                       include_top=False, num_classes=None)
+    if prepared.spec != args.spec:
+        raise ArchitectureMismatch(
+            f"{weights!r} needs the publisher's exact network for {args.spec.name} at width "
+            f"{args.width:g}, which differs from the model given; build it with "
+            f"mhmodels.build({args.spec.name!r}, {args.width:g}, weights={weights!r})")
+    frontend = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras"
+
+    def build_full(num_classes: int = prepared.num_classes):
+        return build_model(args.spec, args.width, input_shape=args.input_shape,
+                           num_classes=num_classes, frontend=frontend)
+
+    head_fits = not args.include_top or args.num_classes == prepared.num_classes
+    if head_fits:
+        prepared.load(model, build_full)
+        return
+    if not skip_mismatched_head:
+        raise CheckpointMismatch(f"{weights!r} has a {prepared.num_classes}-class classifier, "
+                                 f"the model {args.num_classes}; pass skip_mismatched_head=True "
+                                 "to load everything else")
+    full = build_full()
+    prepared.load(full, build_full)
+    for layer in model.layers:
+        if layer.weights and layer.name != "classifier":
+            layer.set_weights(full.get_layer(layer.name).get_weights())

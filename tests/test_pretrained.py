@@ -314,3 +314,22 @@ def test_fetch_exports_a_tflite_from_converted_weights_once(published):
                            weights=str(converted))
     assert rel_err(model(x, training=False).numpy(),
                    np.load(FIXTURES / entry["logits"])[:1]) <= TOLERANCE
+
+
+def test_load_weights_into_a_built_model_for_fine_tuning(files):
+    entry = INDEX["mobilenet_v2"]
+    reference = P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v2", 0.35,
+                                          input_shape=(96, 96, 3))
+    mine = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3), num_classes=3)
+    with pytest.raises(P.CheckpointMismatch, match="10-class classifier, the model 3"):
+        P.load_weights(mine, str(files["mobilenet_v2"]))
+    P.load_weights(mine, str(files["mobilenet_v2"]), skip_mismatched_head=True)
+    np.testing.assert_array_equal(mine.get_layer("head0").kernel.numpy(),
+                                  reference.get_layer("head0").kernel.numpy())
+    same = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3), num_classes=10)
+    P.load_weights(same, str(files["mobilenet_v2"]))
+    assert rel_err(same(photos(entry), training=False).numpy(),
+                   np.load(FIXTURES / entry["logits"])) <= TOLERANCE
+    small = mhmodels.build("mobilenet_v3_small", 0.5, input_shape=(64, 64, 3), num_classes=10)
+    with pytest.raises(P.ArchitectureMismatch, match="publisher's exact network"):
+        P.load_weights(small, str(files["mobilenet_v3_small"]))  # keras keeps a 16-ch stem
