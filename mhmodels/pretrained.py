@@ -489,3 +489,48 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
     for layer in model.layers:
         if layer.weights and layer.name != "classifier":
             layer.set_weights(full.get_layer(layer.name).get_weights())
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale features (detection / segmentation backbones)
+# --------------------------------------------------------------------------------------------
+
+
+def endpoint_blocks(spec: ModelSpec) -> dict[int, str]:
+    """{output stride: layer-name prefix of the last block at that stride} ('stem' or
+    'block<i>', i the spec block index): where timm's features_only / the Model Garden's
+    endpoints take their feature maps."""
+    stride = spec.stem.stride
+    ends = {stride: "stem"}
+    for i, block in enumerate(spec.blocks):
+        stride *= block.stride
+        ends[stride] = f"block{i}"
+    return ends
+
+
+def feature_extractor(model, strides: Sequence[int] = (4, 8, 16, 32), *,
+                      name: str | None = None):
+    """A model (same layers, same weights) from `model`'s input to its feature maps at the
+    given output strides, in that order: e.g. the stride 4/8/16/32 endpoints of an SSD / FPN
+    backbone. `model` is any mhmodels model (either front-end, pretrained or not)."""
+    import importlib
+
+    from mhmodels.builder import build_args
+
+    args = build_args(model)
+    if args is None:
+        raise ValueError("feature_extractor needs a model built by mhmodels.build / build_model")
+    ends = endpoint_blocks(args.spec)
+    unknown = [s for s in strides if s not in ends]
+    if unknown or not strides:
+        raise ValueError(f"{args.spec.name} has feature maps at strides {sorted(ends)}, not "
+                         f"{unknown or list(strides)}")
+    by_prefix: dict[str, object] = {}
+    for layer in model.layers:  # topological order: a block's last layer is its output
+        prefix = layer.name.split("_", 1)[0]
+        if prefix in ends.values():
+            by_prefix[prefix] = layer.output
+    k = importlib.import_module(type(model).__module__.split(".", 1)[0])
+    outputs = [by_prefix[ends[s]] for s in strides]
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return k.Model(inputs, outputs, name=name or f"{model.name}_features")

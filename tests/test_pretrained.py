@@ -333,3 +333,38 @@ def test_load_weights_into_a_built_model_for_fine_tuning(files):
     small = mhmodels.build("mobilenet_v3_small", 0.5, input_shape=(64, 64, 3), num_classes=10)
     with pytest.raises(P.ArchitectureMismatch, match="publisher's exact network"):
         P.load_weights(small, str(files["mobilenet_v3_small"]))  # keras keeps a 16-ch stem
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale features
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["multi_avg", "mobilenet_v3_small", "mobilenet_v1"])
+def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
+    model = mhmodels.build(name, 0.5, input_shape=(64, 64, 3), num_classes=10)
+    features = P.feature_extractor(model)
+    x = photos({"input_size": 64})
+    maps = [m.numpy() for m in features(x, training=False)]
+    assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    ends = P.endpoint_blocks(mhmodels.get_spec(name))
+    spec = mhmodels.get_spec(name)
+    for stride, got in zip((4, 8, 16, 32), maps):
+        index = int(ends[stride][len("block"):])  # last block at that stride
+        if index + 1 < len(spec.blocks):  # the next block halves the resolution
+            assert spec.blocks[index + 1].stride == 2
+        tap = model.get_layer([l.name for l in model.layers
+                               if l.name.split("_")[0] == ends[stride]][-1])
+        probe = type(model)(model.inputs[0], tap.output)
+        np.testing.assert_array_equal(got, probe(x, training=False).numpy())
+    assert features.get_layer("stem").kernel is model.get_layer("stem").kernel  # shared
+    with pytest.raises(ValueError, match="strides"):
+        P.feature_extractor(model, strides=(64,))
+
+
+def test_feature_extractor_on_pretrained_weights(files):
+    model = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3),
+                           weights=str(files["mobilenet_v2"]), include_top=False)
+    c4, c8, c16, c32 = P.feature_extractor(model).output_shape
+    assert (c4[1:3], c8[1:3], c16[1:3], c32[1:3]) == ((24, 24), (12, 12), (6, 6), (3, 3))
+    assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
