@@ -534,3 +534,130 @@ def feature_extractor(model, strides: Sequence[int] = (4, 8, 16, 32), *,
     outputs = [by_prefix[ends[s]] for s in strides]
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return k.Model(inputs, outputs, name=name or f"{model.name}_features")
+
+
+# --------------------------------------------------------------------------------------------
+# TF Model Garden (official.vision) MobileNet classifiers: TF2 checkpoints
+# --------------------------------------------------------------------------------------------
+
+# Zoo model -> the Model Garden's MobileNet model_id with the same network.
+MODEL_GARDEN_IDS = {"multi_avg": "MobileNetMultiAVG", "multi_max": "MobileNetMultiMAX",
+                    "mobilenet_edgetpu": "MobileNetV3EdgeTPU"}
+# The Model Garden's classification input: (pixels in [0, 255] - mean) / std per channel
+# (official/vision/ops/preprocess_ops.py MEAN_RGB / STDDEV_RGB), not our [-1, 1].
+MODEL_GARDEN_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+MODEL_GARDEN_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_MG_BACKBONE = "model/layer_with_weights-0/layer_with_weights-{}"
+_MG_CLASSIFIER = "model/layer_with_weights-1"
+_MG_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_MG_PARTS = {"": "_conv0", "bn": "_norm0", "expand": "_conv0", "expand_bn": "_norm0",
+             "fused": "_conv0", "fused_bn": "_norm0", "dw": "_conv1", "dw_bn": "_norm1",
+             "project": "_conv2", "project_bn": "_norm2"}
+
+
+def model_garden_input(pixels):
+    """Pixels in [0, 255] normalised the Model Garden way (what its checkpoints were trained
+    on; see `from_model_garden`)."""
+    x = np.asarray(pixels, dtype=np.float32)
+    return (x - np.asarray(MODEL_GARDEN_MEAN_RGB, np.float32)) / np.asarray(
+        MODEL_GARDEN_STDDEV_RGB, np.float32)
+
+
+def model_garden_name(spec: ModelSpec, ours: str) -> str:
+    """The checkpoint key prefix of our layer `ours` in a Model Garden MobileNet classifier
+    checkpoint (rooted at `model`, as its trainer writes them): the backbone's layers with
+    weights are numbered stem, blocks, then the 1x1 convs before and after pooling."""
+    m = _OURS.match(ours)
+    if not m:
+        raise CheckpointMismatch(f"layer {ours!r} has no counterpart in Model Garden checkpoints")
+    part, block, head, top, sub = m.groups()
+    sub = sub or ""
+    if part == "classifier" and not sub:
+        return _MG_CLASSIFIER
+    if part == "stem":
+        index = 0
+    elif block is not None:
+        index = 1 + int(block)
+    elif head is not None:
+        index = 1 + len(spec.blocks) + int(head)
+    else:
+        index = 1 + len(spec.blocks) + len(spec.head) + int(top)
+    if sub not in _MG_PARTS or (block is None and sub not in ("", "bn")):
+        raise CheckpointMismatch(f"layer {ours!r} has no counterpart in Model Garden checkpoints")
+    return _MG_BACKBONE.format(index) + "/" + _MG_PARTS[sub]
+
+
+def load_model_garden(model, path: str | os.PathLike) -> None:
+    """Fill `model` (built by mhmodels) from a Model Garden TF2 checkpoint (prefix path);
+    strict both ways, like `load_keras_applications`. Needs TensorFlow, not tf-models-official."""
+    import tensorflow as tf
+
+    from mhmodels.builder import build_args
+
+    spec = build_args(model).spec
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise CheckpointMismatch(f"{path} is not a readable TF checkpoint: {e}") from None
+    shapes = reader.get_variable_to_shape_map()
+    wanted = {k for k in shapes if k.startswith("model/") and k.endswith(_MG_SUFFIX)}
+    used: set[str] = set()
+    where = Path(path).name
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        prefix = model_garden_name(spec, layer.name)
+        values = []
+        for var in layer.weights:
+            kind = _weight_kind(var.path if hasattr(var, "path") else var.name)
+            keys = [f"{prefix}/{k}{_MG_SUFFIX}" for k in (
+                (kind, "depthwise_kernel") if kind == "kernel" else (kind,))]
+            key = next((k for k in keys if k in shapes), None)
+            if key is None:
+                raise CheckpointMismatch(f"{where} has no {keys[0]!r} for our layer "
+                                         f"{layer.name!r}: another architecture")
+            value = reader.get_tensor(key)
+            if tuple(value.shape) != tuple(var.shape):
+                raise CheckpointMismatch(
+                    f"{where}: {key} has shape {tuple(value.shape)}, our {layer.name} needs "
+                    f"{tuple(var.shape)}: another width, class count or architecture")
+            values.append(value)
+            used.add(key)
+        layer.set_weights(values)
+    unused = sorted(k for k in wanted - used
+                    if any(layer.name == "classifier" for layer in model.layers)
+                    or not k.startswith(_MG_CLASSIFIER + "/"))
+    if unused:
+        raise CheckpointMismatch(f"{where} has variables our {model.name!r} lacks: "
+                                 f"{unused[:6]}{' ...' if len(unused) > 6 else ''}")
+
+
+def from_model_garden(path: str | os.PathLike, model: str, width: float, *,
+                      input_shape: Sequence[int] = (224, 224, 3), include_top: bool = True,
+                      num_classes: int | None = None, **build_kwargs):
+    """Our model holding a Model Garden checkpoint's weights (class count read from it).
+
+    Note the input: these checkpoints were trained on `model_garden_input(pixels)` (ImageNet
+    mean / std), not on our [-1, 1]; our specs have no input-normalisation layer to fold it
+    into exactly (the stem's zero padding prevents folding it into the stem conv), so the
+    model returned expects `model_garden_input` and `build(weights=...)` does not offer these
+    checkpoints yet.
+    """
+    import tensorflow as tf
+
+    from mhmodels.builder import build_model
+    from mhmodels.registry import get_spec
+
+    if model not in MODEL_GARDEN_IDS:
+        raise ValueError(f"no Model Garden converter for {model!r}; known: "
+                         f"{sorted(MODEL_GARDEN_IDS)}")
+    if num_classes is None and include_top:
+        key = f"{_MG_CLASSIFIER}/bias{_MG_SUFFIX}"
+        shapes = tf.train.load_checkpoint(str(path)).get_variable_to_shape_map()
+        if key not in shapes:
+            raise CheckpointMismatch(f"{path} has no classifier: use include_top=False")
+        num_classes = int(shapes[key][0])
+    built = build_model(get_spec(model), width, input_shape=input_shape,
+                        include_top=include_top, num_classes=num_classes or 1001, **build_kwargs)
+    load_model_garden(built, path)
+    return built

@@ -368,3 +368,51 @@ def test_feature_extractor_on_pretrained_weights(files):
     c4, c8, c16, c32 = P.feature_extractor(model).output_shape
     assert (c4[1:3], c8[1:3], c16[1:3], c32[1:3]) == ((24, 24), (12, 12), (6, 6), (3, 3))
     assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
+
+
+# --------------------------------------------------------------------------------------------
+# TF Model Garden checkpoints (fixtures: tools/make_model_garden_fixtures.sh, a side venv)
+# --------------------------------------------------------------------------------------------
+
+MG_FIXTURES = Path(__file__).parent / "fixtures" / "model_garden"
+MG_INDEX = json.loads((MG_FIXTURES / "index.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def mg_checkpoints(tmp_path_factory):
+    """The checkpoints as the Model Garden wrote them (the data shard is stored gzipped)."""
+    out = tmp_path_factory.mktemp("model_garden")
+    for path in MG_FIXTURES.glob("*_ckpt.*"):
+        if path.suffix == ".gz":
+            with gzip.open(path) as src, open(out / path.name[: -len(".gz")], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy(path, out / path.name)
+    return {name: out / entry["checkpoint"] for name, entry in MG_INDEX.items()}
+
+
+@pytest.mark.parametrize("model_id", sorted(MG_INDEX))
+def test_model_garden_checkpoint_logits_equal_the_publishers_model(mg_checkpoints, model_id):
+    entry = MG_INDEX[model_id]
+    size = entry["input_size"]
+    ours = P.from_model_garden(mg_checkpoints[model_id], model_id, entry["width"],
+                               input_shape=(size, size, 3))
+    theirs = np.load(MG_FIXTURES / entry["logits"])
+    pixels = (photos(entry) + 1.0) * 127.5
+    got = ours(P.model_garden_input(pixels), training=False).numpy()
+    assert got.shape == theirs.shape == (4, entry["classes"]) and theirs.std() > 0.1
+    assert rel_err(got, theirs) <= TOLERANCE
+    layer = ours.get_layer("block3_project")  # a lost or misplaced tensor would show
+    layer.set_weights([layer.get_weights()[0][..., ::-1].copy()])
+    assert rel_err(ours(P.model_garden_input(pixels), training=False).numpy(), theirs) > 1e-3
+
+
+def test_model_garden_mismatches_are_refused(mg_checkpoints):
+    with pytest.raises(P.CheckpointMismatch, match="has shape"):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "multi_avg", 0.5,
+                            input_shape=(64, 64, 3))
+    with pytest.raises(P.CheckpointMismatch):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "multi_max", 0.35,
+                            input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="no Model Garden converter"):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "mobilenet_v2", 0.35)
