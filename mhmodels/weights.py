@@ -16,6 +16,20 @@ Guarantees:
 - Archives (tar.gz, zip) are checked member by member (no absolute paths, no `..`, no links or
   special files that leave the destination) and extracted into a temporary directory that is
   renamed into place.
+- Nothing unusable is cached: an HTML page (an error or log-in page served with 200) is
+  refused, and without a known hash a transfer that ended early with no Content-Length is
+  caught from the file itself (HDF5 superblock length, gzip trailer, zip directory).
+- Checkpoints whose publisher gives no hash (keras.applications' V1/V2 files, the Model Garden's
+  TFLite files) are pinned on first use: the sha256 of the first download is recorded in
+  `<cache>/pins.json` and every later use must match it; `pin_status` and the warning say so.
+  A URL with no known hash at all is revalidated with the server on each use (ETag /
+  Last-Modified), so a changed file is fetched again; `<url>#sha256=<hex>` pins it.
+
+Why not `keras.utils.get_file`: it writes straight to the final file name (a killed transfer
+leaves a truncated file that later calls trust when no hash is given), cannot resume, and has
+no trust-on-first-use record, HTML or truncation check. What it offers that we need is kept
+by reuse instead: keras' own cache (`$KERAS_HOME/models`) is read, so a file keras already
+downloaded is verified and used in place; hashing is hashlib, as in keras.
 """
 from __future__ import annotations
 
