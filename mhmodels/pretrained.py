@@ -343,7 +343,7 @@ def prepare(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int
     from mhmodels import weights as weights_lib
 
     if (weights == "imagenet" and include_top and num_classes is not None
-            and num_classes not in (1000, 1001)):  # no checkpoint can fit: say so before any download
+            and num_classes not in (1000, 1001)):  # no checkpoint fits: say so before downloading
         raise ValueError(
             f"weights='imagenet' has an ImageNet head (1000 classes for keras.applications "
             f"files, 1001 with background for ours / the Model Garden's), not {num_classes}; "

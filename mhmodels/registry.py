@@ -134,8 +134,9 @@ def build(name: str | ModelSpec, width: float = 1.0, *,
     Args follow keras.applications: `num_classes` (alias `classes`, default 1001 = ImageNet
     with background), `include_top`, `pooling` (None | 'avg' | 'max' without the top),
     `classifier_activation` (None gives logits), `weights` (None, 'imagenet', a local
-    `.weights.h5` / keras.applications `.h5` path or a URL; 'imagenet' sets the class layout of
-    the published checkpoint, see `mhmodels.pretrained`). `frontend='tf_keras'` builds the Keras 2 twin used for QAT.
+    `.weights.h5` / keras.applications `.h5` path or a URL; 'imagenet' takes the class layout
+    of the published checkpoint, see `mhmodels.pretrained`). `frontend='tf_keras'` builds the
+    Keras 2 twin used for QAT.
     """
     if num_classes is not None and classes is not None and num_classes != classes:
         raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")

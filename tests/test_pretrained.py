@@ -90,7 +90,8 @@ def test_keras3_keras_applications_reading_the_same_file_agrees(files, model_id)
     theirs = reference(fed, training=False).numpy()
     ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
                                      input_shape=(size, size, 3))
-    assert rel_err(ours(mhmodels.preprocess_input(pixels), training=False).numpy(), theirs) <= TOLERANCE
+    got = ours(mhmodels.preprocess_input(pixels), training=False).numpy()
+    assert rel_err(got, theirs) <= TOLERANCE
 
 
 def test_every_layer_maps_to_one_published_name():
@@ -416,3 +417,45 @@ def test_model_garden_mismatches_are_refused(mg_checkpoints):
                             input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match="no Model Garden converter"):
         P.from_model_garden(mg_checkpoints["multi_avg"], "mobilenet_v2", 0.35)
+
+
+# Every (model, width) keras.applications publishes, built full size by the publisher's code.
+PUBLISHED_WIDTHS = [("mobilenet_v1", "MobileNet", w, {}) for w in (0.25, 0.5, 0.75, 1.0)]
+PUBLISHED_WIDTHS += [("mobilenet_v2", "MobileNetV2", w, {})
+                     for w in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)]
+PUBLISHED_WIDTHS += [(m, fn, w, {"include_preprocessing": False})
+                     for m, fn in (("mobilenet_v3_large", "MobileNetV3Large"),
+                                   ("mobilenet_v3_small", "MobileNetV3Small"))
+                     for w in (0.75, 1.0)]
+PUBLISHED_WIDTHS += [("mobilenet_v3_large_min", "MobileNetV3Large", 1.0,
+                      {"include_preprocessing": False, "minimalistic": True})]
+SMALL_MODE = {("mobilenet_v1", 1.0), ("mobilenet_v2", 1.4), ("mobilenet_v3_small", 0.75)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id, function, width, kwargs", PUBLISHED_WIDTHS)
+def test_every_published_width_converts_exactly(full_size, tmp_path, model_id, function,
+                                                width, kwargs):
+    """The published files' architectures at their real widths and 1000 classes (the weights
+    do not depend on the resolution): tf_keras.applications with random weights -> ours."""
+    if not full_size and (model_id, width) not in SMALL_MODE:
+        pytest.skip("MHMODELS_TEST_FULL=1 runs every published width")
+    import importlib.util
+
+    import tf_keras
+
+    spec = importlib.util.spec_from_file_location(
+        "make_keras_fixtures", Path(__file__).parent.parent / "tools" / "make_keras_fixtures.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    reference = getattr(tf_keras.applications, function)(
+        weights=None, alpha=width, input_shape=(128, 128, 3), classifier_activation=None,
+        **kwargs)
+    tool.randomize(reference, np.random.default_rng(0))
+    path = tmp_path / "published.h5"
+    reference.save_weights(str(path))
+    x = photos({"input_size": 128})[:2]
+    ours = P.from_keras_applications(path, model_id, width, input_shape=(128, 128, 3))
+    assert ours.output_shape == (None, 1000)
+    assert rel_err(ours(x, training=False).numpy(),
+                   reference(x, training=False).numpy()) <= TOLERANCE

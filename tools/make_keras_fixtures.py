@@ -13,7 +13,7 @@ Small widths, resolutions and (except for one published-size MobileNetV1 file) 1
 keep the files small. The random values lie on a grid of 64 levels per tensor so that gzip
 shrinks the committed `.h5.gz` about 4x; the tests gunzip them to get the exact published format.
 
-    /work/main/venv/bin/python tools/make_keras_fixtures.py [--out tests/fixtures/keras_applications]
+    venv/bin/python tools/make_keras_fixtures.py [--out tests/fixtures/keras_applications]
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def main() -> None:
                            "classes": kwargs["classes"],
                            "minimalistic": bool(kwargs.get("minimalistic", False)),
                            "logits": model_id + "_logits.npy",
-                           "images": f"mhmodels.images.sample_photos(size={size}, crops_per_image=2)",
+                           "images": f"mhmodels.images.sample_photos(size={size}, "
+                                     "crops_per_image=2)",
                            "made_with": f"tf_keras {tf_keras.__version__}"}
         print(f"{model_id}: {file_name} logits std {logits.std():.3f}")
     (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
