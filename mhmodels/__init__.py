@@ -14,6 +14,7 @@ from mhmodels.qat import QuantizeError, calibrate, quantize, quantize_scope
 from mhmodels.registry import build, get_entry, get_spec, list_models, register, unregister
 from mhmodels.spec import LayerSpec, ModelSpec, SpecError
 from mhmodels.weights import download_tflite
+from mhmodels.preprocessing import decode_predictions, preprocess_input
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError", "download_tflite",
     "quantize", "calibrate", "quantize_scope", "QuantizeError",
     "export_tflite", "tflite_ops", "ExportResult", "ExportError",
+    "preprocess_input", "decode_predictions",
 ]

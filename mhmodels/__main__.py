@@ -15,6 +15,7 @@ COMMANDS = {
     "summary": ("mhmodels.summary", "params / MAdds of zoo models beside the paper's Table 1"),
     "benchmark": ("mhmodels.benchmark", "LiteRT latency of zoo models (Table 1 shape) + plot"),
     "train": ("mhmodels.train", "train / evaluate a zoo model (same as python -m mhmodels.train)"),
+    "weights": ("mhmodels.weights_cli", "published ImageNet checkpoints: list | fetch <model>"),
 }
 
 

@@ -134,29 +134,25 @@ def build(name: str | ModelSpec, width: float = 1.0, *,
     Args follow keras.applications: `num_classes` (alias `classes`, default 1001 = ImageNet
     with background), `include_top`, `pooling` (None | 'avg' | 'max' without the top),
     `classifier_activation` (None gives logits), `weights` (None, 'imagenet', a local
-    `.weights.h5` path or a URL). `frontend='tf_keras'` builds the Keras 2 twin used for QAT.
+    `.weights.h5` / keras.applications `.h5` path or a URL; 'imagenet' takes the class layout
+    of the published checkpoint, see `mhmodels.pretrained`). `frontend='tf_keras'` builds the
+    Keras 2 twin used for QAT.
     """
     if num_classes is not None and classes is not None and num_classes != classes:
         raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
     num_classes = num_classes if num_classes is not None else classes
-    num_classes = 1001 if num_classes is None else num_classes
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
-    pretrained = isinstance(weights, str) and "/" not in weights and "." not in weights
-    if pretrained and include_top and num_classes != 1001:
-        raise ValueError(f"weights={weights!r} has a 1001-class head; use num_classes=1001, or "
-                         "include_top=False to reuse the features with your own classifier")
+    loader = None
+    if weights is not None:  # the checkpoint decides the class layout and exact network
+        from mhmodels import pretrained
+        loader = pretrained.prepare(spec, width, weights, input_shape=input_shape,
+                                    include_top=include_top, num_classes=num_classes)
+        spec, num_classes = loader.spec, loader.num_classes
+    num_classes = 1001 if num_classes is None else num_classes
     model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                         include_top=include_top, pooling=pooling, dropout=dropout,
                         classifier_activation=classifier_activation, frontend=frontend)
-    if weights is not None:
-        from mhmodels import weights as weights_lib
-        path = weights_lib.resolve_weights(spec.name, width, weights)
-        if include_top:
-            model.load_weights(str(path))
-        else:  # checkpoints hold the whole network: load it, keep the feature layers
-            full = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
-                               frontend=frontend)
-            full.load_weights(str(path))
-            for layer in model.layers:
-                layer.set_weights(full.get_layer(layer.name).get_weights())
+    if loader is not None:
+        loader.load(model, lambda: build_model(spec, width, input_shape=input_shape,
+                                               num_classes=num_classes, frontend=frontend))
     return model

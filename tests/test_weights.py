@@ -50,6 +50,22 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._send_empty(404)
             return
+        etag = srv.etags.get(self.path)
+        if etag is not None and self.headers.get("If-None-Match") == etag:
+            self._send_empty(304, {"ETag": etag})
+            return
+        if srv.no_length:  # HTTP/1.0 style: the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Type", srv.content_type)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            body = data if srv.truncate_at is None else data[: srv.truncate_at]
+            self.close_connection = True
+            self.wfile.write(body)
+            self.wfile.flush()
+            with srv.lock:
+                srv.sent_per_request.append(len(body))
+            return
         start, status = 0, 200
         if range_header and not srv.ignore_range:
             m = re.fullmatch(r"bytes=(\d+)-", range_header)
@@ -62,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = data[start:]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", srv.content_type)
+        if etag is not None:
+            self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -88,6 +107,9 @@ class _Server(ThreadingHTTPServer):
         self.bytes_sent = 0
         self.ignore_range = False
         self.truncate_at: int | None = None
+        self.no_length = False
+        self.content_type = "application/octet-stream"
+        self.etags: dict[str, str] = {}
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -266,9 +288,149 @@ def test_unverified_url_warns_and_is_cached_per_url(server, isolated_env):
     with pytest.warns(W.UnverifiedDownloadWarning):
         b = W.fetch(server.url("/b/x.bin"), progress=False)
     assert a != b and a.read_bytes() == b"first" and b.read_bytes() == b"second"
-    with pytest.warns(W.UnverifiedDownloadWarning):
-        assert W.fetch(server.url("/a/x.bin"), progress=False) == a
     assert len(server.requests) == 2
+    # A later call asks the server again (no ETag here: a full GET) and sees the same bytes.
+    with pytest.warns(W.UnverifiedDownloadWarning, match=r"#sha256="):
+        assert W.fetch(server.url("/a/x.bin"), progress=False) == a
+    assert len(server.requests) == 3 and a.read_bytes() == b"first"
+
+
+def test_unverified_warning_names_a_way_that_exists_and_it_verifies(server, isolated_env):
+    """Issue 16.7: the warning said 'pass sha256=' which build() does not take; it now says
+    '#sha256=' on the URL, which fetch and build(weights=...) honour."""
+    server.files["/u/w.bin"] = DATA
+    with pytest.warns(W.UnverifiedDownloadWarning) as record:
+        W.fetch(server.url("/u/w.bin"), progress=False)
+    message = str(record[0].message)
+    assert "pass sha256=" not in message and f"#sha256={SHA}" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verified now: no warning
+        path = W.resolve_weights("multi_max", 1.0, server.url("/u/w.bin") + f"#sha256={SHA}",
+                                 progress=False)
+    assert path.read_bytes() == DATA
+    with pytest.raises(W.ChecksumError, match="sha256 mismatch"):
+        W.fetch(server.url("/u/w.bin") + "#sha256=" + "0" * 64, cache_subdir="o",
+                progress=False)
+    with pytest.raises(ValueError, match="not '#sha256="):
+        W.fetch(server.url("/u/w.bin") + "#md5=abc", progress=False)
+
+
+def test_changed_unverified_url_is_fetched_again(server, isolated_env):
+    """Issue 16.7: an unverified cached copy used to be reused forever."""
+    server.files["/c/w.bin"] = b"version one"
+    server.etags["/c/w.bin"] = '"v1"'
+    with pytest.warns(W.UnverifiedDownloadWarning):
+        first = W.fetch(server.url("/c/w.bin"), progress=False)
+    with pytest.warns(W.UnverifiedDownloadWarning):
+        assert W.fetch(server.url("/c/w.bin"), progress=False) == first
+    assert server.sent_per_request == [len(b"version one")]  # second call: 304, no body
+    server.files["/c/w.bin"] = b"version two!"
+    server.etags["/c/w.bin"] = '"v2"'
+    with pytest.warns(W.UnverifiedDownloadWarning, match=sha(b"version two!")):
+        again = W.fetch(server.url("/c/w.bin"), progress=False)
+    assert again == first and again.read_bytes() == b"version two!"
+    server.shutdown()  # offline: the cached copy is used, with a warning that says so
+    server.server_close()
+    with pytest.warns(W.UnverifiedDownloadWarning, match="could not check"):
+        assert W.fetch(server.url("/c/w.bin"), progress=False).read_bytes() == b"version two!"
+
+
+def _hdf5_bytes(tmp_path: Path) -> bytes:
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "src.h5"
+    with h5py.File(path, "w") as f:
+        f["w"] = np.arange(50_000, dtype=np.float32)
+    return path.read_bytes()
+
+
+def test_no_content_length_early_close_is_not_cached(server, isolated_env, tmp_path):
+    """Issue 16.7: with no Content-Length a dropped connection looks like the end of the file;
+    the truncated file used to be cached under its final name and reused by every call."""
+    data = _hdf5_bytes(tmp_path)
+    server.files["/n/model.h5"] = data
+    server.no_length = True
+    server.truncate_at = len(data) // 2
+    with pytest.raises(W.DownloadError, match=r"ended early.*declares \d+ bytes"):
+        W.fetch(server.url("/n/model.h5"), progress=False)
+    assert cache_files(isolated_env) == []
+    server.truncate_at = None
+    with pytest.warns(W.UnverifiedDownloadWarning):
+        path = W.fetch(server.url("/n/model.h5"), progress=False)
+    assert path.read_bytes() == data
+    archive = tar_gz({"a.bin": DATA})
+    server.files["/n/a.tar.gz"] = archive
+    server.truncate_at = len(archive) - 100
+    with pytest.raises(W.DownloadError, match="ended early"):
+        W.fetch(server.url("/n/a.tar.gz"), progress=False)
+    assert not list((isolated_env / "checkpoints").rglob("a.tar.gz*"))
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("text/html; charset=utf-8", b"<p>Service unavailable</p>"),
+    ("application/octet-stream", b"\n <!DOCTYPE html><html><body>Sign in</body></html>"),
+])
+def test_html_error_page_is_not_cached(server, isolated_env, content_type, body):
+    """Issue 16.7: an HTML error page served with status 200 was cached as 'download'."""
+    server.files["/"] = body
+    server.content_type = content_type
+    with pytest.raises(W.DownloadError, match="HTML page"):
+        W.fetch(server.url("/"), progress=False)
+    assert cache_files(isolated_env) == []
+
+
+def test_unpinned_manifest_file_records_sha256_and_later_uses_must_match(
+        server, isolated_env, tmp_path, monkeypatch):
+    server.files["/k/mobilenet_1_0_224_tf.h5"] = DATA
+    entry = {"model": "mobilenet_v1", "width": 1.0, "format": "keras_h5",
+             "dataset": "imagenet", "url": server.url("/k/mobilenet_1_0_224_tf.h5"),
+             "sha256": None, "size": None, "resolution": 224, "classes": 1000,
+             "source": "keras_applications"}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    ckpt = W.find_checkpoint("mobilenet_v1", 1.0, "keras_h5")
+    assert not ckpt.pinned and W.pin_status(ckpt).startswith("unpinned")
+    with pytest.warns(W.UnpinnedCheckpointWarning, match=f"unpinned.*{SHA}"):
+        got = W.resolve("mobilenet_v1", 1.0, "imagenet", progress=False)
+    assert got.path.name == "mobilenet_1_0_224_tf.h5" and got.checkpoint == ckpt
+    assert W.read_pins()[entry["url"]]["sha256"] == SHA
+    assert "recorded 20" in W.pin_status(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second use is verified against the record
+        assert W.resolve_weights("mobilenet_v1", 1.0, "imagenet", progress=False) == got.path
+    got.path.unlink()
+    server.files["/k/mobilenet_1_0_224_tf.h5"] = DATA[::-1]  # the publisher's file changed
+    with pytest.raises(W.ChecksumError, match="recorded at this unpinned file's first"):
+        W.resolve_weights("mobilenet_v1", 1.0, "imagenet", progress=False)
+    assert not got.path.exists()
+
+
+def test_keras_cached_file_is_used_without_download(server, isolated_env, tmp_path,
+                                                    monkeypatch):
+    data = _hdf5_bytes(tmp_path)
+    entry = {"model": "mobilenet_v3_small", "width": 1.0, "format": "keras_h5",
+             "dataset": "imagenet", "sha256": None, "size": None,
+             "url": server.url("/v3/weights_mobilenet_v3_small_224_1.0_float.h5"),
+             "md5": hashlib.md5(data).hexdigest(), "resolution": 224, "classes": 1000,
+             "source": "keras_applications"}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(path))
+    keras_models = tmp_path / "keras_home" / "models"
+    keras_models.mkdir(parents=True)
+    (keras_models / "weights_mobilenet_v3_small_224_1.0_float.h5").write_bytes(data)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # md5-pinned: no warning
+        got = W.resolve_weights("mobilenet_v3_small", 1.0, "imagenet", progress=False)
+    assert got.parent == keras_models and server.requests == []
+    (keras_models / got.name).write_bytes(data[:-1] + b"x")  # damaged: download our own
+    server.files["/v3/weights_mobilenet_v3_small_224_1.0_float.h5"] = data
+    got = W.resolve_weights("mobilenet_v3_small", 1.0, "imagenet", progress=False)
+    assert got.is_relative_to(isolated_env) and got.read_bytes() == data
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,13 +514,17 @@ def manifest(server, tmp_path, monkeypatch):
     return {"path": path, "tflite": tflite, "inner": inner}
 
 
-def test_shipped_manifest_is_valid_and_empty():
+def test_shipped_manifest_is_valid():
     path = W.manifest_path()
     assert path.name == "weights.json" and path.parent.name == "zoo"
-    assert json.loads(path.read_text()) == {"format_version": 1, "checkpoints": []}
-    assert W.load_manifest() == []
-    with pytest.raises(ValueError, match="lists no checkpoints"):
-        W.resolve_weights("multi_max", 1.0, "imagenet")
+    ckpts = W.load_manifest()
+    assert len(ckpts) == len(json.loads(path.read_text())["checkpoints"]) >= 45
+    assert all(c.dataset == "imagenet" and c.classes in (1000, 1001) and c.resolution
+               for c in ckpts)
+    with pytest.raises(ValueError, match=r"Available for 'multi_avg': width=1 format=tflite_int8"):
+        W.resolve_weights("multi_avg", 1.0, "imagenet")  # only a TFLite file is published
+    empty = path.parent / "empty.json"
+    assert not empty.exists()
 
 
 def test_manifest_from_env_and_imagenet_weights(server, manifest):
@@ -417,6 +583,11 @@ _GOOD = {"model": "multi_max", "width": 1.0, "format": "keras", "dataset": "imag
     ({"extra": 1}, r"checkpoints\[0\] \(model 'multi_max'\): unknown field\(s\) \['extra'\]"),
     ({"sha256": "a" * 63}, r"checkpoints\[0\] \(model 'multi_max'\): field 'sha256'"),
     ({"size": None}, r"missing required field 'size'"),
+    ({"md5": "xyz"}, r"field 'md5' must be 32"),
+    ({"resolution": 0}, r"field 'resolution' must be a positive integer"),
+    ({"source": "pypi"}, r"field 'source' must be one of"),
+    ({"top1": 170}, r"field 'top1' must be a percentage"),
+    ({"format": "tf_checkpoint"}, r"field 'archive' must name the archive kind"),
     ({"size": -5}, r"field 'size' must be a positive integer"),
     ({"format": "onnx"}, r"field 'format' must be one of"),
     ({"width": "1.0"}, r"field 'width' must be a positive number"),

@@ -1,0 +1,92 @@
+"""One input rule for every zoo model, and ImageNet class names without a download.
+
+The rule: every mhmodels network takes RGB images as float32 in [-1, 1] (NHWC). The pretrained
+weights follow it whatever their source: keras.applications' MobileNetV1 / V2 take [-1, 1]
+(`x / 127.5 - 1`), its MobileNetV3 does the same rescaling inside the model (we leave that
+layer out), and the Model Garden's MobileNets take [-1, 1] too. So
+
+    x = mhmodels.preprocess_input(uint8_images)          # [0, 255] -> [-1, 1]
+    logits = model(x)
+    mhmodels.decode_predictions(logits, top=3)           # [[(synset, name, score), ...], ...]
+
+Class layouts: keras.applications checkpoints have 1000 classes; ours and the Model Garden's
+have 1001, index 0 being "background" and index i the keras class i - 1. `decode_predictions`
+reads the layout from the width of its input and refuses any other width.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["preprocess_input", "decode_predictions", "imagenet_classes", "BACKGROUND"]
+
+BACKGROUND = ("background", "background")
+LAYOUTS = (1000, 1001)
+
+
+def preprocess_input(images: Any, value_range: tuple[float, float] = (0.0, 255.0)):
+    """Map RGB pixels in `value_range` (default [0, 255]) to the [-1, 1] our models take.
+
+    numpy input (or lists) gives a float32 numpy array; a TensorFlow / Keras tensor gives a
+    float32 tensor of the same kind. The last axis must be the 3 RGB channels.
+    """
+    low, high = (float(v) for v in value_range)
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range!r}")
+    if isinstance(images, (np.ndarray, list, tuple, int, float, np.generic)):
+        x = np.asarray(images, dtype=np.float32)
+    else:  # a tensor: keep it one (no round trip through numpy in a tf.data map)
+        import keras
+
+        x = keras.ops.cast(images, "float32")
+    if len(x.shape) < 1 or x.shape[-1] != 3:
+        raise ValueError(f"images must end with 3 RGB channels, got shape {tuple(x.shape)}")
+    scale = 2.0 / (high - low)
+    return x * scale - (1.0 + low * scale)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """The 1000 ImageNet-1k classes in index order as (WordNet synset, short name), read from
+    the package's `zoo/imagenet_classes.json` (see tools/make_imagenet_classes.py)."""
+    from mhmodels.registry import builtin_zoo_dir
+
+    path = builtin_zoo_dir() / "imagenet_classes.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    classes = tuple((synset, lemmas.split(",")[0].strip()) for synset, lemmas in data["classes"])
+    if len(classes) != 1000:
+        raise ValueError(f"{path} lists {len(classes)} classes, expected 1000: reinstall")
+    return classes
+
+
+def decode_predictions(predictions: Any, top: int = 5, *, layout: int | None = None
+                       ) -> list[list[tuple[str, str, float]]]:
+    """The `top` classes of each row of `predictions` (logits or probabilities), best first,
+    as (synset, name, score) like keras.applications; 1001-wide rows name index 0
+    'background'. `layout` (1000 | 1001) states the class layout instead of reading it from the
+    width, and a width that disagrees is an error."""
+    scores = np.asarray(predictions, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[None]
+    if scores.ndim != 2:
+        raise ValueError(f"predictions must be (batch, classes), got shape {scores.shape}")
+    width = scores.shape[1]
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be 1000 or 1001, got {layout!r}")
+    if width not in LAYOUTS or (layout is not None and layout != width):
+        expected = layout or "1000 (keras.applications) or 1001 (background first)"
+        raise ValueError(f"predictions have {width} classes; ImageNet layouts have {expected}. "
+                         "Models with your own classes need your own names")
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= width:
+        raise ValueError(f"top must be an integer in [1, {width}], got {top!r}")
+    names: Sequence[tuple[str, str]] = imagenet_classes()
+    if width == 1001:
+        names = (BACKGROUND,) + tuple(names)
+    out = []
+    for row in scores:
+        best = np.argsort(-row, kind="stable")[:top]
+        out.append([(names[i][0], names[i][1], float(row[i])) for i in best])
+    return out

@@ -1,0 +1,461 @@
+"""Converters of published checkpoints, proven on the publishers' own code (offline).
+
+The fixtures (tests/fixtures/keras_applications, made by tools/make_keras_fixtures.py) are
+keras.applications MobileNets built by the publisher's Keras 2 code with random weights and
+saved in the published legacy HDF5 format under keras's file names, with the logits the
+publisher's model gave on real photos. Here they are converted into our models and compared
+with those logits and with Keras 3's keras.applications loading the same file.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mhmodels
+from mhmodels import pretrained as P
+from mhmodels import weights as W
+from mhmodels.images import sample_photos
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras_applications"
+INDEX = json.loads((FIXTURES / "index.json").read_text())
+TOLERANCE = 1e-4  # relative: max |ours - theirs| / max |theirs|
+
+
+def rel_err(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The fixtures gunzipped: byte for byte the files keras' save_weights wrote."""
+    out = tmp_path_factory.mktemp("keras_h5")
+    paths = {}
+    for model_id, entry in INDEX.items():
+        path = out / entry["file"][: -len(".gz")]
+        with gzip.open(FIXTURES / entry["file"]) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        paths[model_id] = path
+    return paths
+
+
+def photos(entry) -> np.ndarray:
+    return sample_photos(size=entry["input_size"], crops_per_image=2)
+
+
+@pytest.mark.parametrize("model_id", sorted(INDEX))
+def test_converted_logits_equal_the_publishers_model(files, model_id):
+    entry = INDEX[model_id]
+    size = entry["input_size"]
+    ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
+                                     input_shape=(size, size, 3))
+    theirs = np.load(FIXTURES / entry["logits"])
+    assert theirs.std() > 0.1  # random weights gave informative logits, not a constant
+    got = ours(photos(entry), training=False).numpy()
+    assert got.shape == theirs.shape == (4, entry["classes"])
+    assert rel_err(got, theirs) <= TOLERANCE
+    # A converter that lost any tensor would be far off: shuffling one proves the test can fail.
+    layer = ours.get_layer("block1_dw_bn")
+    gamma, *rest = layer.get_weights()
+    layer.set_weights([gamma[::-1].copy(), *rest])
+    assert rel_err(ours(photos(entry), training=False).numpy(), theirs) > 1e-3
+
+
+@pytest.mark.parametrize("model_id", ["mobilenet_v2", "mobilenet_v3_large"])
+def test_keras3_keras_applications_reading_the_same_file_agrees(files, model_id):
+    """Keras 3's own loader of the published files (what keras.applications users run),
+    with MobileNetV3's built-in rescaling fed [0, 255] pixels: ours on preprocess_input."""
+    import keras
+
+    entry = INDEX[model_id]
+    size = entry["input_size"]
+    kwargs = dict(alpha=entry["alpha"], input_shape=(size, size, 3), classes=entry["classes"],
+                  weights=str(files[model_id]), classifier_activation=None)
+    if entry["function"].startswith("MobileNetV3"):
+        kwargs.update(include_preprocessing=True, minimalistic=entry["minimalistic"])
+    reference = getattr(keras.applications, entry["function"])(**kwargs)
+    pixels = (photos(entry) + 1.0) * 127.5  # back to [0, 255]
+    fed = pixels if entry["function"].startswith("MobileNetV3") else pixels / 127.5 - 1.0
+    theirs = reference(fed, training=False).numpy()
+    ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
+                                     input_shape=(size, size, 3))
+    got = ours(mhmodels.preprocess_input(pixels), training=False).numpy()
+    assert rel_err(got, theirs) <= TOLERANCE
+
+
+def test_every_layer_maps_to_one_published_name():
+    for model_id, family in P.KERAS_FAMILIES.items():
+        model = mhmodels.build(model_id, input_shape=(64, 64, 3), num_classes=1000)
+        names = [P.published_name(family, layer.name) for layer in model.layers if layer.weights]
+        assert len(names) == len(set(names)), model_id
+    with pytest.raises(P.CheckpointMismatch, match="no counterpart"):
+        P.published_name("keras_v1", "block0_fused")
+
+
+def test_refusals_say_why_and_never_load_into_a_different_network(files):
+    v3 = mhmodels.get_spec("mobilenet_v3_large")
+    with pytest.raises(P.ArchitectureMismatch, match="keeps its stem at 16 channels"):
+        P.checkpoint_spec(v3, "keras_v3", 1.25)
+    with pytest.raises(P.ArchitectureMismatch, match=r"6x the last block's channels \(192\)"):
+        P.checkpoint_spec(mhmodels.get_spec("mobilenet_v3_small"), "keras_v3", 0.35)
+    assert P.checkpoint_spec(v3, "keras_v3", 0.75) == v3  # published widths: our own spec
+    with pytest.raises(P.ArchitectureMismatch, match="multiples of 32"):
+        P.from_keras_applications(files["mobilenet_v1"], "mobilenet_v1", 0.25,
+                                  input_shape=(112, 112, 3))
+    with pytest.raises(P.CheckpointMismatch, match=r"has shape .* needs"):  # another width
+        P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v2", 0.5,
+                                  input_shape=(96, 96, 3))
+    with pytest.raises(P.CheckpointMismatch, match="is a keras.applications MobileNetV2 file"):
+        P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v1", 0.35,
+                                  input_shape=(96, 96, 3))
+    with pytest.raises(ValueError, match="1000-class head"):
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), num_classes=1001,
+                       weights=str(files["mobilenet_v1"]))
+
+
+def test_build_loads_a_keras_applications_file_by_path(files):
+    entry = INDEX["mobilenet_v2"]
+    model = mhmodels.build("mobilenet_v2", entry["alpha"], input_shape=(96, 96, 3),
+                           weights=str(files["mobilenet_v2"]))
+    theirs = np.load(FIXTURES / entry["logits"])
+    assert model.output_shape == (None, 10)  # the class count comes from the file
+    assert rel_err(model(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
+    features = mhmodels.build("mobilenet_v2", entry["alpha"], input_shape=(96, 96, 3),
+                              include_top=False, pooling="avg",
+                              weights=str(files["mobilenet_v2"]))
+    np.testing.assert_array_equal(features.get_layer("head0").kernel.numpy(),
+                                  model.get_layer("head0").kernel.numpy())
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def published(files, tmp_path, monkeypatch):
+    """A local HTTP server serving the MobileNetV1 0.25 / 128 fixture under its published name,
+    and a manifest entry for it like the shipped one (unpinned: keras publishes no hash)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(files["mobilenet_v1"], root / "mobilenet_2_5_128_tf.h5")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: _Quiet(*a, directory=root,
+                                                                          **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    shipped = {(c.model, c.width, c.resolution): c for c in W.load_manifest()}
+    entry = dict(json.loads(W.manifest_path().read_text())["checkpoints"][
+        list(shipped).index(("mobilenet_v1", 0.25, 128))])
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    entry["url"] = f"{base}/mobilenet_2_5_128_tf.h5"
+    (root / "multi_avg_int8.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(300))
+    tflite = dict(next(c for c in json.loads(W.manifest_path().read_text())["checkpoints"]
+                       if c["model"] == "multi_avg" and c["format"] == "tflite_int8"))
+    tflite["url"] = f"{base}/multi_avg_int8.tflite"
+    manifest = tmp_path / "weights.json"
+    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [entry, tflite]}))
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(manifest))
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    yield entry
+    server.shutdown()
+    server.server_close()
+
+
+def test_build_weights_imagenet_downloads_converts_and_decodes(published):
+    entry = INDEX["mobilenet_v1"]
+    with pytest.warns(W.UnpinnedCheckpointWarning, match="unpinned"):
+        model = mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3),
+                               weights="imagenet")
+    assert model.output_shape == (None, 1000)  # keras.applications' layout, not our 1001
+    logits = model(photos(entry), training=False).numpy()
+    assert rel_err(logits, np.load(FIXTURES / entry["logits"])) <= TOLERANCE
+    top = mhmodels.decode_predictions(logits, top=3)
+    assert len(top) == 4 and all(len(row) == 3 for row in top)
+    best = int(np.argmax(logits[0]))
+    assert top[0][0] == (*mhmodels.preprocessing.imagenet_classes()[best], float(logits[0, best]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second use: verified against the recorded sha256
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), weights="imagenet")
+    with pytest.raises(ValueError, match="ImageNet head"):
+        mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), weights="imagenet",
+                       num_classes=10)
+
+
+def test_shipped_manifest_lists_the_keras_applications_checkpoints():
+    ckpts = W.load_manifest()
+    keras_files = [c for c in ckpts if c.source == "keras_applications"]
+    assert len(keras_files) == 16 + 22 + 5  # V1 4x4, V2 as TF-slim, V3 large/small/large-min
+    by_key = {(c.model, c.width, c.resolution): c for c in keras_files}
+    v3 = by_key[("mobilenet_v3_large", 1.0, 224)]
+    assert v3.md5 == "59e551e166be033d707958cf9e29a6a7" and v3.pinned and v3.top1 == 75.6
+    v2 = by_key[("mobilenet_v2", 1.4, 224)]
+    assert not v2.pinned and v2.classes == 1000 and v2.top1 == 75.0
+    assert v2.cache_filename == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.4_224.h5"
+    assert by_key[("mobilenet_v1", 0.25, 128)].url.endswith("/mobilenet_2_5_128_tf.h5")
+    for c in keras_files:  # every one is buildable exactly (no refusal at published widths)
+        P.checkpoint_spec(mhmodels.get_spec(c.model), P.KERAS_FAMILIES[c.model], c.width,
+                          (c.resolution, c.resolution, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# Input rule and class names
+# --------------------------------------------------------------------------------------------
+
+
+def test_preprocess_input_maps_pixels_to_minus_one_one():
+    pixels = np.array([[[[0, 127.5, 255]]]], dtype=np.float32)
+    np.testing.assert_allclose(mhmodels.preprocess_input(pixels), [[[[-1.0, 0.0, 1.0]]]])
+    as_uint8 = mhmodels.preprocess_input(np.full((2, 4, 4, 3), 255, np.uint8))
+    assert as_uint8.dtype == np.float32 and np.all(as_uint8 == 1.0)
+    unit = mhmodels.preprocess_input(np.array([[0.0, 0.5, 1.0]]), value_range=(0, 1))
+    np.testing.assert_allclose(unit, [[-1.0, 0.0, 1.0]])
+    import tensorflow as tf
+
+    tensor = mhmodels.preprocess_input(tf.constant(pixels))
+    np.testing.assert_allclose(np.asarray(tensor), [[[[-1.0, 0.0, 1.0]]]])
+    with pytest.raises(ValueError, match="3 RGB channels"):
+        mhmodels.preprocess_input(np.zeros((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match="high > low"):
+        mhmodels.preprocess_input(pixels, value_range=(1, 1))
+
+
+def test_decode_predictions_handles_both_layouts_explicitly():
+    classes = mhmodels.preprocessing.imagenet_classes()
+    assert len(classes) == 1000 and classes[0] == ("n01440764", "tench")
+    assert classes[999] == ("n15075141", "toilet tissue")
+    keras_row = np.zeros((1, 1000))
+    keras_row[0, 1], keras_row[0, 0] = 5.0, 2.0
+    assert mhmodels.decode_predictions(keras_row, top=2) == [
+        [("n01443537", "goldfish", 5.0), ("n01440764", "tench", 2.0)]]
+    ours_row = np.zeros((1, 1001))  # background first: index i + 1 is keras class i
+    ours_row[0, 2], ours_row[0, 0] = 5.0, 4.0
+    assert mhmodels.decode_predictions(ours_row, top=2) == [
+        [("n01443537", "goldfish", 5.0), ("background", "background", 4.0)]]
+    with pytest.raises(ValueError, match="10 classes"):
+        mhmodels.decode_predictions(np.zeros((1, 10)))
+    with pytest.raises(ValueError, match="have 1001"):
+        mhmodels.decode_predictions(keras_row, layout=1001)
+    with pytest.raises(ValueError, match="top must be"):
+        mhmodels.decode_predictions(keras_row, top=0)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m mhmodels weights list | fetch
+# --------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mhmodels", "weights", *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ),
+                          cwd=Path(__file__).parent.parent)
+
+
+def test_cli_lists_the_shipped_table_and_says_unpinned(monkeypatch, tmp_path):
+    monkeypatch.delenv("MHMODELS_WEIGHTS_MANIFEST", raising=False)
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    done = _cli("list", "--model=mobilenet_v3_large")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mobilenet")]
+    assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
+        ("0.75", "224", "1000", "keras_h5", "73.30"), ("1.00", "224", "1000", "keras_h5",
+                                                       "75.60")]
+    assert all(line.endswith("md5 (published)") for line in done.stdout.splitlines()[2:4])
+    v1 = _cli("list", "--model=mobilenet_v1").stdout
+    assert v1.count("unpinned; sha256 recorded at first download") == 16
+    bad = _cli("fetch")
+    assert bad.returncode != 0 and "exactly one model" in bad.stderr
+
+
+def test_cli_fetches_a_published_tflite_file(published):
+    done = _cli("fetch", "multi_avg", "--format=tflite_int8", "--noprogress")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.read_bytes()[4:8] == b"TFL3" and "unpinned" in done.stderr
+    missing = _cli("fetch", "multi_max", "--format=tflite_int8", "--noprogress")
+    assert missing.returncode == 1 and "no checkpoints for 'multi_max'" in missing.stderr
+
+
+def test_fetch_exports_a_tflite_from_converted_weights_once(published):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mhmodels import weights_cli
+
+    entry = INDEX["mobilenet_v1"]
+    with pytest.warns(W.UnpinnedCheckpointWarning):
+        path = weights_cli.fetch_file("mobilenet_v1", 0.25, "tflite_float", None, progress=False)
+    assert path.name == "mobilenet_v1-w0.25-r128-imagenet-float.tflite"
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    x = photos(entry)[:1]
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert rel_err(got, np.load(FIXTURES / entry["logits"])[:1]) <= TOLERANCE
+    mtime = path.stat().st_mtime_ns
+    assert weights_cli.fetch_file("mobilenet_v1", 0.25, "tflite_float", 128,
+                                  progress=False) == path
+    assert path.stat().st_mtime_ns == mtime  # cached, not exported again
+    converted = weights_cli.fetch_file("mobilenet_v1", 0.25, "keras", None, progress=False)
+    model = mhmodels.build("mobilenet_v1", 0.25, input_shape=(128, 128, 3), num_classes=1000,
+                           weights=str(converted))
+    assert rel_err(model(x, training=False).numpy(),
+                   np.load(FIXTURES / entry["logits"])[:1]) <= TOLERANCE
+
+
+def test_load_weights_into_a_built_model_for_fine_tuning(files):
+    entry = INDEX["mobilenet_v2"]
+    reference = P.from_keras_applications(files["mobilenet_v2"], "mobilenet_v2", 0.35,
+                                          input_shape=(96, 96, 3))
+    mine = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3), num_classes=3)
+    with pytest.raises(P.CheckpointMismatch, match="10-class classifier, the model 3"):
+        P.load_weights(mine, str(files["mobilenet_v2"]))
+    P.load_weights(mine, str(files["mobilenet_v2"]), skip_mismatched_head=True)
+    np.testing.assert_array_equal(mine.get_layer("head0").kernel.numpy(),
+                                  reference.get_layer("head0").kernel.numpy())
+    same = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3), num_classes=10)
+    P.load_weights(same, str(files["mobilenet_v2"]))
+    assert rel_err(same(photos(entry), training=False).numpy(),
+                   np.load(FIXTURES / entry["logits"])) <= TOLERANCE
+    small = mhmodels.build("mobilenet_v3_small", 0.5, input_shape=(64, 64, 3), num_classes=10)
+    with pytest.raises(P.ArchitectureMismatch, match="publisher's exact network"):
+        P.load_weights(small, str(files["mobilenet_v3_small"]))  # keras keeps a 16-ch stem
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale features
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["multi_avg", "mobilenet_v3_small", "mobilenet_v1"])
+def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
+    model = mhmodels.build(name, 0.5, input_shape=(64, 64, 3), num_classes=10)
+    features = P.feature_extractor(model)
+    x = photos({"input_size": 64})
+    maps = [m.numpy() for m in features(x, training=False)]
+    assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    ends = P.endpoint_blocks(mhmodels.get_spec(name))
+    spec = mhmodels.get_spec(name)
+    for stride, got in zip((4, 8, 16, 32), maps):
+        index = int(ends[stride][len("block"):])  # last block at that stride
+        if index + 1 < len(spec.blocks):  # the next block halves the resolution
+            assert spec.blocks[index + 1].stride == 2
+        tap = model.get_layer([l.name for l in model.layers
+                               if l.name.split("_")[0] == ends[stride]][-1])
+        probe = type(model)(model.inputs[0], tap.output)
+        np.testing.assert_array_equal(got, probe(x, training=False).numpy())
+    assert features.get_layer("stem").kernel is model.get_layer("stem").kernel  # shared
+    with pytest.raises(ValueError, match="strides"):
+        P.feature_extractor(model, strides=(64,))
+
+
+def test_feature_extractor_on_pretrained_weights(files):
+    model = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3),
+                           weights=str(files["mobilenet_v2"]), include_top=False)
+    c4, c8, c16, c32 = P.feature_extractor(model).output_shape
+    assert (c4[1:3], c8[1:3], c16[1:3], c32[1:3]) == ((24, 24), (12, 12), (6, 6), (3, 3))
+    assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
+
+
+# --------------------------------------------------------------------------------------------
+# TF Model Garden checkpoints (fixtures: tools/make_model_garden_fixtures.sh, a side venv)
+# --------------------------------------------------------------------------------------------
+
+MG_FIXTURES = Path(__file__).parent / "fixtures" / "model_garden"
+MG_INDEX = json.loads((MG_FIXTURES / "index.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def mg_checkpoints(tmp_path_factory):
+    """The checkpoints as the Model Garden wrote them (the data shard is stored gzipped)."""
+    out = tmp_path_factory.mktemp("model_garden")
+    for path in MG_FIXTURES.glob("*_ckpt.*"):
+        if path.suffix == ".gz":
+            with gzip.open(path) as src, open(out / path.name[: -len(".gz")], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy(path, out / path.name)
+    return {name: out / entry["checkpoint"] for name, entry in MG_INDEX.items()}
+
+
+@pytest.mark.parametrize("model_id", sorted(MG_INDEX))
+def test_model_garden_checkpoint_logits_equal_the_publishers_model(mg_checkpoints, model_id):
+    entry = MG_INDEX[model_id]
+    size = entry["input_size"]
+    ours = P.from_model_garden(mg_checkpoints[model_id], model_id, entry["width"],
+                               input_shape=(size, size, 3))
+    theirs = np.load(MG_FIXTURES / entry["logits"])
+    pixels = (photos(entry) + 1.0) * 127.5
+    got = ours(P.model_garden_input(pixels), training=False).numpy()
+    assert got.shape == theirs.shape == (4, entry["classes"]) and theirs.std() > 0.1
+    assert rel_err(got, theirs) <= TOLERANCE
+    layer = ours.get_layer("block3_project")  # a lost or misplaced tensor would show
+    layer.set_weights([layer.get_weights()[0][..., ::-1].copy()])
+    assert rel_err(ours(P.model_garden_input(pixels), training=False).numpy(), theirs) > 1e-3
+
+
+def test_model_garden_mismatches_are_refused(mg_checkpoints):
+    with pytest.raises(P.CheckpointMismatch, match="has shape"):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "multi_avg", 0.5,
+                            input_shape=(64, 64, 3))
+    with pytest.raises(P.CheckpointMismatch):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "multi_max", 0.35,
+                            input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="no Model Garden converter"):
+        P.from_model_garden(mg_checkpoints["multi_avg"], "mobilenet_v2", 0.35)
+
+
+# Every (model, width) keras.applications publishes, built full size by the publisher's code.
+PUBLISHED_WIDTHS = [("mobilenet_v1", "MobileNet", w, {}) for w in (0.25, 0.5, 0.75, 1.0)]
+PUBLISHED_WIDTHS += [("mobilenet_v2", "MobileNetV2", w, {})
+                     for w in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)]
+PUBLISHED_WIDTHS += [(m, fn, w, {"include_preprocessing": False})
+                     for m, fn in (("mobilenet_v3_large", "MobileNetV3Large"),
+                                   ("mobilenet_v3_small", "MobileNetV3Small"))
+                     for w in (0.75, 1.0)]
+PUBLISHED_WIDTHS += [("mobilenet_v3_large_min", "MobileNetV3Large", 1.0,
+                      {"include_preprocessing": False, "minimalistic": True})]
+SMALL_MODE = {("mobilenet_v1", 1.0), ("mobilenet_v2", 1.4), ("mobilenet_v3_small", 0.75)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id, function, width, kwargs", PUBLISHED_WIDTHS)
+def test_every_published_width_converts_exactly(full_size, tmp_path, model_id, function,
+                                                width, kwargs):
+    """The published files' architectures at their real widths and 1000 classes (the weights
+    do not depend on the resolution): tf_keras.applications with random weights -> ours."""
+    if not full_size and (model_id, width) not in SMALL_MODE:
+        pytest.skip("MHMODELS_TEST_FULL=1 runs every published width")
+    import importlib.util
+
+    import tf_keras
+
+    spec = importlib.util.spec_from_file_location(
+        "make_keras_fixtures", Path(__file__).parent.parent / "tools" / "make_keras_fixtures.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    reference = getattr(tf_keras.applications, function)(
+        weights=None, alpha=width, input_shape=(128, 128, 3), classifier_activation=None,
+        **kwargs)
+    tool.randomize(reference, np.random.default_rng(0))
+    path = tmp_path / "published.h5"
+    reference.save_weights(str(path))
+    x = photos({"input_size": 128})[:2]
+    ours = P.from_keras_applications(path, model_id, width, input_shape=(128, 128, 3))
+    assert ours.output_shape == (None, 1000)
+    assert rel_err(ours(x, training=False).numpy(),
+                   reference(x, training=False).numpy()) <= TOLERANCE
