@@ -251,6 +251,17 @@ def test_every_zoo_model(name, digits, tmp_path):
     times["int8 export"] = result.seconds
     assert E.float_ops(result) == []
     assert np.all(np.isfinite(E.predict_tflite(result, x[:2])))
+    # What costs an NPU: no dynamic-shape ops, a static batch of 1, and every op mapped to
+    # the Ethos-U (vela leaves unsupported ops on the host CPU).
+    ops = E.op_counts(result)
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
+    from ai_edge_litert.interpreter import Interpreter
+    assert list(Interpreter(model_path=str(result)).get_input_details()[0]
+                ["shape_signature"]) == [1, *SHAPE]
+    from mhmodels import vela
+    for npu in ("ethos_u55", "ethos_u85"):
+        est = vela.estimate_tflite(result, vela.preset(npu))
+        assert est.cpu_ops == 0 and est.npu_ops > 0 and est.latency_ms > 0, (npu, est)
     times["total"] = time.perf_counter() - start
     print(f"\n{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
 

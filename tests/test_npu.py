@@ -1,0 +1,185 @@
+"""Arm Ethos-U NPUs as hardware (vela): configurations, estimates, disagreement with the CPU,
+collection with recorded configurations, and the shipped NPU cost models."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mhmodels
+from mhmodels import vela
+from mhmodels.export import export_tflite
+from search import collect_latency
+from search.cost_model import CostModelError, load_cost_model, spearman
+from search.hardware import (NPU_PRESETS, VelaHardware, get_hardware, hardware_id,
+                             measure_all, parse_hardware_list)
+
+ROOT = Path(__file__).resolve().parent.parent
+NPUS = ("ethos_u55", "ethos_u65", "ethos_u85")
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory):
+    """A small zoo model's int8 and float exports (64x64)."""
+    out = tmp_path_factory.mktemp("npu")
+    model = mhmodels.build("multi_max", 0.25, input_shape=(64, 64, 3), num_classes=10)
+    rep = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    return (export_tflite(model, out / "q.tflite", "int8", representative_data=rep),
+            export_tflite(model, out / "f.tflite"))
+
+
+def test_presets_and_the_general_form():
+    for name, (accelerator, system, memory) in NPU_PRESETS.items():
+        hw = get_hardware(name)
+        assert isinstance(hw, VelaHardware) and hw.quantization == "int8" and hw.measurable
+        config = hw.config()
+        assert (config["accelerator"], config["system"], config["memory_mode"]) == \
+            (accelerator, system, memory)
+        assert config["vela_version"] == vela.vela_version() and config["tool"] == "vela"
+    assert get_hardware("ethos_u55").config()["accelerator"] == "ethos-u55-256"
+    assert get_hardware("ethos_u85").config()["accelerator"] == "ethos-u85-2048"
+    name = "vela:ethos-u55-128:Ethos_U55_Deep_Embedded:Shared_Sram"
+    hw = get_hardware(name)
+    assert hw.name == hardware_id(name) == "vela_ethos-u55-128_Ethos_U55_Deep_Embedded_Shared_Sram"
+    assert hw.config()["accelerator"] == "ethos-u55-128"
+    with pytest.raises(ValueError, match="vela:<accelerator>:<system>:<memory_mode>"):
+        get_hardware("vela:ethos-u55-128:Ethos_U55_Deep_Embedded")
+    with pytest.raises(ValueError, match="unknown Ethos-U accelerator"):
+        get_hardware("vela:ethos-u99-1:Ethos_U55_Deep_Embedded:Shared_Sram")
+    with pytest.raises(ValueError, match="is not for ethos-u85-256"):
+        get_hardware("vela:ethos-u85-256:Ethos_U55_Deep_Embedded:Shared_Sram")
+    with pytest.raises(ValueError, match="unknown vela memory mode"):
+        get_hardware("vela:ethos-u55-64:Ethos_U55_Deep_Embedded:Nowhere")
+    with pytest.raises(ValueError, match=r"did you mean .*ethos_u55"):
+        get_hardware("ethos_u5")
+
+
+def test_estimates_are_deterministic_and_ordered(tiny_int8):
+    q, _ = tiny_int8
+    ests = {n: get_hardware(n).measure_tflite(q) for n in NPUS}
+    again = get_hardware("ethos_u55").measure_tflite(q)
+    assert again == ests["ethos_u55"]  # vela's performance model is deterministic
+    for est in ests.values():
+        assert est.cpu_ops == 0 and est.npu_ops > 10 and est.macs > 0 and est.cycles > 0
+    # U55-256 at 500 MHz with weights in flash is by far the slowest of the three.
+    assert ests["ethos_u55"].latency_ms > 2 * ests["ethos_u65"].latency_ms
+    assert ests["ethos_u55"].latency_ms > 2 * ests["ethos_u85"].latency_ms
+
+
+def test_npu_refuses_a_float_model(tiny_int8):
+    _, f = tiny_int8
+    with pytest.raises(vela.VelaError, match="full-integer models only.*quantization='int8'"):
+        get_hardware("ethos_u85").measure_tflite(f)
+
+
+def test_ops_left_on_the_cpu_are_counted(tmp_path):
+    """REDUCE_PROD has an int8 TFLite kernel but no Ethos-U mapping: vela leaves it on the
+    host CPU and prices it at zero, so the count must be visible."""
+    import keras
+    import tensorflow as tf
+    inp = keras.Input((16, 16, 8), batch_size=1)
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.Lambda(lambda t: tf.reduce_prod(t, axis=[1, 2], keepdims=True))(x)
+    model = keras.Model(inp, keras.layers.Conv2D(8, 1)(x))
+    rep = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 8)).astype(np.float32)
+    q = export_tflite(model, tmp_path / "prod.tflite", "int8", representative_data=rep)
+    assert q.op_counts.get("REDUCE_PROD") == 1
+    for name in ("ethos_u55", "ethos_u85"):
+        est = get_hardware(name).measure_tflite(q)
+        assert est.cpu_ops == 1 and est.npu_ops >= 2, est
+
+
+def test_missing_vela_says_how_to_install():
+    code = ("import sys; sys.modules['ethosu'] = None\n"
+            "from search.hardware import get_hardware\n"
+            "get_hardware('ethos_u55')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "pip install 'ethos-u-vela>=5.2'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_npus_disagree_with_the_cpu():
+    """The point of multi-hardware search: MobileNet-EdgeTPU (regular and fused convs) is far
+    slower than MobileNetV2 on the CPU but on par on the Ethos-U85 (measured here at 224:
+    2.67x on cpu_float, 1.01x on the U85; at 128: 2.59x and 0.99x)."""
+    hws = parse_hardware_list("cpu_float,ethos_u85")
+    lat = {}
+    for name in ("mobilenet_v2", "mobilenet_edgetpu"):
+        model = mhmodels.build(name, input_shape=(128, 128, 3))
+        res = measure_all(model, hws, 128, {"runs": 10})
+        lat[name] = {hw.name: hw.latency_ms(res[hw.name]) for hw in hws}
+    ratio = {h: lat["mobilenet_edgetpu"][h] / lat["mobilenet_v2"][h] for h in lat["mobilenet_v2"]}
+    assert ratio["cpu_float"] >= 1.8, ratio
+    assert ratio["ethos_u85"] <= 1.3, ratio
+    assert ratio["cpu_float"] / ratio["ethos_u85"] >= 1.6, ratio
+
+
+def test_collection_records_and_enforces_the_configuration(tmp_path):
+    out = tmp_path / "npu.csv"
+    hws = parse_hardware_list("ethos_u55,ethos_u85")
+    assert collect_latency.collect(hws, 1, out, image_size=32, progress=False) == 1
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arch"] for r in rows][0] == "mobilenet_v1" and len(rows) == 2
+    for r in rows:
+        assert float(r["ethos_u55_ms"]) > float(r["ethos_u85_ms"]) > 0
+        assert r["ethos_u55_cpu_ops"] == r["ethos_u85_cpu_ops"] == "0"
+    recorded = json.loads(collect_latency.config_path(out).read_text())["hardware"]
+    assert recorded["ethos_u55"] == hws[0].config()
+    # Extending the file with another configuration of the same name is refused.
+    recorded["ethos_u85"]["memory_mode"] = "Dedicated_Sram_512KB"
+    collect_latency.config_path(out).write_text(json.dumps({"hardware": recorded}))
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        collect_latency.collect(hws, 2, out, image_size=32, progress=False)
+
+
+def test_parallel_collection(tmp_path):
+    """Two worker processes: complete, distinct rows, the same estimates as in-process."""
+    out = tmp_path / "par.csv"
+    hws = parse_hardware_list("ethos_u85")
+    assert collect_latency.collect(hws, 3, out, image_size=32, progress=False, workers=2) == 3
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [r["arch"] for r in rows]
+    assert len(keys) == 4 and len(set(keys)) == 4 and "mobilenet_v1" in keys
+    from search.space import get_space
+    row = collect_latency.measure_key(keys[-1], hws, 32, {}, get_space("multi_hw"))
+    assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", NPUS)
+def test_shipped_npu_cost_models(name, tmp_path):
+    """Fitted on vela estimates of architectures measured here; their configuration is the
+    preset's and their held-out quality meets the bar."""
+    cm = load_cost_model(name)
+    hw = get_hardware(name)
+    recorded = {k: v for k, v in cm.hardware_config.items() if k != "vela_version"}
+    assert recorded == {k: v for k, v in hw.config().items() if k != "vela_version"}
+    assert cm.statistic == "latency_ms" and cm.image_size == 224 and cm.normalizer_ms > 0
+    m = cm.metrics
+    assert m["num_archs"] >= 100
+    assert m["holdout_spearman"] >= 0.95 and m["holdout_mape"] <= 7.0, m
+    # The same file claiming another memory mode is refused for this hardware.
+    data = cm.to_dict()
+    data["hardware_config"] = dict(data["hardware_config"], memory_mode="Sram_Only")
+    (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    with pytest.raises(CostModelError, match="refit it on data of this configuration"):
+        load_cost_model(name, directory=tmp_path)
+
+
+def test_npu_cost_models_disagree_with_cpu_ones():
+    """Over random architectures of the space the NPU cost models rank latency differently
+    from the CPU ones (the CPU models agree with each other at Spearman >= 0.98)."""
+    from search.space import get_space
+    space = get_space("multi_hw")
+    rng = np.random.default_rng(0)
+    choices = np.stack([space.sample(rng) for _ in range(2000)])
+    pred = {h: np.asarray(load_cost_model(h).predict(choices))
+            for h in ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")}
+    assert spearman(pred["cpu_float"], pred["cpu_int8"]) >= 0.95
+    assert spearman(pred["cpu_float"], pred["ethos_u55"]) <= \
+        spearman(pred["cpu_float"], pred["cpu_int8"]) - 0.03
