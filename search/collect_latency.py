@@ -51,7 +51,7 @@ import numpy as np
 from absl import app, flags
 
 from search.hardware import (NORMALIZER_MODEL, Hardware, LiteRTHardware, get_hardware,
-                             measure_all, parse_hardware_list)
+                             measure_all, parse_hardware_list, same_config)
 
 BASE_COLUMNS = ("arch", "image_size", "madds_m", "params_m", "seconds")
 
@@ -80,21 +80,41 @@ def read_config(output: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a hardware configuration file ({err})") from None
 
 
-def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh: bool) -> None:
-    """Record the hardware configuration of a new CSV; refuse to extend one measured with
-    another (another vela version or memory mode, other LiteRT settings, ...)."""
+def read_space(output: str | os.PathLike) -> dict | None:
+    """The search space ({name, decision_sizes}) recorded for a collected CSV, if any."""
+    path = config_path(output)
+    return json.loads(path.read_text()).get("space") if path.is_file() else None
+
+
+def space_record(space) -> dict:
+    return {"name": space.name, "decision_sizes": [int(n) for n in space.num_choices]}
+
+
+def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh: bool,
+                 space=None) -> None:
+    """Record the hardware configuration (and search space) of a new CSV; refuse to extend
+    one measured with another (another vela version or memory mode, other LiteRT settings, a
+    different space)."""
     recorded = read_config(output)
+    record = {"hardware": {hw.name: hw.config() for hw in hardware}}
+    if space is not None:
+        record["space"] = space_record(space)
     if recorded is None:
         if not fresh:
             print(f"[collect] {output} has no {config_path(output).name}: its rows' hardware "
                   "configuration is unknown; recording the current one", file=sys.stderr)
-        _write_json(config_path(output), {"hardware": {hw.name: hw.config() for hw in hardware}})
+        _write_json(config_path(output), record)
         return
     for hw in hardware:
         if not hw.same_config(recorded.get(hw.name)):
             raise ValueError(f"{output} was measured with {hw.name} configured as "
                              f"{recorded.get(hw.name)}, not {hw.config()}: data of different "
                              "configurations cannot be mixed; use another --output")
+    known = read_space(output)
+    if space is not None and known is not None and known != space_record(space):
+        raise ValueError(f"{output} holds architectures of space {known['name']!r} with "
+                         f"decision sizes {known['decision_sizes']}, not {space.name!r}: use "
+                         "another --output")
 
 
 def _write_json(path: Path, data) -> None:
@@ -214,12 +234,17 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             space_name: str = "multi_hw", image_size: int = 224, seed: int = 0,
             overrides: dict | None = None, max_seconds: float | None = None,
             progress: bool = True, fused_prob: float | None = None,
-            anchors: Sequence[str] = (), workers: int = 1) -> int:
+            anchors: Sequence[str] = (), workers: int = 1, shard: int = 0,
+            num_shards: int = 1) -> int:
     """Append measurements until `output` holds `num_archs` architectures; returns the count.
 
     `anchors`: zoo model names inside the space (e.g. multi_max) measured first, as rows keyed
     by their choices like any sampled architecture. `workers`: processes that build, export
-    and measure in parallel (rows are appended as they finish)."""
+    and measure in parallel (rows are appended as they finish). `shard` of `num_shards`: this
+    file gets positions shard, shard + num_shards, ... of the first `num_archs` distinct
+    architectures of the seed's sequence (anchors on shard 0 only, the normaliser on every
+    shard), so N hosts or processes collect disjoint sets into their own files; `merge`
+    combines them."""
     import mhmodels
     from search.space import get_space
 
@@ -228,6 +253,11 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             raise ValueError(f"hardware {hw.name!r} cannot be measured here")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(num_shards, int) or num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, num_shards) and num_shards >= 1, got shard "
+                         f"{shard!r} of {num_shards!r}")
+    if num_shards > 1 and shard > 0:
+        anchors = ()
     if workers > 1 and any(isinstance(hw, LiteRTHardware) for hw in hardware):
         print("[collect] note: CPU timings taken beside other exporting processes are slower "
               "and noisier; collect CPU hardware with --workers=1 on a quiet machine",
@@ -238,7 +268,7 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
     columns = columns_for(hardware)
     fresh = not path.exists() or path.stat().st_size == 0
     rows = repair_and_read(path, columns)
-    check_config(path, hardware, fresh)
+    check_config(path, hardware, fresh, space)
     sizes = {int(r["image_size"]) for r in rows}
     if sizes and sizes != {image_size}:
         raise ValueError(f"{path} holds image sizes {sorted(sizes)}, not {image_size}")
@@ -259,28 +289,50 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
     rng = np.random.default_rng(seed)
     attempts = 0
 
+    def draw():
+        nonlocal attempts
+        attempts += 1
+        if attempts > 100 * num_archs + 1000:
+            raise RuntimeError("could not sample enough distinct architectures")
+        return space.encode(space.canonical(sample(space, rng, fused_prob)))
+
     def keys():
         """The architectures to measure, in a deterministic order: normaliser, anchors, then
         the seed's uniform samples not already in the file."""
-        nonlocal attempts, target
+        nonlocal target
         yield from first
         queued = set(first)
         while target < num_archs:
-            attempts += 1
-            if attempts > 100 * num_archs + 1000:
-                raise RuntimeError("could not sample enough distinct architectures")
-            key = space.encode(space.canonical(sample(space, rng, fused_prob)))
+            key = draw()
             if key in done or key in queued:
                 continue
             queued.add(key)
             target += 1
             yield key
 
+    def shard_keys():
+        """This shard's positions of the seed's first `num_archs` distinct architectures."""
+        yield from first
+        sequence: set = set()
+        while len(sequence) < num_archs:
+            key = draw()
+            if key in sequence:
+                continue
+            position = len(sequence)
+            sequence.add(key)
+            if position % num_shards == shard and key not in done:
+                yield key
+
+    total = num_archs
+    if num_shards > 1:
+        total = len(range(shard, num_archs, num_shards)) + \
+            sum(k != NORMALIZER_MODEL for k in first)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=num_archs, initial=min(have, num_archs), desc="archs", unit="arch",
+        bar = tqdm(total=total, initial=min(have, total), desc="archs", unit="arch",
                    dynamic_ncols=True, file=sys.stderr)
+    source = keys() if num_shards == 1 else shard_keys()
 
     def finished(row):
         nonlocal have
@@ -291,15 +343,20 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
                 bar.update(1)
                 bar.set_postfix(s_per_arch=f"{row['seconds']:.1f}")
 
+    stopped = []
+
     def out_of_time():
         if max_seconds is not None and time.time() - start > max_seconds:
-            print("[collect] time limit reached", file=sys.stderr)
+            if not stopped:
+                print("[collect] time limit reached: finishing the architectures in flight",
+                      file=sys.stderr)
+                stopped.append(True)
             return True
         return False
 
     try:
         if workers == 1:
-            for i, key in enumerate(keys()):
+            for i, key in enumerate(source):
                 if out_of_time():
                     break
                 finished(measure_key(key, hardware, image_size, overrides, space))
@@ -307,7 +364,7 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
                     import keras
                     keras.backend.clear_session()
         else:
-            _collect_parallel(keys(), finished, out_of_time, hardware, image_size, overrides,
+            _collect_parallel(source, finished, out_of_time, hardware, image_size, overrides,
                               space_name, workers)
     finally:
         if bar is not None:
@@ -348,6 +405,87 @@ def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrid
                 future.cancel()
 
 
+def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
+    """Combine collected CSVs (e.g. shards) into `output`; returns its architecture count.
+
+    Refused unless every input has the same columns, the same recorded hardware
+    configuration (`<input>.hardware.json`), the same search space and image size. Rows are
+    deduplicated by arch (conflicting duplicates are reported, the first kept); the
+    normaliser row is kept once when the inputs agree, else averaged (CPU timings from
+    different processes) with a note. Written atomically, with its configuration file."""
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    if len(inputs) < 2:
+        raise ValueError("--merge needs at least two input CSVs")
+    if any(p.resolve() == output.resolve() for p in inputs):
+        raise ValueError(f"{output} is also an input: merge into a new file")
+    header = configs = space = None
+    rows: dict[str, dict] = {}
+    normalizers: list[dict] = []
+    conflicts = 0
+    for path in inputs:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            file_rows = list(reader)
+        config = read_config(path)
+        if config is None:
+            raise ValueError(f"{path} has no {config_path(path).name}: its hardware "
+                             "configuration is unknown, so it cannot be merged safely")
+        if header is None:
+            header, configs, space = fields, config, read_space(path)
+            image_sizes = {r["image_size"] for r in file_rows}
+        elif fields != header:
+            raise ValueError(f"{path} has columns {fields}, {inputs[0]} has {header}")
+        elif not all(same_config(config.get(k), configs.get(k))
+                     for k in set(config) | set(configs)):
+            raise ValueError(f"{path} was measured with hardware configured as {config}, "
+                             f"{inputs[0]} with {configs}: data of different configurations "
+                             "cannot be mixed")
+        elif read_space(path) != space:
+            raise ValueError(f"{path} holds architectures of space {read_space(path)}, "
+                             f"{inputs[0]} of {space}")
+        sizes = {r["image_size"] for r in file_rows}
+        if sizes - image_sizes:
+            raise ValueError(f"{path} holds image sizes {sorted(sizes)}, {inputs[0]} "
+                             f"{sorted(image_sizes)}")
+        for r in file_rows:
+            if r["arch"] == NORMALIZER_MODEL:
+                normalizers.append(r)
+            elif r["arch"] in rows:
+                conflicts += any(rows[r["arch"]][c] != r[c] for c in header
+                                 if c.endswith("_ms"))
+            else:
+                rows[r["arch"]] = r
+    lines = [header]
+    if normalizers:
+        norm = dict(normalizers[0])
+        if any(n != normalizers[0] for n in normalizers[1:]):
+            for c in header:
+                if c.endswith("_ms"):
+                    norm[c] = f"{np.mean([float(n[c]) for n in normalizers]):.4f}"
+            print(f"[merge] {NORMALIZER_MODEL}: {len(normalizers)} measurements differ; "
+                  "keeping their mean", file=sys.stderr)
+        lines.append([norm[c] for c in header])
+    lines += [[r[c] for c in header] for r in rows.values()]
+    if conflicts:
+        print(f"[merge] {conflicts} architecture(s) measured differently in two inputs: "
+              "the first measurement kept", file=sys.stderr)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(lines)
+    tmp = output.with_name(f".{output.name}.tmp")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(out.getvalue())
+    os.replace(tmp, output)
+    record = {"hardware": configs}
+    if space is not None:
+        record["space"] = space
+    _write_json(config_path(output), record)
+    return len(rows)
+
+
 def define_flags():
     """Flags of the command line (defined only when run as a program: no clashes on import)."""
     flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
@@ -367,21 +505,34 @@ def define_flags():
                        "over the type decision, i.e. 0.5).")
     flags.DEFINE_list("anchors", [], "Zoo models inside the space measured first "
                       "(e.g. multi_avg,multi_max).")
+    flags.DEFINE_integer("shard", 0, "This process's shard in [0, --num_shards).",
+                         lower_bound=0)
+    flags.DEFINE_integer("num_shards", 1, "Split the seed's first --num_archs architectures "
+                         "into this many disjoint sets (one per host / process / phone, each "
+                         "into its own --output); combine them with --merge.", lower_bound=1)
+    flags.DEFINE_bool("merge", False, "Merge the CSVs given as arguments into --output "
+                      "(same hardware configuration, space and image size) and exit.")
     flags.DEFINE_integer("workers", 1, "Processes that build, export and measure in parallel "
                          "(NPU estimates are deterministic; time CPU hardware with 1).",
                          lower_bound=1)
 
 
 def main(argv):
-    del argv
     FLAGS = flags.FLAGS
+    if FLAGS.merge:
+        n = merge(argv[1:], FLAGS.output)
+        print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")
+        return 0
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]} (input CSVs go with --merge)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     hardware = parse_hardware_list(FLAGS.hardware)
     overrides = {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
     n = collect(hardware, FLAGS.num_archs, FLAGS.output, FLAGS.space, FLAGS.image_size,
                 FLAGS.seed, overrides,
                 None if FLAGS.max_hours is None else FLAGS.max_hours * 3600.0,
-                fused_prob=FLAGS.fused_prob, anchors=FLAGS.anchors, workers=FLAGS.workers)
+                fused_prob=FLAGS.fused_prob, anchors=FLAGS.anchors, workers=FLAGS.workers,
+                shard=FLAGS.shard, num_shards=FLAGS.num_shards)
     print(f"{FLAGS.output}: {n} architectures")
 
 

@@ -99,11 +99,7 @@ class Hardware:
 
     def same_config(self, other: Mapping[str, Any] | None) -> bool:
         """Whether a recorded `config()` describes the same measurement as this hardware's."""
-        if other is None:
-            return False
-        mine = {k: v for k, v in self.config().items() if k not in INFORMATIVE_KEYS}
-        theirs = {k: v for k, v in other.items() if k not in INFORMATIVE_KEYS}
-        return mine == theirs
+        return same_config(self.config(), other)
 
     # CSV columns this hardware contributes to a collect_latency file: `<name>_<suffix>`.
     def column_suffixes(self) -> tuple[str, ...]:
@@ -237,6 +233,14 @@ class CsvHardware(Hardware):
                            f"{self.name!r} has no normaliser (add a row "
                            f"'{NORMALIZER_MODEL},<ms>')")
         return table[NORMALIZER_MODEL]
+
+
+def same_config(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Two recorded `config()`s describe the same measurement (the host is informative)."""
+    if a is None or b is None:
+        return False
+    strip = lambda c: {k: v for k, v in c.items() if k not in INFORMATIVE_KEYS}  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def measure_all(model, hardware: Sequence[Hardware], image_size: int | None = None,

@@ -105,17 +105,24 @@ def test_missing_vela_says_how_to_install():
 def test_npus_disagree_with_the_cpu():
     """The point of multi-hardware search: MobileNet-EdgeTPU (regular and fused convs) is far
     slower than MobileNetV2 on the CPU but on par on the Ethos-U85 (measured here at 224:
-    2.67x on cpu_float, 1.01x on the U85; at 128: 2.59x and 0.99x)."""
-    hws = parse_hardware_list("cpu_float,ethos_u85")
-    lat = {}
+    2.67x on cpu_float, 1.01x on the U85; at 128: 2.59x and 0.99x on a quiet host, 1.56x on
+    the CPU under a load of 6 on 2 cores). The CPU pair is timed interleaved."""
+    from mhmodels.latency import measure_interleaved
+    cpu, npu = get_hardware("cpu_float"), get_hardware("ethos_u85")
+    files, lat = {}, {}
     for name in ("mobilenet_v2", "mobilenet_edgetpu"):
         model = mhmodels.build(name, input_shape=(128, 128, 3))
-        res = measure_all(model, hws, 128, {"runs": 10})
-        lat[name] = {hw.name: hw.latency_ms(res[hw.name]) for hw in hws}
-    ratio = {h: lat["mobilenet_edgetpu"][h] / lat["mobilenet_v2"][h] for h in lat["mobilenet_v2"]}
-    assert ratio["cpu_float"] >= 1.8, ratio
-    assert ratio["ethos_u85"] <= 1.3, ratio
-    assert ratio["cpu_float"] / ratio["ethos_u85"] >= 1.6, ratio
+        res = measure_all(model, [npu], 128)
+        lat[(name, npu.name)] = npu.latency_ms(res[npu.name])
+        files[name] = cpu.export(model)
+    timed = measure_interleaved(files, rounds=3, runs=8, warmup=2)
+    for name, result in timed.items():
+        lat[(name, cpu.name)] = cpu.latency_ms(result)
+    ratio = {h: lat[("mobilenet_edgetpu", h)] / lat[("mobilenet_v2", h)]
+             for h in (cpu.name, npu.name)}
+    assert ratio["cpu_float"] >= 1.4, ratio
+    assert ratio["ethos_u85"] <= 1.15, ratio
+    assert ratio["cpu_float"] / ratio["ethos_u85"] >= 1.3, ratio
 
 
 def test_collection_records_and_enforces_the_configuration(tmp_path):
@@ -148,7 +155,7 @@ def test_parallel_collection(tmp_path):
     assert len(keys) == 4 and len(set(keys)) == 4 and "mobilenet_v1" in keys
     from search.space import get_space
     row = collect_latency.measure_key(keys[-1], hws, 32, {}, get_space("multi_hw"))
-    assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], rel=1e-6)
+    assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], abs=6e-5)  # 4 dp
 
 
 @pytest.mark.parametrize("name", NPUS)
@@ -183,3 +190,35 @@ def test_npu_cost_models_disagree_with_cpu_ones():
     assert spearman(pred["cpu_float"], pred["cpu_int8"]) >= 0.95
     assert spearman(pred["cpu_float"], pred["ethos_u55"]) <= \
         spearman(pred["cpu_float"], pred["cpu_int8"]) - 0.03
+
+
+def test_shards_are_disjoint_and_merge(tmp_path):
+    """Two shards of the same seed: disjoint sets whose union is the unsharded collection;
+    merged into one file; files of another configuration are refused."""
+    hws = parse_hardware_list("ethos_u85")
+    files = [tmp_path / f"s{i}.csv" for i in range(2)]
+    for i, f in enumerate(files):
+        collect_latency.collect(hws, 4, f, image_size=32, progress=False, seed=3, shard=i,
+                                num_shards=2)
+    keys = [[r["arch"] for r in csv.DictReader(f.open(newline=""))] for f in files]
+    archs = [set(k) - {"mobilenet_v1"} for k in keys]
+    assert all(k[0] == "mobilenet_v1" for k in keys)
+    assert len(archs[0]) == len(archs[1]) == 2 and not archs[0] & archs[1]
+    whole = tmp_path / "whole.csv"
+    collect_latency.collect(hws, 4, whole, image_size=32, progress=False, seed=3)
+    assert {r["arch"] for r in csv.DictReader(whole.open(newline=""))} - {"mobilenet_v1"} == \
+        archs[0] | archs[1]
+    merged = tmp_path / "merged.csv"
+    assert collect_latency.merge(files, merged) == 4
+    rows = list(csv.DictReader(merged.open(newline="")))
+    assert [r["arch"] for r in rows][0] == "mobilenet_v1" and len(rows) == 5
+    assert collect_latency.read_config(merged) == collect_latency.read_config(files[0])
+    config = json.loads(collect_latency.config_path(files[1]).read_text())
+    config["hardware"]["ethos_u85"]["system"] = "Ethos_U85_SYS_DRAM_Mid"
+    collect_latency.config_path(files[1]).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        collect_latency.merge(files, tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="also an input"):
+        collect_latency.merge(files, files[0])
+    with pytest.raises(ValueError, match="shard must be in"):
+        collect_latency.collect(hws, 4, tmp_path / "x.csv", shard=2, num_shards=2)
