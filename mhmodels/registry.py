@@ -124,39 +124,63 @@ def unregister(name: str) -> None:
     _registered.pop(name, None)
 
 
-def build(name: str | ModelSpec, width: float = 1.0, *,
-          input_shape: Sequence[int] = (224, 224, 3), num_classes: int | None = None,
+def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
+          input_shape: Sequence[int | None] | None = None, num_classes: int | None = None,
           classes: int | None = None, include_top: bool = True, pooling: str | None = None,
           dropout: float = 0.2, classifier_activation: str | None = None,
-          weights: str | os.PathLike | None = None, frontend: str = "keras"):
-    """Build a zoo model (or a `ModelSpec`) as a Keras model.
+          weights: str | os.PathLike | None = None, input_tensor=None, name: str | None = None,
+          frontend: str = "keras"):
+    """Build a zoo model (or a `ModelSpec`) as a Keras model, following keras.applications.
 
-    Args follow keras.applications: `num_classes` (alias `classes`, default 1001 = ImageNet
-    with background), `include_top`, `pooling` (None | 'avg' | 'max' without the top),
-    `classifier_activation` (None gives logits), `weights` (None, 'imagenet', a local
-    `.weights.h5` path or a URL). `frontend='tf_keras'` builds the Keras 2 twin used for QAT.
+    Inputs are RGB images scaled to [-1, 1] (`mhmodels.preprocess_input` maps [0, 255]
+    pixels there), channels_last (NHWC); a global `channels_first` setting is refused.
+
+    Args:
+      spec_or_name: a zoo name (`list_models()`) or a `ModelSpec` (positional).
+      width: width multiplier (1.0 = the published network).
+      input_shape: (height, width, 3); default (224, 224, 3), or the shape of
+        `input_tensor`. (None, None, 3) for fully convolutional use needs include_top=False.
+      num_classes: classifier outputs, default 1001 (ImageNet with background); `classes`
+        is the keras.applications alias.
+      include_top: end with pooling, dropout and the classifier; else the feature map
+        before global pooling, pooled per `pooling` (None, 'avg' or 'max').
+      dropout: rate of the dropout before the classifier.
+      classifier_activation: None gives logits (float32 even under mixed precision).
+      weights: None (random), 'imagenet', a local `.weights.h5` path or a URL.
+      input_tensor: build on this tensor (e.g. another model's output) instead of a new Input.
+      name: the Keras model's name; default `<spec name>_<width>_<size>`, e.g.
+        'multi_max_1.00_224' (two widths of one network can then share a Keras graph).
+      frontend: 'keras' (Keras 3) or 'tf_keras' (the Keras 2 twin used for QAT).
+
+    Returns:
+      A `keras.Model` (tf_keras with frontend='tf_keras').
+    Raises:
+      ValueError: an unknown model (with close-name suggestions), or bad arguments (width,
+        input shape, classes, pooling, dropout, data format; the message names the problem).
+      SpecError: a malformed zoo entry.
     """
     if num_classes is not None and classes is not None and num_classes != classes:
         raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
     num_classes = num_classes if num_classes is not None else classes
     num_classes = 1001 if num_classes is None else num_classes
-    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    spec = (spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name))
     pretrained = isinstance(weights, str) and "/" not in weights and "." not in weights
     if pretrained and include_top and num_classes != 1001:
         raise ValueError(f"weights={weights!r} has a 1001-class head; use num_classes=1001, or "
                          "include_top=False to reuse the features with your own classifier")
     model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                         include_top=include_top, pooling=pooling, dropout=dropout,
-                        classifier_activation=classifier_activation, frontend=frontend)
+                        classifier_activation=classifier_activation, frontend=frontend,
+                        name=name, input_tensor=input_tensor)
     if weights is not None:
         from mhmodels import weights as weights_lib
         path = weights_lib.resolve_weights(spec.name, width, weights)
         if include_top:
             model.load_weights(str(path))
         else:  # checkpoints hold the whole network: load it, keep the feature layers
-            full = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
-                               frontend=frontend)
+            full = build_model(spec, width, num_classes=num_classes, frontend=frontend)
             full.load_weights(str(path))
             for layer in model.layers:
-                layer.set_weights(full.get_layer(layer.name).get_weights())
+                if layer.weights:
+                    layer.set_weights(full.get_layer(layer.name).get_weights())
     return model
