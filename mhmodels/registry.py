@@ -89,11 +89,29 @@ def _add(found: dict[str, ZooEntry], entry: ZooEntry) -> None:
 
 
 def list_models() -> list[str]:
-    """Every buildable name: built-in, emitted by the search, or registered."""
+    """Every buildable name: built-in, emitted by the search, or registered.
+
+    Returns:
+      The sorted names.
+    Raises:
+      FileNotFoundError: a directory of $MHMODELS_ZOO_PATH does not exist.
+      SpecError: a malformed entry, or a name defined twice.
+    """
     return sorted(entries())
 
 
 def get_entry(name: str) -> ZooEntry:
+    """The zoo entry called `name`: its spec, where it was found and its provenance.
+
+    Args:
+      name: a model name (see `list_models()`).
+    Returns:
+      The `ZooEntry`.
+    Raises:
+      TypeError: `name` is not a string.
+      ValueError: an unknown name (the message suggests close names and lists all).
+      SpecError: a malformed entry in the zoo.
+    """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     all_entries = entries()
@@ -106,12 +124,27 @@ def get_entry(name: str) -> ZooEntry:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The architecture of a registered model, at width 1.0."""
+    """The architecture of a zoo model, at width 1.0.
+
+    Args:
+      name: a model name (see `list_models()`).
+    Returns:
+      Its `ModelSpec`.
+    Raises:
+      ValueError: an unknown name (with close-name suggestions); see `get_entry`.
+    """
     return get_entry(name).spec
 
 
 def register(spec: ModelSpec, provenance: Mapping[str, Any] | None = None) -> None:
-    """Make `spec` buildable by name in this process (a clash is an error)."""
+    """Make `spec` buildable by name in this process (nothing is written to disk).
+
+    Args:
+      spec: the architecture; `spec.name` becomes its zoo name.
+      provenance: optional metadata kept with the entry.
+    Raises:
+      SpecError: an invalid spec, a bad name, or a name that already exists.
+    """
     spec.validate()
     if not NAME_PATTERN.match(spec.name):
         raise SpecError(f"model name {spec.name!r} must match {NAME_PATTERN.pattern}")
@@ -121,6 +154,13 @@ def register(spec: ModelSpec, provenance: Mapping[str, Any] | None = None) -> No
 
 
 def unregister(name: str) -> None:
+    """Forget a spec registered with `register` (no-op for other or unknown names).
+
+    Args:
+      name: the registered name.
+    Raises:
+      Nothing: zoo files are never removed.
+    """
     _registered.pop(name, None)
 
 
