@@ -5,8 +5,23 @@
     qat = mhmodels.quantize(model)                          # fake-quant twin (tf_keras)
     mhmodels.export_tflite(qat, 'multi_max.tflite', quantization='int8')
 
-Importing the package is cheap: TensorFlow / Keras load on the first build.
+Importing the package is cheap: TensorFlow / Keras load on the first build. It checks (without
+importing it) that some TensorFlow distribution is installed: mhmodels depends on none, so
+that installing it never replaces the user's (see README, Install).
 """
+import importlib.util as _importlib_util
+
+NO_TENSORFLOW_MESSAGE = """mhmodels needs TensorFlow (2.16 or newer) and none is installed.
+mhmodels depends on no TensorFlow distribution, so that installing it never replaces yours;
+install it with the one for this machine:
+    pip install "mhmodels[cpu]"     # tensorflow-cpu
+    pip install "mhmodels[gpu]"     # tensorflow[and-cuda] (NVIDIA GPU, Linux)
+    pip install "mhmodels[tpu]"     # tensorflow-tpu (Cloud TPU VM)
+or install any TensorFlow distribution yourself (pip install tensorflow)."""
+
+if _importlib_util.find_spec("tensorflow") is None:
+    raise ImportError(NO_TENSORFLOW_MESSAGE)
+
 from mhmodels.builder import build_model
 from mhmodels.export import ExportError, ExportResult, export_tflite, tflite_ops
 from mhmodels.profile import Profile, profile

@@ -7,15 +7,17 @@ by the same code (`mhmodels.layers`) with the same layer names.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from mhmodels import layers as L
 from mhmodels.spec import LayerSpec, ModelSpec, round8, scale_filters
 
 FRONTENDS = ("keras", "tf_keras")
 POOLINGS = (None, "avg", "max")
+DEFAULT_INPUT_SHAPE = (224, 224, 3)
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,22 @@ class ResolvedLayer:
 
 
 def keras_module(frontend: str) -> ModuleType:
+    """The Keras module of a front-end name.
+
+    Args:
+      frontend: 'keras' (Keras 3) or 'tf_keras' (Keras 2, what tfmot quantizes).
+    Returns:
+      The imported module.
+    Raises:
+      ValueError: an unknown front-end name.
+    """
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
     return importlib.import_module(frontend)
 
 
 def check_width(width: float) -> float:
+    """`width` as a float, or a ValueError saying why it is not a usable width multiplier."""
     if isinstance(width, bool) or not isinstance(width, (int, float)):
         raise ValueError(f"width must be a number, got {width!r}")
     if not width > 0:
@@ -48,26 +60,111 @@ def check_width(width: float) -> float:
 
 
 def total_stride(spec: ModelSpec) -> int:
+    """The product of every stride before global pooling (the smallest usable input size)."""
     stride = spec.stem.stride
     for layer in (*spec.blocks, *spec.head):
         stride *= layer.stride
     return stride
 
 
-def check_input_shape(spec: ModelSpec, input_shape: Sequence[int]) -> tuple[int, int, int]:
+def check_input_shape(spec: ModelSpec, input_shape: Sequence[int | None],
+                      allow_dynamic: bool = False) -> tuple:
+    """`input_shape` as a (height, width, 3) tuple, or a ValueError naming the problem.
+
+    Args:
+      spec: the network (its total stride is the smallest usable height / width).
+      input_shape: (height, width, channels); channels must be 3 (RGB, channels_last).
+      allow_dynamic: accept None for height and width (fully convolutional use, i.e.
+        include_top=False); a classifier needs a fixed size.
+    Returns:
+      The shape as a tuple.
+    Raises:
+      ValueError: not 3 integer sizes, not 3 channels, None where a fixed size is needed, or a
+        size below the network's total stride.
+    """
     shape = tuple(input_shape) if input_shape is not None else ()
-    if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+
+    def size_ok(d):
+        return (d is None and allow_dynamic) or (isinstance(d, int) and not isinstance(d, bool))
+
+    if len(shape) != 3 or not all(size_ok(d) for d in shape[:2]) or not size_ok(shape[2]):
         raise ValueError(f"input_shape must be (height, width, 3) with integer sizes, got "
-                         f"{input_shape!r} (a fixed size is required: TFLite export and "
-                         "XNNPACK need static shapes)")
+                         f"{input_shape!r} (a fixed size is required with include_top=True: the "
+                         "classifier, TFLite export and XNNPACK need static shapes; use "
+                         "include_top=False for (None, None, 3))")
     height, width_px, chans = shape
     if chans != 3:
         raise ValueError(f"input_shape must have 3 channels (RGB), got {chans} in {shape}")
     minimum = total_stride(spec)
-    if height < minimum or width_px < minimum:
+    if any(d is not None and d < minimum for d in (height, width_px)):
         raise ValueError(f"input_shape {shape} is too small for {spec.name!r}: height and width "
                          f"must be at least {minimum} (the network's total stride)")
-    return shape  # type: ignore[return-value]
+    return shape
+
+
+def check_data_format(k: ModuleType) -> None:
+    """Refuse a global `channels_first` setting instead of building a wrong network silently.
+
+    The networks are NHWC (what TFLite and XNNPACK run); under `channels_first` every Keras
+    layer would read the channel axis from position 1 and scramble the spec's shapes.
+
+    Raises:
+      ValueError: `keras.config.image_data_format()` (tf_keras: `backend.image_data_format()`)
+        is 'channels_first'.
+    """
+    data_format = k.backend.image_data_format()
+    if data_format != "channels_last":
+        setter = ("keras.config.set_image_data_format" if k.__name__ == "keras"
+                  else f"{k.__name__}.backend.set_image_data_format")
+        raise ValueError(f"mhmodels builds channels_last (NHWC) networks, but the image data "
+                         f"format is {data_format!r}; call {setter}('channels_last') before "
+                         "building (transpose NCHW images with np.transpose(x, (0, 2, 3, 1)))")
+
+
+def format_width(width: float) -> str:
+    """The width as it appears in model names: 2 decimals (0.75 -> '0.75'), more if needed."""
+    text = f"{width:.2f}"
+    return text if float(text) == width else repr(float(width))
+
+
+def default_model_name(spec: ModelSpec, width: float, input_shape: Sequence[int | None]) -> str:
+    """`<spec>_<width>_<resolution>` as keras.applications does, e.g. 'multi_max_1.00_224'.
+
+    The resolution is the input size ('96x128' when not square) and is left out when the size
+    is dynamic. `mhmodels.quantize` parses this name back (`parse_model_name`) to rebuild a
+    model reloaded from a `.keras` file.
+    """
+    height, width_px = input_shape[0], input_shape[1]
+    name = f"{spec.name}_{format_width(width)}"
+    if height is not None and width_px is not None:
+        name += f"_{height}" if height == width_px else f"_{height}x{width_px}"
+    return name
+
+
+WIDTH_AND_SIZE = re.compile(r"^(?P<width>\d+(\.\d+)?)(_\d+(x\d+)?)?$")
+
+
+def parse_model_name(name: str, spec_names: Iterable[str]) -> tuple[str, float] | None:
+    """(spec name, width) of a default model name such as 'multi_max_0.75_224'.
+
+    Args:
+      name: a model name.
+      spec_names: the known spec names (the longest matching prefix wins).
+    Returns:
+      (spec name, width), or None when `name` is not `<spec>_<width>[_<size>]`.
+    """
+    for spec_name in sorted(spec_names, key=len, reverse=True):
+        if name.startswith(spec_name + "_"):
+            match = WIDTH_AND_SIZE.match(name[len(spec_name) + 1:])
+            if match:
+                return spec_name, float(match.group("width"))
+    return None
+
+
+def _mixed_compute(k: ModuleType) -> bool:
+    """True under a mixed-precision global policy (float16 / bfloat16 compute)."""
+    policy = k.mixed_precision.global_policy()
+    return str(policy.compute_dtype) in ("float16", "bfloat16")
 
 
 def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[ResolvedLayer]:
@@ -99,17 +196,47 @@ def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[R
 
 
 def build_model(spec: ModelSpec, width: float = 1.0, *,
-                input_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1001,
+                input_shape: Sequence[int | None] | None = None, num_classes: int = 1001,
                 include_top: bool = True, pooling: str | None = None, dropout: float = 0.2,
                 classifier_activation: str | None = None, frontend: str = "keras",
-                name: str | None = None):
+                name: str | None = None, input_tensor=None):
     """Decode `spec` at `width` into a Keras model of the chosen front-end.
 
-    With include_top=False the model ends after the head (the layers before global pooling),
-    pooled or not according to `pooling`, as in keras.applications.
+    Args:
+      spec: the architecture.
+      width: width multiplier (channel counts scale with the spec's rounding rule).
+      input_shape: (height, width, 3), channels_last. Default: taken from `input_tensor`,
+        else (224, 224, 3). (None, None, 3) is allowed with include_top=False.
+      num_classes: classifier outputs (include_top=True only).
+      include_top: end with pooling, the spec's top layers, dropout and the classifier; else
+        end after the head (the layers before global pooling), pooled per `pooling`.
+      pooling: None, 'avg' or 'max' (include_top=False only), as in keras.applications.
+      dropout: rate of the dropout before the classifier (0 for none).
+      classifier_activation: None gives logits; e.g. 'softmax'. Under a mixed-precision
+        policy the classifier computes in float32, so the outputs are float32.
+      frontend: 'keras' (Keras 3) or 'tf_keras' (the Keras 2 twin for tfmot QAT).
+      name: the model's name; default `<spec>_<width>_<size>` (e.g. 'multi_max_1.00_224'),
+        so two widths of one network can live in one Keras graph.
+      input_tensor: a tensor (e.g. the output of another layer) to build the network on,
+        as in keras.applications; the model's inputs are then that tensor's source inputs.
+    Returns:
+      A functional model of the front-end; `build_args(model)` tells how it was built.
+    Raises:
+      ValueError: a bad width, input shape (not 3 channels, too small, dynamic with a top,
+        or disagreeing with `input_tensor`), num_classes, pooling or dropout; a
+        channels_first image data format.
     """
     k = keras_module(frontend)
-    shape = check_input_shape(spec, input_shape)
+    check_data_format(k)
+    if input_tensor is not None:
+        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
+                             f"shape {tensor_shape}; pass one of them")
+        input_shape = tensor_shape
+    elif input_shape is None:
+        input_shape = DEFAULT_INPUT_SHAPE
+    shape = check_input_shape(spec, input_shape, allow_dynamic=not include_top)
     if include_top:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -119,8 +246,15 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
     resolved = resolve(spec, width, in_channels=shape[2])
-    inputs = k.Input(shape=shape, name="image")
-    x = inputs
+    if input_tensor is None:
+        inputs = image = k.Input(shape=shape, name="image")
+    elif k.backend.is_keras_tensor(input_tensor):
+        image = input_tensor
+        sources = k.utils.get_source_inputs(input_tensor)
+        inputs = sources[0] if len(sources) == 1 else sources
+    else:  # a backend tensor: wrap it (keras.applications does the same)
+        inputs = image = k.Input(tensor=input_tensor, name="image")
+    x = image
     for r in resolved:
         if r.name.startswith("top"):
             break
@@ -135,13 +269,15 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
             x = k.layers.Flatten(name="flatten")(x)
         if dropout > 0:
             x = k.layers.Dropout(dropout, name="dropout")(x)
+        # Logits in float32 under mixed precision (float16 logits overflow the softmax).
         x = k.layers.Dense(num_classes, activation=classifier_activation,
-                           kernel_initializer=L.dense_init(k), name="classifier")(x)
+                           kernel_initializer=L.dense_init(k), name="classifier",
+                           dtype="float32" if _mixed_compute(k) else None)(x)
     elif pooling == "avg":
         x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     elif pooling == "max":
         x = k.layers.GlobalMaxPooling2D(name="pool")(x)
-    model = k.Model(inputs, x, name=name or spec.name)
+    model = k.Model(inputs, x, name=name or default_model_name(spec, float(width), shape))
     # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
     model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
                                            pooling, float(dropout), classifier_activation)
@@ -166,5 +302,56 @@ class BuildArgs:
 
 
 def build_args(model) -> BuildArgs | None:
-    """How `model` was built, if `build_model` made it."""
+    """How `model` was built (its BuildArgs) if `build_model` made it in this process, else None.
+
+    The record does not survive `model.save()`; `mhmodels.quantize` then falls back on the
+    default model name (`parse_model_name`) and the model's layers.
+    """
     return getattr(model, "_mhmodels_build_args", None)
+
+
+def _low_precision_layers(model) -> list[str]:
+    """Names of the layers of `model` (nested models included) that compute below float32."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found += _low_precision_layers(layer)
+        elif str(getattr(layer, "compute_dtype", "float32")) in ("float16", "bfloat16"):
+            found.append(layer.name)
+    return found
+
+
+def float32_copy(model):
+    """`model` itself if it computes in float32, else a float32 copy with the same weights.
+
+    A model built under a mixed-precision policy ('mixed_float16', 'mixed_bfloat16') keeps
+    float32 variables but computes in 16 bits; the TFLite converter cannot lower its float16
+    convolutions, and a float TFLite model is float32 anyway. The copy is a clone of the same
+    graph (nested models too) with every layer's dtype set to float32, built with the weights
+    copied over, whatever the global policy is now.
+
+    Args:
+      model: a Keras 3 functional or sequential model.
+    Returns:
+      A Keras 3 model computing in float32 (its outputs equal `model`'s up to float16
+      rounding); `build_args` is carried over.
+    Raises:
+      ValueError: `model` is a subclassed model that cannot be cloned.
+    """
+    import keras
+
+    if not _low_precision_layers(model):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return float32_copy(layer)
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    if build_args(model) is not None:
+        copy._mhmodels_build_args = build_args(model)
+    return copy

@@ -327,6 +327,9 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     frontend, qat = _frontend_and_qat(model)
+    if frontend == "keras":  # a mixed-precision model converts from its float32 copy
+        from mhmodels.builder import float32_copy
+        model = float32_copy(model)
     input_shape = _input_shape(model)
     full_integer = quantization in ("int8", "uint8")
     if qat and quantization == "dynamic":

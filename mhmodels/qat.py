@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 from typing import Any, Mapping, Sequence
 
@@ -63,6 +64,35 @@ class QuantizeError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Lazy tfmot import, keeping Keras 3 usable in the same process.
 
+TFMOT_VERSION = "0.8.1"
+
+
+def install_command(tf_version: str | None = None) -> str:
+    """The pip command that adds QAT's two packages beside the installed TensorFlow.
+
+    tensorflow-model-optimization and tf-keras declare a dependency on the `tensorflow`
+    distribution (a second TensorFlow beside tensorflow-cpu / tensorflow-tpu) and cap
+    absl-py below 2, so they are installed without their dependencies (mhmodels' own
+    dependencies cover what they import). tf-keras must match TensorFlow's minor version.
+
+    Args:
+      tf_version: TensorFlow's version (default: the installed one, else '2.21').
+    Returns:
+      e.g. 'pip install --no-deps tf-keras~=2.21.0 tensorflow-model-optimization==0.8.1'.
+    """
+    if tf_version is None:
+        from importlib import metadata
+        for dist in ("tensorflow", "tensorflow-cpu", "tensorflow-tpu", "tf-nightly"):
+            try:
+                tf_version = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    major_minor = ".".join((tf_version or "2.21").split(".")[:2])
+    return (f"pip install --no-deps tf-keras~={major_minor}.0 "
+            f"tensorflow-model-optimization=={TFMOT_VERSION}")
+
+
 @functools.lru_cache(maxsize=None)
 def load_tfmot():
     """Import tensorflow_model_optimization without changing what `tf.keras` means.
@@ -71,9 +101,21 @@ def load_tfmot():
     not resolved yet it would become tf_keras for the rest of the process. Resolving it first
     (to whatever the user's environment says) and restoring the variable afterwards keeps the
     process as it was; tfmot itself then uses tf_keras directly, which is what it needs.
+
+    Returns:
+      The `tensorflow_model_optimization` module.
+    Raises:
+      ImportError: tfmot or tf_keras is not installed; the message is the command that
+        installs them (`install_command()`).
     """
     import tensorflow as tf
 
+    missing = [m for m in ("tf_keras", "tensorflow_model_optimization")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"mhmodels.quantize needs {' and '.join(missing)} (QAT is an "
+                          f"optional part of mhmodels); install them with:\n"
+                          f"    {install_command()}")
     previous = os.environ.get("TF_USE_LEGACY_KERAS")
     # Resolve tf.keras's lazy loader now, under the user's setting (an attribute the loader
     # itself lacks, so that it loads the module).
@@ -215,7 +257,13 @@ def custom_objects() -> dict[str, Any]:
 
 
 def quantize_scope():
-    """`with mhmodels.quantize_scope(): tf_keras.models.load_model(path)` loads a saved QAT model."""
+    """`with mhmodels.quantize_scope(): tf_keras.models.load_model(path)` loads a saved QAT model.
+
+    Returns:
+      A context manager that makes tfmot's and mhmodels' quantize configs deserialisable.
+    Raises:
+      ImportError: tfmot or tf_keras is missing (the message is the command to install them).
+    """
     tfmot = load_tfmot()
     return tfmot.quantization.keras.quantize_scope(custom_objects())
 
@@ -278,8 +326,19 @@ def recorded_build_args(model) -> dict[str, Any]:
 def build_args_of(model, **explicit) -> dict[str, Any]:
     """The builder arguments that rebuild `model`: its attribute, explicit ones, then inference.
 
-    Explicit (non-None) values override `model._mhmodels_build_args`. Missing input_shape,
-    include_top, num_classes and dropout are read off the model; spec and width cannot be.
+    Explicit (non-None) values override `model._mhmodels_build_args`. Without the record
+    (e.g. a model reloaded from a `.keras` file), spec and width come from the default model
+    name `<spec>_<width>_<size>`; missing input_shape, include_top, num_classes, pooling and
+    dropout are read off the model's layers.
+
+    Args:
+      model: a Keras 3 or tf_keras model built by mhmodels.
+      **explicit: build arguments (BUILD_ARG_KEYS) that override the record; None = unset.
+    Returns:
+      A dict of BUILD_ARG_KEYS with `spec` as a ModelSpec.
+    Raises:
+      TypeError: an unknown build argument.
+      QuantizeError: spec or width cannot be found.
     """
     args = recorded_build_args(model)
     for key, value in explicit.items():
@@ -287,12 +346,24 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
             raise TypeError(f"unknown build argument {key!r}; expected one of {BUILD_ARG_KEYS}")
         if value is not None:
             args[key] = value
+    if args.get("spec") is None or args.get("width") is None:
+        # A reloaded model (keras.models.load_model) lost the record; its default name
+        # ('multi_max_0.75_224') still says what it is. copy_weights checks the guess.
+        from mhmodels.builder import parse_model_name
+        from mhmodels.registry import list_models
+        parsed = parse_model_name(model.name, list_models())
+        if parsed is not None:
+            if args.get("spec") is None:
+                args["spec"] = parsed[0]
+            if args.get("width") is None:
+                args["width"] = parsed[1]
     missing = [k for k in ("spec", "width") if args.get(k) is None]
     if missing:
         raise QuantizeError(
             f"cannot rebuild model {model.name!r} for QAT: {' and '.join(missing)} unknown. "
             f"Build it with mhmodels.build(...) (which records them in "
-            f"model.{BUILD_ARGS_ATTR}) or pass quantize(model, spec=..., width=...).")
+            f"model.{BUILD_ARGS_ATTR}, and names it <spec>_<width>_<size>, which survives "
+            f"model.save) or pass quantize(model, spec=..., width=...).")
     args["spec"] = _as_spec(args["spec"])
     names = {layer.name for layer in model.layers}
     if args.get("input_shape") is None:
@@ -500,7 +571,19 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     moving-average quantizer's batch range back from its EMA update, and sets the range to the
     min / max over the data; weight ranges are set by the same passes. `passes` > 1 refines
     layers whose inputs were clipped by the initial ranges. Everything else (batch-norm
-    statistics, weights) is left as it was. Returns the number of ranges set.
+    statistics, weights) is left as it was.
+
+    Args:
+      qat: a model from `quantize`.
+      data: input images preprocessed like the model's inputs (see above for the forms).
+      passes: calibration passes over the data.
+      batch_size: images per forward pass.
+      max_samples: images used at most.
+    Returns:
+      The number of moving-average ranges set.
+    Raises:
+      ValueError: `data` is empty.
+      QuantizeError: `qat` has no moving-average quantizers (not a model from `quantize`).
     """
     import numpy as np
     import tensorflow as tf
@@ -542,6 +625,94 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     return len(pairs)
 
 
+# --------------------------------------------------------------------------------------------
+# Models that wrap a zoo backbone: keras.Model(image, Dense(5)(backbone(image))).
+
+# Config keys of Keras 3 layers that tf_keras layers do not take, dropped when unset.
+_KERAS3_ONLY_KEYS = ("lora_rank", "lora_alpha", "quantization_config", "synchronized")
+
+
+def _nested_models(model) -> list:
+    return [layer for layer in model.layers if hasattr(layer, "layers")]
+
+
+def _tf_keras_layer(layer):
+    """A tf_keras layer with `layer`'s class, name and config (a built-in Keras 3 layer)."""
+    import inspect
+
+    import tf_keras
+
+    kind = type(layer).__name__
+    cls = getattr(tf_keras.layers, kind, None)
+    if cls is None or type(layer).__module__.split(".")[0] != "keras":
+        raise QuantizeError(f"layer {layer.name!r} ({kind}) around the zoo backbone has no "
+                            "tf_keras twin for QAT (only built-in Keras layers are supported)")
+    config = dict(layer.get_config())
+    if isinstance(config.get("dtype"), Mapping):  # Keras 3 serialises its DTypePolicy
+        config["dtype"] = config["dtype"].get("config", {}).get("name", "float32")
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    for key in _KERAS3_ONLY_KEYS:
+        if key in config and key not in accepted:
+            if config[key] not in (None, False, 0):
+                raise QuantizeError(f"layer {layer.name!r} ({kind}) uses {key}={config[key]!r}, "
+                                    "which tf_keras (and so tfmot) cannot express")
+            config.pop(key)
+    for key in [k for k in config if k.endswith("_initializer")]:
+        config.pop(key)  # the weights are copied over: initializers do not matter
+    try:
+        return tf_keras.layers.deserialize({"class_name": kind, "config": config})
+    except (TypeError, ValueError) as err:
+        raise QuantizeError(f"layer {layer.name!r} ({kind}) around the zoo backbone could not "
+                            f"be rebuilt in tf_keras for QAT: {err}") from err
+
+
+def _flat_tf_keras_twin(model):
+    """A flat float tf_keras twin of a Keras 3 model that calls zoo backbones as layers.
+
+    tfmot cannot quantize a model nested in another, so each backbone is rebuilt inline (the
+    builder's `input_tensor=`) and the other layers are rebuilt from their configs; the graph
+    is walked in Keras' own order, so any functional wiring works. Weights are copied by name.
+    """
+    import tf_keras
+
+    from mhmodels.builder import build_model
+
+    sources = {}  # tf_keras layer name -> the Keras 3 layer whose weights it takes
+    backbones = []
+
+    def twin_of(operation):
+        if hasattr(operation, "layers"):  # a nested zoo model: inline it
+            args = build_args_of(operation)
+            backbones.append(operation.name)
+
+            def inline(x, **_):
+                built = build_model(args["spec"], args["width"], frontend="tf_keras",
+                                    input_tensor=x, **_builder_kwargs(args))
+                for layer in operation.layers:
+                    sources[layer.name] = layer
+                return built.output
+            return inline
+        twin = _tf_keras_layer(operation)
+        sources[twin.name] = operation
+        return lambda *a, **kw: twin(*a, **{k: v for k, v in kw.items() if k != "training"})
+
+    inputs = [tf_keras.Input(shape=tuple(t.shape[1:]), name=t.name.split(":")[0],
+                             dtype=str(t.dtype)) for t in model.inputs]
+    graph = getattr(model, "_functional", None) or model  # a Sequential runs a Functional
+    if not hasattr(graph, "_run_through_graph"):
+        raise QuantizeError(f"model {model.name!r} is not a functional or sequential model; "
+                            "quantize its zoo backbone, or pass spec= and width=")
+    outputs = graph._run_through_graph(inputs, operation_fn=twin_of)
+    flat = tf_keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
+    for layer in flat.layers:
+        if layer.weights:
+            if layer.name not in sources:
+                raise QuantizeError(f"cannot map layer {layer.name!r} of the QAT twin of "
+                                    f"{model.name!r} back to a layer of the model")
+            layer.set_weights(sources[layer.name].get_weights())
+    return flat, backbones
+
+
 def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: float | None = None,
              input_shape: Sequence[int] | None = None, num_classes: int | None = None,
              include_top: bool | None = None, pooling: str | None = None,
@@ -558,8 +729,30 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     activation ranges from it at once (`calibrate`) instead of tfmot's [-6, 6] starting ranges;
     recommended before a short fine-tune of a pretrained model.
 
+    A Keras 3 model that calls zoo models as layers (transfer learning:
+    `keras.Model(image, Dense(5)(backbone(image)))`, or a Sequential) is quantized as one flat
+    network: each backbone is rebuilt inline in tf_keras and the built-in layers around it are
+    rebuilt from their configs, weights copied by name. A model reloaded from a `.keras` file
+    is recognised by its default name `<spec>_<width>_<size>`.
+
     The result records its build arguments in `qat._mhmodels_build_args` and is recognised
     by `mhmodels.export_tflite`, which converts it with its learned ranges.
+
+    Args:
+      model: the float model (see above).
+      spec, width, input_shape, num_classes, include_top, pooling, dropout,
+        classifier_activation: override the recorded build arguments (needed for a model
+        that is neither built by mhmodels in this process nor named by default).
+      copy: copy the float weights into the twin (False: fresh initial weights).
+      calibration_data: optional input images to set the activation ranges from.
+    Returns:
+      A tf_keras model with fake-quant ops, trainable with compile() / fit().
+    Raises:
+      ImportError: tensorflow-model-optimization or tf-keras is missing; the message is the
+        pip command that installs them beside the installed TensorFlow.
+      QuantizeError: the model is already quantized, its architecture cannot be recovered,
+        weights do not match the rebuilt network, a layer has no tf_keras twin, or a layer is
+        left without the quantization it needs.
     """
     explicit = dict(spec=spec, width=width, input_shape=input_shape, num_classes=num_classes,
                     include_top=include_top, pooling=pooling, dropout=dropout,
@@ -573,6 +766,10 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     if frontend == "tf_keras" and not any(v is not None for v in (spec, width)):
         float_twin = model
         args = recorded_build_args(model)
+    elif (frontend == "keras" and _nested_models(model) and not recorded_build_args(model)
+          and not any(v is not None for v in explicit.values())):
+        float_twin, backbones = _flat_tf_keras_twin(model)
+        args = {"wraps": backbones}
     else:
         args = build_args_of(model, **explicit)
         float_twin = build_model(args["spec"], args["width"], frontend="tf_keras",

@@ -89,11 +89,29 @@ def _add(found: dict[str, ZooEntry], entry: ZooEntry) -> None:
 
 
 def list_models() -> list[str]:
-    """Every buildable name: built-in, emitted by the search, or registered."""
+    """Every buildable name: built-in, emitted by the search, or registered.
+
+    Returns:
+      The sorted names.
+    Raises:
+      FileNotFoundError: a directory of $MHMODELS_ZOO_PATH does not exist.
+      SpecError: a malformed entry, or a name defined twice.
+    """
     return sorted(entries())
 
 
 def get_entry(name: str) -> ZooEntry:
+    """The zoo entry called `name`: its spec, where it was found and its provenance.
+
+    Args:
+      name: a model name (see `list_models()`).
+    Returns:
+      The `ZooEntry`.
+    Raises:
+      TypeError: `name` is not a string.
+      ValueError: an unknown name (the message suggests close names and lists all).
+      SpecError: a malformed entry in the zoo.
+    """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     all_entries = entries()
@@ -106,12 +124,27 @@ def get_entry(name: str) -> ZooEntry:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The architecture of a registered model, at width 1.0."""
+    """The architecture of a zoo model, at width 1.0.
+
+    Args:
+      name: a model name (see `list_models()`).
+    Returns:
+      Its `ModelSpec`.
+    Raises:
+      ValueError: an unknown name (with close-name suggestions); see `get_entry`.
+    """
     return get_entry(name).spec
 
 
 def register(spec: ModelSpec, provenance: Mapping[str, Any] | None = None) -> None:
-    """Make `spec` buildable by name in this process (a clash is an error)."""
+    """Make `spec` buildable by name in this process (nothing is written to disk).
+
+    Args:
+      spec: the architecture; `spec.name` becomes its zoo name.
+      provenance: optional metadata kept with the entry.
+    Raises:
+      SpecError: an invalid spec, a bad name, or a name that already exists.
+    """
     spec.validate()
     if not NAME_PATTERN.match(spec.name):
         raise SpecError(f"model name {spec.name!r} must match {NAME_PATTERN.pattern}")
@@ -121,38 +154,72 @@ def register(spec: ModelSpec, provenance: Mapping[str, Any] | None = None) -> No
 
 
 def unregister(name: str) -> None:
+    """Forget a spec registered with `register` (no-op for other or unknown names).
+
+    Args:
+      name: the registered name.
+    Raises:
+      Nothing: zoo files are never removed.
+    """
     _registered.pop(name, None)
 
 
-def build(name: str | ModelSpec, width: float = 1.0, *,
-          input_shape: Sequence[int] = (224, 224, 3), num_classes: int | None = None,
+def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
+          input_shape: Sequence[int | None] | None = None, num_classes: int | None = None,
           classes: int | None = None, include_top: bool = True, pooling: str | None = None,
           dropout: float = 0.2, classifier_activation: str | None = None,
-          weights: str | os.PathLike | None = None, frontend: str = "keras"):
-    """Build a zoo model (or a `ModelSpec`) as a Keras model.
+          weights: str | os.PathLike | None = None, input_tensor=None, name: str | None = None,
+          frontend: str = "keras"):
+    """Build a zoo model (or a `ModelSpec`) as a Keras model, following keras.applications.
 
-    Args follow keras.applications: `num_classes` (alias `classes`, default 1001 = ImageNet
-    with background), `include_top`, `pooling` (None | 'avg' | 'max' without the top),
-    `classifier_activation` (None gives logits), `weights` (None, 'imagenet', a local
-    `.weights.h5` / keras.applications `.h5` path or a URL; 'imagenet' takes the class layout
-    of the published checkpoint, see `mhmodels.pretrained`). `frontend='tf_keras'` builds the
-    Keras 2 twin used for QAT.
+    Inputs are RGB images scaled to [-1, 1] (`mhmodels.preprocess_input` maps [0, 255]
+    pixels there), channels_last (NHWC); a global `channels_first` setting is refused.
+
+    Args:
+      spec_or_name: a zoo name (`list_models()`) or a `ModelSpec` (positional).
+      width: width multiplier (1.0 = the published network).
+      input_shape: (height, width, 3); default (224, 224, 3), or the shape of
+        `input_tensor`. (None, None, 3) for fully convolutional use needs include_top=False.
+      num_classes: classifier outputs, default 1001 (ImageNet with background); `classes`
+        is the keras.applications alias.
+      include_top: end with pooling, dropout and the classifier; else the feature map
+        before global pooling, pooled per `pooling` (None, 'avg' or 'max').
+      dropout: rate of the dropout before the classifier.
+      classifier_activation: None gives logits (float32 even under mixed precision).
+      weights: None (random), 'imagenet', a local `.weights.h5` / keras.applications `.h5`
+        path or a URL; 'imagenet' takes the class layout and exact network of the published
+        checkpoint, or refuses with the reason (see `mhmodels.pretrained`).
+      input_tensor: build on this tensor (e.g. another model's output) instead of a new Input.
+      name: the Keras model's name; default `<spec name>_<width>_<size>`, e.g.
+        'multi_max_1.00_224' (two widths of one network can then share a Keras graph).
+      frontend: 'keras' (Keras 3) or 'tf_keras' (the Keras 2 twin used for QAT).
+
+    Returns:
+      A `keras.Model` (tf_keras with frontend='tf_keras').
+    Raises:
+      ValueError: an unknown model (with close-name suggestions), or bad arguments (width,
+        input shape, classes, pooling, dropout, data format; the message names the problem).
+      SpecError: a malformed zoo entry.
     """
     if num_classes is not None and classes is not None and num_classes != classes:
         raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
     num_classes = num_classes if num_classes is not None else classes
-    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name)
     loader = None
     if weights is not None:  # the checkpoint decides the class layout and exact network
         from mhmodels import pretrained
-        loader = pretrained.prepare(spec, width, weights, input_shape=input_shape,
+        shape = tuple(input_shape) if input_shape is not None else (
+            tuple(input_tensor.shape[1:]) if input_tensor is not None else (224, 224, 3))
+        shape = tuple(224 if d is None else int(d) for d in shape[:2]) + (3,)
+        loader = pretrained.prepare(spec, width, weights, input_shape=shape,
                                     include_top=include_top, num_classes=num_classes)
         spec, num_classes = loader.spec, loader.num_classes
     num_classes = 1001 if num_classes is None else num_classes
     model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                         include_top=include_top, pooling=pooling, dropout=dropout,
-                        classifier_activation=classifier_activation, frontend=frontend)
+                        classifier_activation=classifier_activation, frontend=frontend,
+                        name=name, input_tensor=input_tensor)
     if loader is not None:
-        loader.load(model, lambda: build_model(spec, width, input_shape=input_shape,
-                                               num_classes=num_classes, frontend=frontend))
+        loader.load(model, lambda: build_model(spec, width, num_classes=num_classes,
+                                               frontend=frontend))
     return model

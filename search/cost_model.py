@@ -37,8 +37,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mhmodels.registry import builtin_zoo_dir
+
 FORMAT_VERSION = 1
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "zoo" / "cost_models"
+# The shipped cost models, found through the package (the checkout's zoo/ or the installed
+# mhmodels/zoo/); read-only: refits go to a user directory.
+DEFAULT_DIR = builtin_zoo_dir() / "cost_models"
 PHYSICAL = ("ops", "pw_madds", "dw3_madds", "dw5_madds", "full3_madds", "full5_madds",
             "act_melems", "add_melems", "weights_m")
 # weights_m (millions of weights) matters on NPUs, which stream weights from flash or DRAM

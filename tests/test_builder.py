@@ -6,10 +6,10 @@ import mhmodels
 from mhmodels.builder import build_args, resolve
 
 
-def small(name, **kw):
+def small(model, /, **kw):
     kw.setdefault("input_shape", (64, 64, 3))
     kw.setdefault("num_classes", 10)
-    return mhmodels.build(name, kw.pop("width", 0.5), **kw)
+    return mhmodels.build(model, kw.pop("width", 0.5), **kw)
 
 
 def test_build_returns_keras3_model_with_imagenet_head():
@@ -111,3 +111,96 @@ def test_tf_keras_twin_gives_identical_logits(name):
     assert np.abs(a).max() > 1e-2
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
     assert k2.count_params() == k3.count_params()
+
+
+# Keras conventions a user relies on (name, input_tensor, dynamic size, data format, mixed
+# precision).
+
+def test_default_names_carry_width_and_size_and_name_overrides():
+    import keras
+    assert small("multi_max", width=0.25).name == "multi_max_0.25_64"
+    assert small("multi_max", width=0.125, input_shape=(64, 96, 3)).name == \
+        "multi_max_0.125_64x96"
+    assert small("multi_max", name="backbone_a").name == "backbone_a"
+    # Two widths of one network in one Keras graph (used to clash: both named 'multi_max').
+    a = small("multi_max", width=0.25, include_top=False, pooling="avg")
+    b = small("multi_max", width=0.5, include_top=False, pooling="avg")
+    image = keras.Input((64, 64, 3))
+    both = keras.Model(image, keras.layers.Concatenate()([a(image), b(image)]))
+    assert tuple(both.output.shape) == (None, 240 + 480)  # head 960 at widths 0.25, 0.5
+
+
+def test_parse_model_name_round_trips_the_default_name():
+    from mhmodels.builder import parse_model_name
+    names = mhmodels.list_models()
+    assert parse_model_name("multi_max_0.75_224", names) == ("multi_max", 0.75)
+    assert parse_model_name("mobilenet_v3_large_min_1.25_96x128", names) == \
+        ("mobilenet_v3_large_min", 1.25)
+    assert parse_model_name("mobilenet_v2_0.35", names) == ("mobilenet_v2", 0.35)
+    assert parse_model_name("functional", names) is None
+    assert parse_model_name("multi_max_wide", names) is None
+
+
+def test_fully_convolutional_features_take_any_size():
+    features = mhmodels.build("multi_avg", 0.5, include_top=False, input_shape=(None, None, 3))
+    assert features.name == "multi_avg_0.50"
+    assert tuple(features.output.shape) == (None, None, None, 480)
+    for height, width in ((64, 64), (96, 160)):
+        out = features(np.zeros((1, height, width, 3), "float32"), training=False)
+        assert tuple(out.shape) == (1, height // 32, width // 32, 480)
+    pooled = mhmodels.build("multi_avg", 0.5, include_top=False, pooling="avg",
+                            input_shape=(None, None, 3))
+    assert tuple(pooled(np.zeros((2, 96, 64, 3), "float32")).shape) == (2, 480)
+
+
+def test_input_tensor_builds_on_another_layer():
+    import keras
+    image = keras.Input((64, 64, 3), name="pixels")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit")(image)
+    model = mhmodels.build("mobilenet_v2", 0.35, input_tensor=scaled, num_classes=5)
+    assert model.input is image and model.layers[1].name == "to_unit"
+    assert tuple(model.output.shape) == (None, 5)
+    assert build_args(model).input_shape == (64, 64, 3)
+    out = model(np.full((1, 64, 64, 3), 255.0, "float32"), training=False).numpy()
+    assert np.isfinite(out).all()
+    with pytest.raises(ValueError, match="disagrees with input_tensor"):
+        mhmodels.build("mobilenet_v2", 0.35, input_tensor=scaled, input_shape=(96, 96, 3))
+
+
+@pytest.mark.parametrize("frontend", ["keras", "tf_keras"])
+def test_channels_first_is_refused_with_the_fix_in_the_message(frontend):
+    import importlib
+    k = importlib.import_module(frontend)
+    before = k.backend.image_data_format()
+    k.backend.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match=r"channels_last \(NHWC\).*set_image_data_format"):
+            mhmodels.build("multi_max", width=0.25, input_shape=(96, 96, 3), frontend=frontend)
+    finally:
+        k.backend.set_image_data_format(before)
+    assert small("multi_max").get_layer("stem").output.shape[-1] == 16
+
+
+def test_mixed_precision_gives_float32_logits_and_exports(tmp_path):
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10)
+        features = mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), include_top=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("stem").compute_dtype == "float16"
+    assert model.output.dtype == "float32" and features.output.dtype == "float16"
+    images = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+    logits = model(images, training=False).numpy()
+    assert logits.dtype == np.float32
+    path = mhmodels.export_tflite(model, tmp_path / "mixed.tflite")  # used to fail in MLIR
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert out.dtype == np.float32
+    # The float32 TFLite graph equals the float16 Keras model up to float16 rounding.
+    np.testing.assert_allclose(out, logits, atol=0.02 * np.abs(logits).max() + 1e-3)

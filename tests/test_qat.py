@@ -104,7 +104,8 @@ def test_float_tf_keras_twin_matches_keras3(v3_small, digits):
 
 
 def test_build_args_attribute_and_explicit_fallback(digits):
-    model = mhmodels.build("mobilenet_v1", 0.25, input_shape=SHAPE, num_classes=7, dropout=0.1)
+    model = mhmodels.build("mobilenet_v1", 0.25, input_shape=SHAPE, num_classes=7, dropout=0.1,
+                           name="my_net")  # not the default name, which quantize would parse
     args = Q.build_args_of(model)
     assert args["spec"].name == "mobilenet_v1" and args["width"] == 0.25
     assert tuple(args["input_shape"]) == SHAPE and args["num_classes"] == 7
@@ -216,3 +217,74 @@ def test_keras3_and_tfmot_in_one_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=600,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# A pip user's QAT: the install command, reloaded models, models wrapping a zoo backbone.
+
+def test_install_command_matches_the_readme_and_the_installed_tensorflow():
+    import tensorflow as tf
+    major_minor = ".".join(tf.__version__.split(".")[:2])
+    command = Q.install_command()
+    assert command == (f"pip install --no-deps tf-keras~={major_minor}.0 "
+                       f"tensorflow-model-optimization=={Q.TFMOT_VERSION}")
+    assert Q.install_command("2.20.0").startswith("pip install --no-deps tf-keras~=2.20.0 ")
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    if major_minor == "2.21":  # the README shows the command for the TF it documents
+        assert command in readme
+
+
+def test_quantize_a_model_reloaded_from_a_keras_file(tmp_path, digits):
+    import keras
+    x, _ = digits
+    model = mhmodels.build("multi_max", WIDTH, input_shape=SHAPE, num_classes=10)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert not hasattr(reloaded, Q.BUILD_ARGS_ATTR) and reloaded.name == model.name
+    qat = Q.quantize(reloaded)
+    args = Q.build_args_of(reloaded)
+    assert args["spec"].name == "multi_max" and args["width"] == WIDTH
+    assert qat.output_shape == (None, 10)
+    wrapped = {layer.layer.name: layer for layer in qat.layers if hasattr(layer, "layer")}
+    kernel = model.get_layer("classifier").get_weights()[0]
+    assert any(np.array_equal(kernel, w) for w in wrapped["classifier"].get_weights())
+    renamed = keras.Model(reloaded.input, reloaded.output, name="whatever")
+    with pytest.raises(Q.QuantizeError, match="spec and width unknown"):
+        Q.quantize(renamed)
+
+
+def _wrapping_models():
+    import keras
+    base = mhmodels.build("mobilenet_v3_small", WIDTH, input_shape=SHAPE, include_top=False,
+                          pooling="avg")
+    image = keras.Input(SHAPE)
+    head = keras.layers.Dense(5, name="head")(keras.layers.Dropout(0.1)(base(image)))
+    functional = keras.Model(image, head, name="transfer")
+    sequential = keras.Sequential([keras.Input(SHAPE), base, keras.layers.Dense(3)])
+    return functional, sequential
+
+
+def test_quantize_a_model_that_wraps_a_zoo_backbone(tmp_path, digits):
+    import keras
+    x, _ = digits
+    functional, sequential = _wrapping_models()
+    for outer in (functional, sequential):
+        twin, backbones = Q._flat_tf_keras_twin(outer)
+        assert backbones == [f"mobilenet_v3_small_{WIDTH:.2f}_{SIZE}"]
+        assert not any(hasattr(layer, "layers") for layer in twin.layers)  # flat for tfmot
+        a = outer(x[:8], training=False).numpy()
+        b = twin(x[:8], training=False).numpy()
+        assert np.abs(a).max() > 1e-3
+        np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max())
+    qat = Q.quantize(functional, calibration_data=x)
+    wrapped = {layer.layer.name for layer in qat.layers if hasattr(layer, "layer")}
+    assert {"head", "stem", "block0_dw"} <= wrapped
+    assert qat.output_shape == (None, 5) and Q.is_qat_model(qat)
+    path = mhmodels.export_tflite(qat, tmp_path / "transfer.tflite", quantization="int8")
+    ops = mhmodels.tflite_ops(path)
+    assert "FULLY_CONNECTED" in {op.name for op in ops}
+    assert not [op for op in ops if "float32" in op.input_dtypes + op.output_dtypes]
+    # ... and the same model saved and reloaded
+    functional.save(tmp_path / "transfer.keras")
+    reloaded = keras.models.load_model(tmp_path / "transfer.keras")
+    assert Q.quantize(reloaded).output_shape == (None, 5)
