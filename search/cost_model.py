@@ -38,7 +38,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 FORMAT_VERSION = 1
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "zoo" / "cost_models"
+
+
+def _shipped_dir() -> Path:
+    """The shipped cost models, found through the package (checkout or installed copy)."""
+    from mhmodels.registry import builtin_zoo_dir
+    try:
+        return builtin_zoo_dir() / "cost_models"
+    except FileNotFoundError:
+        return Path(__file__).resolve().parent.parent / "zoo" / "cost_models"
+
+
+DEFAULT_DIR = _shipped_dir()
 PHYSICAL = ("ops", "pw_madds", "dw3_madds", "dw5_madds", "full3_madds", "full5_madds",
             "act_melems", "add_melems")
 
@@ -370,22 +381,34 @@ class LinearCostModel:
         return model
 
 
+def cost_model_dirs(directory: str | os.PathLike | None = None) -> list[Path]:
+    """Where `load_cost_model` looks: `directory` if given, else the user's refits
+    (`$MHMODELS_HOME/cost_models`) before the shipped `zoo/cost_models/`."""
+    if directory:
+        return [Path(directory)]
+    from mhmodels.files import user_cost_model_dir
+    return [user_cost_model_dir(), Path(DEFAULT_DIR)]
+
+
 def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
                     space=None) -> LinearCostModel:
-    """Load `<directory>/<hardware>.json` (default: the shipped zoo/cost_models/).
+    """Load `<hardware>.json` from `cost_model_dirs(directory)` (the first that has it).
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
-    With `space` given, its name and decision sizes must match the file's.
+    With `space` given, its name and decision sizes must match the file's. The file read is
+    in the model's `source`.
     """
     from search.hardware import hardware_id
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
-        path = Path(directory or DEFAULT_DIR) / f"{hardware_id(hardware)}.json"
+        candidates = [d / f"{hardware_id(hardware)}.json" for d in cost_model_dirs(directory)]
+        path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() \
-            else []
-        raise FileNotFoundError(f"no cost model for hardware {hardware!r} at {path} "
+        available = sorted({p.stem for d in cost_model_dirs(directory) if d.is_dir()
+                            for p in d.glob("*.json")})
+        raise FileNotFoundError(f"no cost model for hardware {hardware!r} in "
+                                f"{', '.join(str(d) for d in cost_model_dirs(directory))} "
                                 f"(available: {', '.join(available) or 'none'}); collect and "
                                 "fit one: python -m search.collect_latency ... && python -m "
                                 "search.cost_model --fit ...")
@@ -399,6 +422,7 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
         raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
                              f"{list(model.decision_sizes)}, not {space.name!r} with "
                              f"{list(space.num_choices)}")
+    model.source = str(path)
     return model
 
 
