@@ -116,8 +116,13 @@ def check_writable_dir(directory: str | os.PathLike, flag: str) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise NotADirectoryError(f"{flag}={directory}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag}={directory}: {probe} is not writable")
+    try:  # a real probe: permission bits say nothing for root or on a read-only mount
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".mhmodels_probe_")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise PermissionError(f"{flag}={directory}: cannot create files in {probe} "
+                              f"({err.strerror})") from None
 
 
 class DamagedFileError(ValueError):

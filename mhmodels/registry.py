@@ -197,13 +197,14 @@ def build(name: str | ModelSpec, width: float = 1.0, *,
                         classifier_activation=classifier_activation, frontend=frontend)
     if weights is not None:
         from mhmodels import weights as weights_lib
+        from mhmodels.loading import load_weights
         path = weights_lib.resolve_weights(spec.name, width, weights)
         if include_top:
-            model.load_weights(str(path))
+            load_weights(model, path)
         else:  # checkpoints hold the whole network: load it, keep the feature layers
             full = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                                frontend=frontend)
-            full.load_weights(str(path))
+            load_weights(full, path)
             for layer in model.layers:
                 layer.set_weights(full.get_layer(layer.name).get_weights())
     return model
