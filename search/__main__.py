@@ -81,9 +81,10 @@ flags.DEFINE_string("cost_model_dir", None, "Directory of the <hardware>.json co
                     "(default: your refits in $MHMODELS_HOME/cost_models, then the shipped "
                     "zoo/cost_models/).")
 flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (and at the end).")
-flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in --model_dir/checkpoints (the "
-                     "newest; 1 is enough to resume: a checkpoint is complete before older "
-                     "ones are deleted).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in --model_dir/checkpoints, the "
+                     "newest (about 100 MB each at the default sizes). 1 is enough to resume: "
+                     "a checkpoint is complete before older ones are deleted; 0 keeps one "
+                     "while the search runs and deletes it once the entry is written.")
 flags.DEFINE_integer("summary_every", 10, "Write TensorBoard summaries every N steps.")
 flags.DEFINE_integer("log_every", 100, "Log a progress line every N steps.")
 flags.DEFINE_integer("max_steps", None, "Stop at this step without finishing (no entry, no "
@@ -145,10 +146,13 @@ def _make_visible(zoo_dir: str | None) -> None:
 
 def check_flags():
     """Every check that needs no TensorFlow, before it loads: a bad flag is one line."""
-    from search.config import check_cost_models, validate_config
+    from search.config import (check_cost_models, check_entry_name, finished_entry_name,
+                               validate_config)
     config = config_from_flags()
     validate_config(config)
     check_cost_models(config)
+    if config.entry_name and finished_entry_name(config.model_dir) != config.entry_name:
+        check_entry_name(config.entry_name, config.zoo_dir)  # a clash: before any work
     if FLAGS.num_cpu_devices < 0:
         raise ValueError(f"--num_cpu_devices={FLAGS.num_cpu_devices}: must be >= 0")
     if FLAGS.measure_image_size < 32:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Fields of the config that must match when resuming from a checkpoint.
 RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
@@ -17,6 +18,7 @@ RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "imag
                "seed", "num_replicas")
 
 OPTIMIZERS = ("momentum", "rmsprop")
+RESULT_JSON = "result.json"  # written when a search finishes: its entry, for a rerun to report
 
 
 @dataclass
@@ -106,9 +108,11 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     _check(config.rl_learning_rate >= 0, "rl_learning_rate", config.rl_learning_rate,
            "must be >= 0")
     _check(config.supernet_width > 0, "supernet_width", config.supernet_width, "must be > 0")
-    for name in ("checkpoint_every", "keep_checkpoints", "summary_every", "log_every"):
+    for name in ("checkpoint_every", "summary_every", "log_every"):
         value = getattr(config, name)
         _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
+    _check(isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 0,
+           "keep_checkpoints", config.keep_checkpoints, "must be an integer >= 0")
     if config.max_steps is not None:
         _check(config.max_steps >= 1, "max_steps", config.max_steps, "must be >= 1")
     if config.entry_name is not None:
@@ -150,3 +154,40 @@ def check_cost_models(config: SearchConfig) -> list:
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--hardware={hw}: {err}") from None
     return models
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo entry
+
+def default_zoo_dir() -> Path:
+    """The user zoo (`$MHMODELS_HOME/zoo/models`), listed by mhmodels' registry."""
+    from mhmodels.files import user_zoo_dir
+    return user_zoo_dir()
+
+
+def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
+    """The path the entry will be written to; raises if the name is invalid or taken."""
+    from mhmodels.registry import NAME_PATTERN
+    import mhmodels
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"entry name {name!r} must match {NAME_PATTERN.pattern} (lower case "
+                         "letters, digits, underscores; a letter first)")
+    directory = Path(zoo_dir) if zoo_dir else default_zoo_dir()
+    path = directory / f"{name}.json"
+    if path.exists():
+        raise FileExistsError(f"zoo entry {path} already exists; pick another --entry_name "
+                              "(entries are never overwritten)")
+    if name in mhmodels.list_models():
+        raise FileExistsError(f"a model named {name!r} already exists "
+                              f"({mhmodels.get_entry(name).source}); pick another --entry_name")
+    return path
+
+
+def finished_entry_name(model_dir: str) -> str | None:
+    """The entry name a finished search in `model_dir` published (local dirs), else None."""
+    path = os.path.join(model_dir, RESULT_JSON)
+    if "://" in model_dir or not os.path.isfile(path):
+        return None
+    from mhmodels.files import read_json
+    record = read_json(path, "search result")
+    return record.get("entry_name") if record.get("finished") else None

@@ -48,10 +48,8 @@ from search.supernet import Supernet
 
 log = logging.getLogger("search")
 
-from search.config import RESUME_KEYS, SearchConfig, validate_config  # noqa: F401 (re-exported)
-
-RESULT_JSON = "result.json"  # written when a search finishes: its entry, for a rerun to report
-
+from search.config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
+                           default_zoo_dir, validate_config)
 
 @dataclass
 class SearchResult:
@@ -75,32 +73,8 @@ class SearchResult:
 # Zoo entry name
 # --------------------------------------------------------------------------------------------
 
-def default_zoo_dir() -> Path:
-    """The user zoo (`$MHMODELS_HOME/zoo/models`), listed by mhmodels' registry."""
-    from mhmodels.files import user_zoo_dir
-    return user_zoo_dir()
-
-
 def default_entry_name(metric: str) -> str:
     return f"searched_{metric}_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
-
-
-def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
-    """The path the entry will be written to; raises if the name is invalid or taken."""
-    from mhmodels.registry import NAME_PATTERN
-    import mhmodels
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ValueError(f"entry name {name!r} must match {NAME_PATTERN.pattern} (lower case "
-                         "letters, digits, underscores; a letter first)")
-    directory = Path(zoo_dir) if zoo_dir else default_zoo_dir()
-    path = directory / f"{name}.json"
-    if path.exists():
-        raise FileExistsError(f"zoo entry {path} already exists; pick another --entry_name "
-                              "(entries are never overwritten)")
-    if name in mhmodels.list_models():
-        raise FileExistsError(f"a model named {name!r} already exists "
-                              f"({mhmodels.get_entry(name).source}); pick another --entry_name")
-    return path
 
 
 def write_entry_atomic(path: Path, text: str) -> None:
@@ -248,7 +222,7 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     if write_entry and record:
         done = _finished_result(config, record, start_time)
         if done is not None:
-            log.info("%s holds a finished search; its zoo entry is %s", model_dir,
+            log.debug("%s holds a finished search; its zoo entry is %s", model_dir,
                      done.entry_path)
             return done
 
@@ -283,7 +257,7 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     ckpt_dir = os.path.join(model_dir, "checkpoints") if chief else os.path.join(
         model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id), "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=config.keep_checkpoints)
+                                         max_to_keep=max(1, config.keep_checkpoints))
     history_path = os.path.join(model_dir, "history.json")
     history: dict[str, list[float]] = {"reward": [], "accuracy": [], "f": [], "entropy": []}
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))  # the chief's
@@ -422,6 +396,8 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         _write(os.path.join(model_dir, RESULT_JSON), json.dumps(
             {"finished": True, "steps": steps, "entry_name": config.entry_name,
              "entry_path": str(entry_path)}, indent=2))
+        if config.keep_checkpoints == 0:  # the entry is out: the run's state is not needed
+            tf.io.gfile.rmtree(os.path.join(model_dir, "checkpoints"))
         log.info("wrote zoo entry %s", entry_path)
     return result
 

@@ -178,7 +178,7 @@ def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
     ({"rl_delay_fraction": -0.1}, "--rl_delay_fraction=-0.1"),
     ({"beta": 0.5}, "--beta=0.5: must be <= 0"),
     ({"steps": 0}, "--steps=0"),
-    ({"keep_checkpoints": 0}, "--keep_checkpoints=0"),
+    ({"keep_checkpoints": -1}, "--keep_checkpoints=-1"),
     ({"dataset": "folder:/nonexistent/images"}, "no such image folder"),
 ])
 def test_invalid_settings_write_nothing(tmp_path, bad, message):
@@ -220,10 +220,23 @@ def test_state_files_on_a_remote_filesystem(tmp_path):
     assert tf.io.gfile.listdir("ram://state") == ["h.json"]
 
 
-def test_keep_checkpoints(tmp_path):
+def test_keep_checkpoints(tmp_path, monkeypatch):
     run_tiny(tmp_path / "run", steps=8, checkpoint_every=2, keep_checkpoints=1)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.index"))
     assert kept == ["ckpt-8.index"]
+    # 0: one checkpoint while running (resumable), none once the entry is written
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
+    part = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                    checkpoint_every=2, keep_checkpoints=0, max_steps=5)
+    kept = sorted(p.name for p in (tmp_path / "zero" / "checkpoints").glob("*.index"))
+    assert not part.finished and kept == ["ckpt-4.index"]
+    done = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                    checkpoint_every=2, keep_checkpoints=0)
+    assert done.finished and Path(done.entry_path).exists()
+    assert not (tmp_path / "zero" / "checkpoints").exists()
+    again = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                     checkpoint_every=2, keep_checkpoints=0)
+    assert again.already_finished and again.entry_path == done.entry_path
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
@@ -290,7 +303,14 @@ def test_cli_end_to_end(tmp_path):
     proc = subprocess.run(cmd[:1] + cmd[1:3] + [f"--model_dir={tmp_path / 'run2'}"] + cmd[4:],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert not (tmp_path / "run2").exists()
+    # the finished search rerun: done, where its entry is, nothing new written
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holds a finished search (3 steps)" in proc.stdout
+    assert str(zoo / "cli_entry.json") in proc.stdout
+    assert [p.name for p in zoo.iterdir()] == ["cli_entry.json"]
 
 
 def test_cli_unknown_compare_model_is_an_error_before_any_work(tmp_path):
