@@ -131,6 +131,11 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
                "--data_dir=<path>")
         _check(os.path.isdir(os.path.expanduser(path)), "dataset", config.dataset,
                f"no such image folder {path}")
+    if config.zoo_dir:
+        from mhmodels.files import HOME_ENV, is_shipped
+        _check(not is_shipped(config.zoo_dir), "zoo_dir", config.zoo_dir,
+               "is inside mhmodels' shipped files, which are never written; leave --zoo_dir "
+               f"out for the user zoo under ${HOME_ENV} (copy an entry in by hand to ship it)")
     for flag, directory in (("model_dir", config.model_dir), ("zoo_dir", config.zoo_dir)):
         if directory:
             try:

@@ -180,6 +180,7 @@ def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
     ({"steps": 0}, "--steps=0"),
     ({"keep_checkpoints": -1}, "--keep_checkpoints=-1"),
     ({"dataset": "folder:/nonexistent/images"}, "no such image folder"),
+    ({"zoo_dir": str(ROOT / "zoo" / "models")}, "shipped files, which are never written"),
 ])
 def test_invalid_settings_write_nothing(tmp_path, bad, message):
     with pytest.raises(ValueError) as err:
