@@ -4,14 +4,17 @@
 `run(main)` is absl's `app.run(main)` plus what a user of every command expects:
   * `--help` (`-h`, `--helpshort`) prints the command's own flags, in groups when the command
     names them (`groups`); `--helpfull` is absl's full list;
-  * TensorFlow's C++ start-up lines and absl INFO logs are off unless `--verbosity` (or `-v`)
-    is given: `--verbosity=0` brings INFO back, `--verbosity=1` adds debug and tracebacks;
+  * TensorFlow's C++ start-up lines and absl INFO logs (the converter's pages) are off unless
+    `--verbosity` (or `-v`) is given: `--verbosity=0` brings INFO back, `--verbosity=1` adds
+    debug and tracebacks; the commands' own progress lines (loggers `mhmodels.*`,
+    `search.*`) stay;
   * a bad input (ValueError, missing file, permission) is one line `error: ...` and exit
     status 2, not a traceback.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -21,6 +24,7 @@ from types import ModuleType
 from typing import Callable, Iterator, Mapping, Sequence
 
 HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
+OWN_LOGGERS = ("mhmodels", "search")  # their INFO lines are the commands' progress
 # Exceptions that mean "the input is wrong", printed as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
                NotADirectoryError, IsADirectoryError)
@@ -197,8 +201,10 @@ def _wrapped(main, argv):
     def wrapped(args):
         from absl import app
         from absl import logging as absl_logging
-        if level is None:
+        if level is None:  # TensorFlow's (and its converter's) INFO pages off ...
             absl_logging.set_verbosity(absl_logging.WARNING)
+            for name in OWN_LOGGERS:  # ... our commands' own progress lines on
+                logging.getLogger(name).setLevel(logging.INFO)
         try:
             return main(args)
         except (app.UsageError, *USER_ERRORS) as err:

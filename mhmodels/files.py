@@ -54,11 +54,14 @@ def is_shipped(path: str | os.PathLike) -> bool:
 
 
 def refuse_shipped(path: str | os.PathLike, flag: str) -> None:
-    """Raise if writing `path` would replace a file shipped with mhmodels."""
-    if is_shipped(path) and os.path.lexists(os.fspath(path)):
+    """Raise if `path` lies among the files shipped with mhmodels (never written, so that an
+    update or a reinstall cannot lose or clash with the user's data)."""
+    if is_shipped(path):
+        what = "is shipped with mhmodels" if os.path.lexists(os.fspath(path)) else \
+            "is inside mhmodels' shipped files"
         raise PermissionError(
-            f"{path} is shipped with mhmodels and is never overwritten; write to another "
-            f"directory ({flag}, default under ${HOME_ENV} = {user_home()})")
+            f"{path} {what} and is never overwritten; write to another directory ({flag}, "
+            f"default under ${HOME_ENV} = {user_home()})")
 
 
 def _umask() -> int:

@@ -56,7 +56,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from absl import app, flags, logging
+import logging as _logging
+
+from absl import app, flags
+
+# The command's own progress lines: shown at INFO while TensorFlow's INFO pages are not
+# (mhmodels.cli keeps the `mhmodels` and `search` loggers at INFO).
+logging = _logging.getLogger("mhmodels.train")
 
 from mhmodels.distribute import STRATEGIES, configure_cpu_devices, is_chief, make_strategy
 
@@ -905,10 +911,9 @@ def main(argv: Sequence[str]) -> None:
             result = evaluate(cfg)
         else:
             result = train(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        logging.error("%s", err)
+    except RuntimeError as err:  # the rest of the user errors: one line, from mhmodels.cli
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     m = result.metrics
     if m:
         print(f"{m['split']}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss "

@@ -155,9 +155,13 @@ def check_cost_models(config: SearchConfig) -> list:
     models = []
     for hw in config.hardware:
         try:
-            models.append(load_cost_model(hw, config.cost_model_dir, space=space))
+            model = load_cost_model(hw, config.cost_model_dir, space=space)
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--hardware={hw}: {err}") from None
+        if not model.normalizer_ms or not float(model.normalizer_ms) > 0:
+            raise ValueError(f"--hardware={hw}: the cost model {model.source} has no "
+                             "normalizer_ms (its data had no mobilenet_v1 row): refit it")
+        models.append(model)
     return models
 
 

@@ -397,6 +397,10 @@ def test_fit_goes_to_the_user_dir_and_never_over_shipped_files(tmp_path, space, 
     with pytest.raises(PermissionError, match="shipped"):
         fit_and_save(data, "cpu_float", DEFAULT_DIR, plot=False)
     assert shipped.read_bytes() == before
+    model = load_cost_model("cpu_float", directory=DEFAULT_DIR, space=space)
+    with pytest.raises(PermissionError, match="shipped"):  # not even a new file in there
+        model.save(DEFAULT_DIR / "my_new_hw.json")
+    assert not (DEFAULT_DIR / "my_new_hw.json").exists()
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), MHMODELS_HOME=str(tmp_path / "home"))
     proc = subprocess.run([sys.executable, "-m", "search.cost_model", "--fit", f"--data={data}",
@@ -428,3 +432,15 @@ def test_a_cost_model_without_normaliser_stops_the_search_before_it_starts(tmp_p
     with pytest.raises(ValueError, match="no normalizer_ms"):
         run_search(config, write_entry=False)
     assert not (tmp_path / "run").exists()
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "search", f"--model_dir={tmp_path / 'run'}",
+                           "--hardware=cpu_float", "--metric=single",
+                           f"--cost_model_dir={tmp_path}"], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --hardware=cpu_float: the "
+                                                           "cost model")
+    assert "no normalizer_ms" in proc.stderr and len(proc.stderr.splitlines()) == 1

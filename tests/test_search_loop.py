@@ -151,7 +151,14 @@ def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
     import mhmodels
     monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MHMODELS_ZOO_PATH", raising=False)
-    first = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=2)
+    part = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1,
+                    max_steps=1)
+    assert not part.finished and part.entry_path is None
+    name = json.loads((tmp_path / "run" / "search_config.json").read_text())["entry_name"]
+    import time
+    time.sleep(1.1)  # a new default name would carry a new timestamp
+    first = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1)
+    assert Path(first.entry_path).stem == name  # the resumed search kept its name
     user_zoo = tmp_path / "home" / "zoo" / "models"
     entries = sorted(user_zoo.glob("*.json"))
     assert [str(p) for p in entries] == [first.entry_path]
@@ -159,7 +166,7 @@ def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
     from mhmodels.registry import builtin_zoo_dir
     assert not (builtin_zoo_dir() / "models" / entries[0].name).exists()
     assert entries[0].stem in mhmodels.list_models()
-    again = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=2)
+    again = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1)
     assert again.already_finished and again.finished and not first.already_finished
     assert again.entry_path == first.entry_path and again.steps_done == 2
     assert list(again.choices) == [int(c) for c in first.choices]
