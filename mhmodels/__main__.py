@@ -1,15 +1,16 @@
 """`python -m mhmodels <command> [flags]`: summary | benchmark | train.
 
 Each command lives in its own module that defines its absl flags; only the chosen one is
-imported, so `--helpfull` lists exactly that command's flags.
+imported, and `--help` after the command lists exactly its flags (`mhmodels.cli`).
 """
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+from mhmodels import cli
+
+cli.quiet_native_logs()  # before any command imports TensorFlow
 
 COMMANDS = {
     "summary": ("mhmodels.summary", "params / MAdds of zoo models beside the paper's Table 1"),
@@ -20,7 +21,7 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: python -m mhmodels <command> [flags]   (--helpfull after a command lists its "
+    lines = ["usage: python -m mhmodels <command> [flags]   (--help after a command lists its "
              "flags)", "", "commands:"]
     lines += [f"  {name:10s} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
@@ -36,9 +37,8 @@ def run(argv: list[str] | None = None) -> None:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[command][0])
-    from absl import app
-    sys.argv = [f"{argv[0]} {command}"] + argv[2:]
-    app.run(module.main)
+    cli.run(module.main, module=module, groups=getattr(module, "FLAG_GROUPS", None),
+            argv=[f"{argv[0]} {command}"] + argv[2:])
 
 
 if __name__ == "__main__":

@@ -439,6 +439,36 @@ def _scan_split(directory: Path, class_names: Sequence[str]) -> tuple[list[str],
     return paths, labels
 
 
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
+_checked_folders: set[tuple[str, int]] = set()
+
+
+def _check_image_headers(root: Path, paths: Sequence[str]) -> None:
+    """Name every file that is not a JPEG / PNG / GIF / BMP before any training starts.
+
+    Reads the first bytes of each file (cheap next to decoding it); otherwise a text file named
+    x.jpg fails mid-training under a graph traceback. Once per folder and file count.
+    """
+    key = (str(root), len(paths))
+    if key in _checked_folders:
+        return
+    bad = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as err:
+            bad.append(f"{path} ({err.strerror})")
+            continue
+        if not head.startswith(_IMAGE_SIGNATURES):
+            bad.append(f"{path} ({'empty' if not head else 'not a JPEG/PNG/GIF/BMP image'})")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"Image folder {root}: {len(bad)} file(s) are not images: "
+                         f"{', '.join(bad[:5])}{more}. Remove or replace them.")
+    _checked_folders.add(key)
+
+
 def _scan_folder(root: str | os.PathLike, held_out: int | float | None) -> _Folder:
     """List a class-per-subfolder image tree and derive every split (no image is read)."""
     root_path = Path(root).expanduser()
@@ -702,6 +732,9 @@ def make_dataset(
 
     if kind == "folder":
         folder = _scan_folder(_folder_path(name, data_dir), held_out)
+        if not skip_corrupt:  # a non-image is named now, not mid-training
+            _check_image_headers(folder.root, list(dict.fromkeys(
+                p for paths, _ in folder.files.values() for p in paths)))
         if split not in folder.files:
             raise _unknown_split(split, tuple(folder.files), f"image folder {folder.root}")
         paths, labels = folder.files[split]

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mhmodels.cli import filtered_native_stderr
+
 QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
 # Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
 INTEGER_DTYPES = frozenset({"int8", "int32"})
@@ -297,8 +299,12 @@ def _configure(converter, quantization: str, qat: bool, representative, input_sh
     converter.inference_input_type = io
     converter.inference_output_type = io
     if not qat:
-        converter.representative_dataset = representative_dataset(representative, input_shape,
-                                                                  calibration_samples)
+        samples = representative  # checked and gathered before the conversion started
+
+        def replay():
+            for sample in samples:
+                yield [sample]
+        converter.representative_dataset = replay
 
 
 def _frontend_and_qat(model) -> tuple[str, bool]:
@@ -357,6 +363,13 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise FileNotFoundError(f"directory {directory} does not exist")
+    # What can be checked is checked before the (seconds-long) conversion: the directory
+    # takes files, and every calibration sample has the model's input shape and is finite.
+    from mhmodels.files import check_writable_dir
+    check_writable_dir(directory, f"export to {path}")
+    if representative_data is not None:
+        representative_data = [s[0] for s in representative_dataset(
+            representative_data, input_shape, calibration_samples)()]
 
     start = time.perf_counter()
     workdir = tempfile.mkdtemp(prefix="mhmodels_export_")
@@ -370,7 +383,7 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
             _configure(converter, quantization, qat, representative_data, input_shape,
                        calibration_samples)
             try:
-                with _without_converter_chatter():
+                with filtered_native_stderr(_is_converter_chatter):
                     flatbuffer = converter.convert()
             except ValueError as err:  # e.g. a bad representative_data batch
                 if "representative_data" in str(err):
@@ -396,43 +409,11 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
 _CONVERTER_CHATTER = ("fully_quantize: ",)
 
 
-@contextlib.contextmanager
-def _without_converter_chatter():
-    """Run the converter with native stderr captured; pass on everything but known chatter."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it alone
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not line.startswith(_CONVERTER_CHATTER)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+def _is_converter_chatter(line: str) -> bool:
+    return line.startswith(_CONVERTER_CHATTER)
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent) or ".", prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Atomic, with the permissions of any other output (0666 & ~umask, usually 0644)."""
+    from mhmodels.files import atomic_write
+    atomic_write(path, content)

@@ -2,9 +2,12 @@
 
 Entries are JSON files named `<name>.json` (a spec plus optional `provenance`) found in
   1. the built-in zoo (`zoo/models/` of the checkout, `mhmodels/zoo/models/` when installed),
-  2. every directory listed in `$MHMODELS_ZOO_PATH` (os.pathsep-separated),
-  3. specs registered in this process with `register()`.
-A name defined twice is an error naming both places, never a silent override.
+  2. the user's zoo `$MHMODELS_HOME/zoo/models/` (where searches write by default),
+  3. every directory listed in `$MHMODELS_ZOO_PATH` (os.pathsep-separated),
+  4. specs registered in this process with `register()`.
+A name defined twice is an error naming both places, never a silent override. A bad file
+(malformed JSON, a wrong name, a duplicate) fails only the name it defines, with a warning;
+hidden files and anything but regular files are not entries; a directory is scanned once.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import difflib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -44,10 +48,17 @@ def builtin_zoo_dir() -> Path:
 
 
 def zoo_dirs() -> list[Path]:
-    dirs = [builtin_zoo_dir() / "models"]
-    for item in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep):
-        if item:
-            dirs.append(Path(item))
+    """The directories scanned for entries, each once: built-in, the user's, $MHMODELS_ZOO_PATH."""
+    from mhmodels.files import user_zoo_dir
+    candidates = [builtin_zoo_dir() / "models", user_zoo_dir()]
+    candidates += [Path(item) for item in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep)
+                   if item]
+    dirs, seen = [], set()
+    for directory in candidates:
+        key = os.path.realpath(directory)
+        if key not in seen:
+            seen.add(key)
+            dirs.append(directory)
     return dirs
 
 
@@ -55,8 +66,10 @@ def read_entry(path: Path) -> ZooEntry:
     """Parse and validate one zoo entry file."""
     try:
         data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SpecError(f"zoo entry {path}: not valid JSON: {err}") from None
+    except OSError as err:
+        raise SpecError(f"zoo entry {path}: cannot be read: {err}") from None
     if not isinstance(data, dict):
         raise SpecError(f"zoo entry {path}: expected a JSON object")
     provenance = data.pop("provenance", {})
@@ -67,25 +80,57 @@ def read_entry(path: Path) -> ZooEntry:
     return ZooEntry(spec, str(path), provenance)
 
 
-def entries() -> dict[str, ZooEntry]:
+def _entry_files(directory: Path) -> list[Path]:
+    """`*.json` regular files of a zoo dir; hidden files (editor backups, locks, our own
+    temporary files) and anything that is not a regular file are not entries."""
+    return sorted(p for p in directory.glob("*.json")
+                  if not p.name.startswith(".") and p.is_file())
+
+
+_warned: set[str] = set()
+
+
+def _scan() -> tuple[dict[str, ZooEntry], dict[str, SpecError]]:
+    """(good entries, name -> error of a bad or doubly defined entry). A bad file fails only
+    the name it defines (its file stem), so one broken entry never breaks every build."""
     found: dict[str, ZooEntry] = {}
+    bad: dict[str, SpecError] = {}
+    user_dir = os.path.realpath(zoo_dirs()[1])
     for directory in zoo_dirs():
         if not directory.is_dir():
-            raise FileNotFoundError(f"zoo directory {directory} (from ${ZOO_PATH_ENV}) does not "
-                                    "exist")
-        for path in sorted(directory.glob("*.json")):
-            entry = read_entry(path)
-            _add(found, entry)
+            if os.path.realpath(directory) != user_dir:  # the user zoo appears on first use
+                bad[f"<dir {directory}>"] = SpecError(
+                    f"zoo directory {directory} (from ${ZOO_PATH_ENV}) does not exist")
+            continue
+        for path in _entry_files(directory):
+            try:
+                entry = read_entry(path)
+            except SpecError as err:
+                bad[path.stem] = err
+                continue
+            _add(found, bad, entry)
     for entry in _registered.values():
-        _add(found, entry)
-    return found
+        _add(found, bad, entry)
+    for name in bad:
+        found.pop(name, None)
+    new = [str(err) for err in bad.values() if str(err) not in _warned]
+    if new:
+        _warned.update(new)
+        warnings.warn("skipped zoo entries: " + "; ".join(new), stacklevel=3)
+    return found, bad
 
 
-def _add(found: dict[str, ZooEntry], entry: ZooEntry) -> None:
+def entries() -> dict[str, ZooEntry]:
+    """Every valid entry by name (bad ones are skipped with a warning)."""
+    return _scan()[0]
+
+
+def _add(found: dict[str, ZooEntry], bad: dict[str, SpecError], entry: ZooEntry) -> None:
     name = entry.spec.name
     if name in found:
-        raise SpecError(f"model {name!r} is defined twice: {found[name].source} and {entry.source}")
-    found[name] = entry
+        bad[name] = SpecError(f"model {name!r} is defined twice: {found[name].source} and "
+                              f"{entry.source}")
+    found.setdefault(name, entry)
 
 
 def list_models() -> list[str]:
@@ -114,7 +159,9 @@ def get_entry(name: str) -> ZooEntry:
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    all_entries = entries()
+    all_entries, bad = _scan()
+    if name in bad:
+        raise bad[name]
     if name not in all_entries:
         close = difflib.get_close_matches(name.lower(), list(all_entries), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -56,7 +56,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from absl import app, flags, logging
+import logging as _logging
+
+from absl import app, flags
+
+# The command's own progress lines: shown at INFO while TensorFlow's INFO pages are not
+# (mhmodels.cli keeps the `mhmodels` and `search` loggers at INFO).
+logging = _logging.getLogger("mhmodels.train")
 
 from mhmodels.distribute import STRATEGIES, configure_cpu_devices, is_chief, make_strategy
 
@@ -244,6 +250,12 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.mode != "eval" and not cfg.model_dir:
         raise ValueError("training needs --model_dir (checkpoints, logs and weights go there)")
+    if cfg.mode == "eval" and not cfg.model_dir and not cfg.init_weights:
+        raise ValueError("--mode=eval needs the weights to evaluate: --model_dir of a training "
+                         "run or --init_weights (a .weights.h5 path, a URL or 'imagenet'); "
+                         "evaluating random initial weights says nothing")
+    if cfg.keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
 
 
 def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
@@ -255,12 +267,17 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
     if cfg.init_weights:
         from mhmodels import weights as weights_lib
 
+        from mhmodels.loading import WeightsMismatchError, load_weights
+
         path = weights_lib.resolve_weights(spec.name, cfg.width, cfg.init_weights)
         try:
-            model.load_weights(str(path))
-        except ValueError as err:  # e.g. an ImageNet (1001-class) head: keep the body only
-            logging.warning("init weights %s do not match the model exactly (%s); loading the "
-                            "matching layers only", path, str(err).splitlines()[0][:200])
+            load_weights(model, path)
+        except WeightsMismatchError as err:
+            # Another head (an ImageNet 1001-class checkpoint fine-tuned here) keeps the body;
+            # another width or architecture would load nothing: that is an error.
+            if cfg.mode == "eval" or "another" in str(err):
+                raise
+            logging.warning("%s; training a new classifier on the checkpoint's body", err)
             model.load_weights(str(path), skip_mismatch=True)
     if not cfg.qat:
         return model, model
@@ -504,6 +521,9 @@ def _setup(cfg: TrainConfig):
 
     strategy = make_strategy(cfg.strategy, cfg.tpu)
     info = data.dataset_info(cfg.dataset, cfg.data_dir)
+    if info.num_classes < 2:
+        raise ValueError(f"--dataset={cfg.dataset} has {info.num_classes} class(es): a "
+                         "classifier needs at least 2 (one subfolder of images per class)")
     spec = _spec_of(cfg.model)
     return tf, data, strategy, info, spec
 
@@ -851,6 +871,8 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> flags.FlagValue
            "this many steps.")
     define(BOOL, "progress", None, "Show a progress bar (default: when stderr is a "
            "terminal; otherwise log lines every --log_every steps).")
+    define(INT, "keep_checkpoints", d.keep_checkpoints, "Checkpoints kept in "
+           "--model_dir/checkpoints (the newest; 1 is enough to resume).")
 
 
     return fv
@@ -889,10 +911,9 @@ def main(argv: Sequence[str]) -> None:
             result = evaluate(cfg)
         else:
             result = train(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        logging.error("%s", err)
+    except RuntimeError as err:  # the rest of the user errors: one line, from mhmodels.cli
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     m = result.metrics
     if m:
         print(f"{m['split']}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss "
@@ -904,4 +925,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mhmodels import cli
+
+    cli.run(main)

@@ -8,10 +8,11 @@
         --image_size=224 --batch_size=128 --epochs=360 --supernet_width=1.0 \\
         --rl_delay_fraction=0.5 --learning_rate=0.04125 --model_dir=gs://.../search
 
-Re-running with the same --model_dir resumes from its latest checkpoint (same flags required).
-At the end the argmax architecture is written to <zoo_dir>/<entry_name>.json; then (unless
---nomeasure) it is built at 224x224 with `mhmodels.build`, exported to TFLite and timed on every
-measurable hardware beside the --compare models.
+Re-running with the same --model_dir resumes from its latest checkpoint (same flags required);
+re-running a finished search reports its entry. At the end the argmax architecture is written
+to <zoo_dir>/<entry_name>.json (default zoo_dir: $MHMODELS_HOME/zoo/models, listed by
+mhmodels); then (unless --nomeasure) it is built at 224x224 with `mhmodels.build`, exported to
+TFLite and timed on every measurable hardware beside the --compare models.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
+
+from mhmodels import cli
 
 FLAGS = flags.FLAGS
 DEFAULT_STEPS = 2000
@@ -72,13 +74,19 @@ flags.DEFINE_integer("num_cpu_devices", 0, "With --strategy=mirrored: split the 
                      "many logical devices (one replica each).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, sampling, warm-up and data order.")
 flags.DEFINE_string("entry_name", None, "Name of the emitted zoo entry (default "
-                    "searched_<metric>_<UTC timestamp>); an existing name is an error.")
-flags.DEFINE_string("zoo_dir", None, "Directory the entry is written to (default: the "
-                    "built-in zoo/models/). Other directories are found by mhmodels through "
-                    "$MHMODELS_ZOO_PATH.")
+                    "searched_<metric>_<UTC timestamp>, kept when the search resumes); an "
+                    "existing name is an error.")
+flags.DEFINE_string("zoo_dir", None, "Directory the entry is written to (default: the user "
+                    "zoo $MHMODELS_HOME/zoo/models, i.e. ~/.cache/mhmodels/zoo/models, which "
+                    "mhmodels lists). Other directories are found through $MHMODELS_ZOO_PATH.")
 flags.DEFINE_string("cost_model_dir", None, "Directory of the <hardware>.json cost models "
-                    "(default: the shipped zoo/cost_models/).")
+                    "(default: your refits in $MHMODELS_HOME/cost_models, then the shipped "
+                    "zoo/cost_models/).")
 flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every N steps (and at the end).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in --model_dir/checkpoints, the "
+                     "newest (about 100 MB each at the default sizes). 1 is enough to resume: "
+                     "a checkpoint is complete before older ones are deleted; 0 keeps one "
+                     "while the search runs and deletes it once the entry is written.")
 flags.DEFINE_integer("summary_every", 10, "Write TensorBoard summaries every N steps.")
 flags.DEFINE_integer("log_every", 100, "Log a progress line every N steps.")
 flags.DEFINE_integer("max_steps", None, "Stop at this step without finishing (no entry, no "
@@ -91,9 +99,22 @@ flags.DEFINE_list("compare", ["multi_max", "multi_avg", "mobilenet_v2", "mobilen
 flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency comparison.")
 flags.mark_flag_as_required("model_dir")
 
+# `--help` lists the flags under these headings (mhmodels.cli).
+FLAG_GROUPS = {
+    "data": ("dataset", "data_dir", "image_size", "batch_size"),
+    "supernet": ("space", "supernet_width", "steps", "epochs", "warmup_fraction",
+                 "learning_rate", "momentum", "optimizer", "weight_decay", "seed"),
+    "controller": ("rl_learning_rate", "rl_delay_fraction"),
+    "reward": ("metric", "beta", "target"),
+    "hardware": ("hardware", "cost_model_dir", "measure", "compare", "measure_image_size"),
+    "distribution": ("strategy", "tpu", "num_cpu_devices"),
+    "output": ("model_dir", "entry_name", "zoo_dir", "checkpoint_every", "keep_checkpoints",
+               "summary_every", "log_every", "max_steps", "progress"),
+}
+
 
 def config_from_flags():
-    from search.loop import SearchConfig
+    from search.config import SearchConfig
     steps = FLAGS.steps
     if steps is None and FLAGS.epochs is None:
         steps = DEFAULT_STEPS
@@ -106,6 +127,7 @@ def config_from_flags():
         momentum=FLAGS.momentum, optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
         rl_learning_rate=FLAGS.rl_learning_rate, supernet_width=FLAGS.supernet_width,
         seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints,
         summary_every=FLAGS.summary_every, log_every=FLAGS.log_every,
         entry_name=FLAGS.entry_name, zoo_dir=FLAGS.zoo_dir,
         cost_model_dir=FLAGS.cost_model_dir, max_steps=FLAGS.max_steps,
@@ -124,19 +146,34 @@ def _make_visible(zoo_dir: str | None) -> None:
     os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [zoo_dir])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger("search").setLevel(logging.INFO)
-    if not FLAGS["verbosity"].present:  # TensorFlow's converter logs pages at INFO
-        absl_logging.set_verbosity(absl_logging.WARNING)
+def check_flags():
+    """Every check that needs no TensorFlow, before it loads: a bad flag is one line."""
+    from search.config import (check_cost_models, check_entry_name, finished_entry_name,
+                               validate_config)
+    config = config_from_flags()
+    validate_config(config)
+    check_cost_models(config)
+    if config.entry_name and finished_entry_name(config.model_dir) != config.entry_name:
+        check_entry_name(config.entry_name, config.zoo_dir)  # a clash: before any work
+    if FLAGS.num_cpu_devices < 0:
+        raise ValueError(f"--num_cpu_devices={FLAGS.num_cpu_devices}: must be >= 0")
+    if FLAGS.measure_image_size < 32:
+        raise ValueError(f"--measure_image_size={FLAGS.measure_image_size}: must be >= 32")
     if FLAGS.measure:  # a typo in --compare is an error now, not after the search
         import mhmodels
         for name in FLAGS.compare:
             try:
                 mhmodels.get_spec(name)
             except ValueError as err:
-                raise app.UsageError(f"--compare: {err}") from err
+                raise ValueError(f"--compare: {err}") from None
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger("search").setLevel(logging.INFO)
+    check_flags()
     start = time.time()
     # The strategy first: splitting the CPU into logical devices must precede any TF op.
     from search import distribute
@@ -148,6 +185,11 @@ def main(argv):
           f"strategy {FLAGS.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
           f"model_dir {config.model_dir}", flush=True)
     result = run_search(config, strategy=strategy)
+    if result.already_finished:
+        print(f"\n{config.model_dir} holds a finished search ({result.total_steps} steps): "
+              f"nothing to do. Its zoo entry is {result.entry_path}  "
+              f"(mhmodels.build({result.spec.name!r})); use a new --model_dir to search again")
+        return 0
     if not result.finished:
         print(f"stopped at step {result.steps_done}/{result.total_steps} (--max_steps); rerun "
               "with the same --model_dir to resume")
@@ -167,8 +209,7 @@ def main(argv):
 
 
 def run():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
-    app.run(main)
+    cli.run(main, groups=FLAG_GROUPS)
 
 
 if __name__ == "__main__":

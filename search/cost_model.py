@@ -344,11 +344,12 @@ class LinearCostModel:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (never over a file shipped with mhmodels)."""
+        from mhmodels.files import atomic_write, refuse_shipped
         path = Path(path)
+        refuse_shipped(path, "another path")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod
@@ -383,22 +384,34 @@ class LinearCostModel:
         return model
 
 
+def cost_model_dirs(directory: str | os.PathLike | None = None) -> list[Path]:
+    """Where `load_cost_model` looks: `directory` if given, else the user's refits
+    (`$MHMODELS_HOME/cost_models`) before the shipped `zoo/cost_models/`."""
+    if directory:
+        return [Path(directory)]
+    from mhmodels.files import user_cost_model_dir
+    return [user_cost_model_dir(), Path(DEFAULT_DIR)]
+
+
 def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
                     space=None) -> LinearCostModel:
-    """Load `<directory>/<hardware>.json` (default: the shipped zoo/cost_models/).
+    """Load `<hardware>.json` from `cost_model_dirs(directory)` (the first that has it).
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
-    With `space` given, its name and decision sizes must match the file's.
+    With `space` given, its name and decision sizes must match the file's. The file read is
+    in the model's `source`.
     """
     from search.hardware import hardware_id
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
-        path = Path(directory or DEFAULT_DIR) / f"{hardware_id(hardware)}.json"
+        candidates = [d / f"{hardware_id(hardware)}.json" for d in cost_model_dirs(directory)]
+        path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() \
-            else []
-        raise FileNotFoundError(f"no cost model for hardware {hardware!r} at {path} "
+        available = sorted({p.stem for d in cost_model_dirs(directory) if d.is_dir()
+                            for p in d.glob("*.json")})
+        raise FileNotFoundError(f"no cost model for hardware {hardware!r} in "
+                                f"{', '.join(str(d) for d in cost_model_dirs(directory))} "
                                 f"(available: {', '.join(available) or 'none'}); collect and "
                                 "fit one: python -m search.collect_latency ... && python -m "
                                 "search.cost_model --fit ...")
@@ -413,6 +426,7 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
         raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
                              f"{list(model.decision_sizes)}, not {space.name!r} with "
                              f"{list(space.num_choices)}")
+    model.source = str(path)
     return model
 
 
@@ -557,29 +571,53 @@ def fit_arrays(layout: FeatureLayout, num_stages: int, choices: np.ndarray, y: n
                   "_oof": (y.tolist(), oof.tolist())}
 
 
+MIN_FIT_ARCHS = 20  # fewer cannot be held out and cross-validated meaningfully
+
+
 def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
-    """(choices (N, D), latencies (N,), normaliser or None) from a collect_latency CSV."""
+    """(choices (N, D), latencies (N,), normaliser) from a collect_latency CSV.
+
+    Every row must hold a valid architecture key and a positive latency; a row that does not
+    is an error naming the file and line, never skipped. The `mobilenet_v1` row is the
+    normaliser the search divides by: a file without one is an error.
+    """
     column = f"{hardware}_ms"
-    choices, lat, normalizer = [], [], None
+    choices, lat, normalizer, sizes = [], [], None, set()
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if column not in fields and "latency_ms" in fields:
             column = "latency_ms"  # the csv:<path> hardware format: arch,latency_ms
-        if column not in fields:
-            raise ValueError(f"{path} has no column {column!r} (columns: {fields})")
+        if column not in fields or "arch" not in fields:
+            raise ValueError(f"{path} has no column {column if 'arch' in fields else 'arch'!r} "
+                             f"(columns: {fields})")
         for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            text = row.get(column)
             try:
-                value = float(row[column])
+                value = float(text)
             except (TypeError, ValueError):
-                continue
+                raise ValueError(f"{where}: {column} {text!r} is not a number") from None
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{where}: {column} {value} must be a positive number of ms")
+            if row.get("image_size"):
+                sizes.add(row["image_size"].strip())
             if row["arch"] == "mobilenet_v1":
                 normalizer = value
                 continue
-            choices.append(space.parse(row["arch"]))
+            try:
+                choices.append(space.parse(row["arch"]))
+            except (ValueError, TypeError, IndexError) as err:
+                raise ValueError(f"{where}: architecture {row['arch']!r} is not a key of the "
+                                 f"{space.name!r} space: {err}") from None
             lat.append(value)
+    if len(sizes) > 1:
+        raise ValueError(f"{path} mixes image sizes {sorted(int(x) for x in sizes)}; fit one size")
     if not lat:
         raise ValueError(f"{path}: no measured architectures for {hardware}")
+    if normalizer is None:
+        raise ValueError(f"{path} has no mobilenet_v1 row: the search normalises latencies by "
+                         "MobileNetV1's (collect_latency measures it first)")
     return np.asarray(choices), np.asarray(lat), normalizer
 
 
@@ -601,12 +639,16 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
         data = hardware[len(CSV_PREFIX):]  # its own file (--data is for collected CSVs)
         hardware = hardware_id(hardware)
     choices, y, normalizer = read_dataset(data, hardware, space)
+    if len(y) < MIN_FIT_ARCHS:
+        raise ValueError(f"{data}: {len(y)} architectures measured for {hardware}; a fit needs "
+                         f"at least {MIN_FIT_ARCHS} (held-out and 5-fold CV checks), "
+                         "python -m search.collect_latency --num_archs=200 appends more")
     image_size = image_size_of(data)
     layout = build_layout(space, image_size)
     n = len(y)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
-    n_test = max(1, int(round(holdout * n))) if n >= 10 else 0
+    n_test = max(2, int(round(holdout * n)))
     test, train = order[:n_test], order[n_test:]
     metrics: dict = {"num_archs": int(n)}
     if n_test:
@@ -659,14 +701,26 @@ def scatter_plot(true, pred, path, title: str, cv=None) -> None:
     plt.close(fig)
 
 
-def fit_and_save(data, hardware: str, output_dir=DEFAULT_DIR, space_name="multi_hw",
-                 plot: bool = True) -> LinearCostModel:
+def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = None,
+                 space_name="multi_hw", plot: bool = True) -> LinearCostModel:
+    """Fit and write `<output_dir>/<hardware>.json` (+ a held-out PNG).
+
+    output_dir defaults to the user's `$MHMODELS_HOME/cost_models` (read by the search before
+    the shipped models); a shipped file is never overwritten (checked before fitting).
+    """
+    from mhmodels.files import check_writable_dir, refuse_shipped, user_cost_model_dir
     from search.hardware import hardware_id
+    out = Path(output_dir) if output_dir else user_cost_model_dir()
+    targets = [out / f"{hardware_id(hardware)}.json"]
+    if plot:
+        targets.append(out / f"{hardware_id(hardware)}_holdout.png")
+    for target in targets:
+        refuse_shipped(target, "--output_dir")
+    check_writable_dir(out, "--output_dir")
     model = fit(data, hardware, space_name)
     hardware = hardware_id(hardware)
     holdout = model.metrics.pop("_holdout", None)
     oof = model.metrics.pop("_oof", None)
-    out = Path(output_dir)
     model.save(out / f"{hardware_id(hardware)}.json")
     if plot and holdout is not None:
         true, pred = holdout
@@ -682,17 +736,25 @@ def fit_and_save(data, hardware: str, output_dir=DEFAULT_DIR, space_name="multi_
 
 def main(argv):
     from absl import flags
+    from mhmodels.files import user_cost_model_dir
     FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.fit:
-        print("nothing to do: pass --fit (see --helpfull)", file=sys.stderr)
-        return 2
+        raise ValueError("nothing to do: pass --fit (see --help)")
+    output_dir = Path(FLAGS.output_dir or user_cost_model_dir())
     for hw in FLAGS.hardware:
-        model = fit_and_save(FLAGS.data, hw, FLAGS.output_dir, FLAGS.space, FLAGS.plot)
+        model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
         m = model.metrics
-        print(f"{hw}: {m['num_archs']} archs, held-out ({m.get('holdout_archs', 0)}) Spearman "
-              f"{m.get('holdout_spearman')} MAPE {m.get('holdout_mape')}%, train Spearman "
+        path = output_dir / (model.hardware + ".json")
+        print(f"{hw}: {m['num_archs']} archs, held-out ({m['holdout_archs']}) Spearman "
+              f"{m['holdout_spearman']} MAPE {m['holdout_mape']}%, train Spearman "
               f"{m['train_spearman']} MAPE {m['train_mape']}%, normalizer "
-              f"{model.normalizer_ms} ms -> {Path(FLAGS.output_dir) / (model.hardware + '.json')}")
+              f"{model.normalizer_ms} ms -> {path}")
+    if not FLAGS.output_dir:
+        print(f"python -m search reads these before the shipped models ({DEFAULT_DIR})")
+    else:
+        print(f"use them with python -m search --cost_model_dir={output_dir}")
     return 0
 
 
@@ -700,15 +762,18 @@ def _define_flags():
     from absl import flags
     flags.DEFINE_bool("fit", False, "Fit cost models from --data and write them.")
     flags.DEFINE_string("data", str(DEFAULT_DIR / "data" / "cpu_latency.csv"),
-                        "CSV written by search.collect_latency.")
+                        "CSV written by search.collect_latency (or arch,latency_ms).")
     flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
-                      "Hardware columns of --data to fit.")
+                      "Hardware columns of --data to fit (csv:<path> fits that file).")
     flags.DEFINE_string("space", "multi_hw", "Search space name.")
-    flags.DEFINE_string("output_dir", str(DEFAULT_DIR), "Where <hardware>.json (+ PNG) go.")
+    flags.DEFINE_string("output_dir", None, "Where <hardware>.json (+ PNG) go; default "
+                        "$MHMODELS_HOME/cost_models (~/.cache/mhmodels/cost_models), which "
+                        "the search reads before the shipped models. Shipped files are never "
+                        "overwritten.")
     flags.DEFINE_bool("plot", True, "Write a held-out predicted-vs-measured scatter PNG.")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from mhmodels import cli
     _define_flags()
-    app.run(main)
+    cli.run(main)

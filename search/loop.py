@@ -48,48 +48,8 @@ from search.supernet import Supernet
 
 log = logging.getLogger("search")
 
-# Fields of the config that must match when resuming from a checkpoint.
-RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
-               "batch_size", "steps", "warmup_fraction", "rl_delay_fraction", "learning_rate",
-               "momentum", "optimizer", "weight_decay", "rl_learning_rate", "supernet_width",
-               "seed", "num_replicas")
-
-
-@dataclass
-class SearchConfig:
-    """Everything a search run depends on (the CLI flags map 1:1 onto these fields)."""
-
-    model_dir: str
-    hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")
-    metric: str = "max"
-    beta: float = -0.07
-    target: float = 1.0
-    space: str = "multi_hw"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    image_size: int = 32
-    batch_size: int = 32  # per replica
-    steps: int | None = None
-    epochs: float | None = None
-    warmup_fraction: float = 0.25
-    rl_delay_fraction: float = 0.25
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    optimizer: str = "momentum"
-    weight_decay: float = 4e-5
-    rl_learning_rate: float = 0.05
-    supernet_width: float = 0.25
-    seed: int = 0
-    checkpoint_every: int = 200
-    summary_every: int = 10
-    log_every: int = 50
-    entry_name: str | None = None
-    zoo_dir: str | None = None
-    cost_model_dir: str | None = None  # default: the shipped zoo/cost_models/
-    max_steps: int | None = None  # stop (without a final checkpoint) at this step: tests
-    progress: bool = False
-    num_replicas: int = field(default=1, repr=False)  # filled in by run_search
-
+from search.config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
+                           default_zoo_dir, validate_config)
 
 @dataclass
 class SearchResult:
@@ -105,6 +65,7 @@ class SearchResult:
     history: dict[str, list[float]]
     wall_s: float
     finished: bool
+    already_finished: bool = False  # the model_dir held a finished search: nothing was run
     objects: dict = field(default_factory=dict, repr=False)  # supernet, controller, strategy
 
 
@@ -112,44 +73,17 @@ class SearchResult:
 # Zoo entry name
 # --------------------------------------------------------------------------------------------
 
-def default_zoo_dir() -> Path:
-    from mhmodels.registry import builtin_zoo_dir
-    return builtin_zoo_dir() / "models"
-
-
 def default_entry_name(metric: str) -> str:
     return f"searched_{metric}_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
 
 
-def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
-    """The path the entry will be written to; raises if the name is invalid or taken."""
-    from mhmodels.registry import NAME_PATTERN
-    import mhmodels
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ValueError(f"entry name {name!r} must match {NAME_PATTERN.pattern} (lower case "
-                         "letters, digits, underscores; a letter first)")
-    directory = Path(zoo_dir) if zoo_dir else default_zoo_dir()
-    path = directory / f"{name}.json"
-    if path.exists():
-        raise FileExistsError(f"zoo entry {path} already exists; pick another --entry_name "
-                              "(entries are never overwritten)")
-    if name in mhmodels.list_models():
-        raise FileExistsError(f"a model named {name!r} already exists "
-                              f"({mhmodels.get_entry(name).source}); pick another --entry_name")
-    return path
-
-
 def write_entry_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + os.replace."""
+    """Write the entry via a temporary file in the same directory + rename; never over a file."""
+    from mhmodels.files import atomic_write
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(f"zoo entry {path} appeared during the search; not overwriting")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,11 +96,8 @@ def load_cost_models(hardware: Sequence[str], space=None, directory=None) -> lis
 
 
 def total_steps(config: SearchConfig, global_batch: int) -> int:
-    if config.steps is not None and config.epochs is not None:
-        raise ValueError("pass --steps or --epochs, not both")
+    validate_config(config, check_files=False, check_hardware=False)
     if config.steps is not None:
-        if config.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {config.steps}")
         return int(config.steps)
     if config.epochs is None:
         raise ValueError("pass --steps or --epochs")
@@ -192,26 +123,48 @@ def _json_config(config: SearchConfig) -> dict:
     return out
 
 
-def _read(path: str) -> str:
-    with tf.io.gfile.GFile(path, "r") as f:
-        return f.read()
+def _read_state(path: str, what: str):
+    """A state file of the model_dir, or None; a damaged one is an error naming it."""
+    if not tf.io.gfile.exists(path):
+        return None
+    from mhmodels.files import read_json
+    return read_json(path, what, hint="delete it to start this search afresh, or use a new "
+                     "--model_dir")
 
 
 def _write(path: str, text: str) -> None:
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
+    from mhmodels.files import atomic_write
+    atomic_write(path, text)
 
 
-def _check_resume_config(path: str, config: SearchConfig) -> None:
-    if not tf.io.gfile.exists(path):
+def _check_resume_config(saved: dict | None, path: str, config: SearchConfig) -> None:
+    if saved is None:
         return
-    saved = json.loads(_read(path))
     current = _json_config(config)
     bad = [k for k in RESUME_KEYS if k in saved and saved[k] != current[k]]
     if bad:
         diffs = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in bad)
         raise ValueError(f"{os.path.dirname(path)} holds a search with different settings ({diffs}); "
                          "use a new --model_dir or the same flags to resume")
+
+
+def _finished_result(config: SearchConfig, record: dict, start_time: float):
+    """The SearchResult of a finished search whose entry is still in place, else None."""
+    path = record.get("entry_path")
+    if not record.get("finished") or not path or not tf.io.gfile.exists(path):
+        return None
+    if config.entry_name not in (None, record.get("entry_name")):
+        return None  # a new name: publish the finished search under it too
+    from mhmodels.registry import read_entry
+    entry = read_entry(Path(path))
+    prov = dict(entry.provenance)
+    return SearchResult(
+        choices=np.asarray(prov.get("choices", []), np.int64), spec=entry.spec,
+        entry_path=str(path), steps_done=int(record["steps"]), total_steps=int(record["steps"]),
+        logits=[], predicted_latency_ms=dict(prov.get("predicted_latency_ms", {})),
+        f_avg=float(prov.get("predicted_f_avg", float("nan"))),
+        f_max=float(prov.get("predicted_f_max", float("nan"))), history={},
+        wall_s=time.time() - start_time, finished=True, already_finished=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,24 +193,23 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
+    validate_config(config, check_files=datasets is None,  # before anything is written
+                    check_hardware=cost_models is None)
     space = space or space_lib.get_space(config.space)
     config.space = space.name
     config.hardware = tuple(config.hardware)
-    reward_lib.check_metric(config.metric, len(config.hardware))
-    if config.beta > 0:
-        raise ValueError(f"beta must be <= 0, got {config.beta}")
-    entry_path = None
-    if write_entry:
-        config.entry_name = config.entry_name or default_entry_name(config.metric)
-        entry_path = check_entry_name(config.entry_name, config.zoo_dir)  # before any work
-    cost_models = list(cost_models) if cost_models is not None else \
-        load_cost_models(config.hardware, space, config.cost_model_dir)
-    if len(cost_models) != len(config.hardware):
-        raise ValueError(f"{len(cost_models)} cost models for {len(config.hardware)} hardware")
-    normalizers = [float(cm.normalizer_ms) for cm in cost_models]
+    model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
+    config_path = os.path.join(model_dir, "search_config.json")
+    saved_config = _read_state(config_path, "search config")
+    record = _read_state(os.path.join(model_dir, RESULT_JSON), "search result")
+    if config.entry_name is None and saved_config and saved_config.get("entry_name"):
+        config.entry_name = saved_config["entry_name"]  # a resumed search keeps its name
     if num_classes is None:
         from mhmodels.data import dataset_info
         num_classes = dataset_info(config.dataset, config.data_dir).num_classes
+    if num_classes < 2:
+        raise ValueError(f"--dataset={config.dataset} has {num_classes} class(es); a search "
+                         "needs at least 2")
 
     replicas = strategy.num_replicas_in_sync
     config.num_replicas = replicas
@@ -266,11 +218,28 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     config.steps, config.epochs = steps, None
     warmup_steps = int(round(config.warmup_fraction * steps))
     rl_delay_steps = int(round(config.rl_delay_fraction * steps))
+    _check_resume_config(saved_config, config_path, config)
+    if write_entry and record:
+        done = _finished_result(config, record, start_time)
+        if done is not None:
+            log.debug("%s holds a finished search; its zoo entry is %s", model_dir,
+                     done.entry_path)
+            return done
 
-    model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
+    entry_path = None
+    if write_entry:
+        config.entry_name = config.entry_name or default_entry_name(config.metric)
+        entry_path = check_entry_name(config.entry_name, config.zoo_dir)  # before any work
+    cost_models = list(cost_models) if cost_models is not None else \
+        load_cost_models(config.hardware, space, config.cost_model_dir)
+    if len(cost_models) != len(config.hardware):
+        raise ValueError(f"{len(cost_models)} cost models for {len(config.hardware)} hardware")
+    for hw, cm in zip(config.hardware, cost_models):
+        if not cm.normalizer_ms or not float(cm.normalizer_ms) > 0:
+            raise ValueError(f"the cost model of {hw} has no normalizer_ms (its data had no "
+                             "mobilenet_v1 row): refit it with a mobilenet_v1 measurement")
+    normalizers = [float(cm.normalizer_ms) for cm in cost_models]
     tf.io.gfile.makedirs(model_dir)
-    config_path = os.path.join(model_dir, "search_config.json")
-    _check_resume_config(config_path, config)
 
     with strategy.scope():
         supernet = Supernet(space, num_classes, width=config.supernet_width, seed=config.seed)
@@ -287,15 +256,16 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     # Multi-worker: every worker saves (collective ops), non-chiefs into a scratch directory.
     ckpt_dir = os.path.join(model_dir, "checkpoints") if chief else os.path.join(
         model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id), "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=max(1, config.keep_checkpoints))
     history_path = os.path.join(model_dir, "history.json")
     history: dict[str, list[float]] = {"reward": [], "accuracy": [], "f": [], "entropy": []}
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))  # the chief's
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         start = int(step_var.numpy())
-        if tf.io.gfile.exists(history_path):
-            saved = json.loads(_read(history_path))
+        saved = _read_state(history_path, "search history")
+        if saved is not None:
             history = {k: v[:start] for k, v in saved.items()}
         log.info("resumed from %s at step %d", latest, start)
     else:
@@ -419,10 +389,15 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         f_avg=fa, f_max=fm, history=history, wall_s=time.time() - start_time,
         finished=finished,
         objects={"supernet": supernet, "controller": controller, "strategy": strategy})
-    if write_entry and finished and chief:
+    if write_entry and finished and chief and entry_path is not None:
         provenance = _provenance(config, space, cost_models, normalizers, result, strategy)
         write_entry_atomic(entry_path, spec.to_json(extra={"provenance": provenance}))
         result.entry_path = str(entry_path)
+        _write(os.path.join(model_dir, RESULT_JSON), json.dumps(
+            {"finished": True, "steps": steps, "entry_name": config.entry_name,
+             "entry_path": str(entry_path)}, indent=2))
+        if config.keep_checkpoints == 0:  # the entry is out: the run's state is not needed
+            tf.io.gfile.rmtree(os.path.join(model_dir, "checkpoints"))
         log.info("wrote zoo entry %s", entry_path)
     return result
 
@@ -503,7 +478,8 @@ def _provenance(config, space, cost_models, normalizers, result, strategy) -> di
         "architecture_key": space.encode(space.canonical(result.choices)),
         "hardware": list(config.hardware),
         "cost_models": {hw: {"version": str(getattr(cm, "version", "unknown")),
-                             "normalizer_ms": float(c)}
+                             "normalizer_ms": float(c),
+                             "source": str(getattr(cm, "source", "<given>"))}
                         for hw, cm, c in zip(config.hardware, cost_models, normalizers)},
         "predicted_latency_ms": result.predicted_latency_ms,
         "predicted_f_avg": result.f_avg,

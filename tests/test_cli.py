@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,81 @@ def test_unknown_model_and_command_fail_cleanly():
     assert "Traceback" not in result.stderr
     result = run("frobnicate")
     assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+# -- one CLI plumbing for every command (mhmodels.cli) ---------------------------------------
+
+def run_plain(*args, module="mhmodels", timeout=300, **env_extra):
+    """As a user runs it: no TF_CPP_MIN_LOG_LEVEL exported."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(PYTHONPATH=str(ROOT), **env_extra)
+    return subprocess.run([sys.executable, "-m", *module.split(), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_command_help_lists_its_own_flags():
+    expected = {"benchmark": ("--models", "--quantization", "--output_dir"),
+                "summary": ("--width", "--image_size", "--[no]layers"),
+                "train": ("--model_dir", "--init_weights", "--keep_checkpoints")}
+    for command, names in expected.items():
+        result = run_plain(command, "--help")
+        assert result.returncode == 0, result.stderr
+        for name in names:
+            assert f"\n  {name}\n" in result.stdout, (command, name)
+        assert "--verbosity" in result.stdout
+    other = run_plain("--help", module="mhmodels.train")
+    assert other.returncode == 0 and "\n  --model_dir\n" in other.stdout
+
+
+def test_search_help_groups_flags_by_concern():
+    result = run_plain("--help", module="search")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    headings = ["data flags:", "supernet flags:", "controller flags:", "reward flags:",
+                "hardware flags:", "distribution flags:", "output flags:"]
+    positions = [out.index(h) for h in headings]
+    assert positions == sorted(positions)
+    def group(heading):
+        start = out.index(heading)
+        end = min([p for p in positions if p > start] + [len(out)])
+        return out[start:end]
+    assert "--dataset" in group("data flags:") and "--beta" in group("reward flags:")
+    assert "--rl_learning_rate" in group("controller flags:")
+    assert "--strategy" in group("distribution flags:") and "--hardware" in group(
+        "hardware flags:")
+    assert "--keep_checkpoints" in group("output flags:")
+    assert "other flags:" not in out  # every flag has its group
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hardware=cpu_flot"], "error: --hardware: unknown hardware 'cpu_flot'"),
+    (["--steps=0"], "error: --steps=0: must be >= 1"),
+    (["--beta=0.2"], "error: --beta=0.2: must be <= 0"),
+    (["--warmup_fraction=2"], "error: --warmup_fraction=2.0: must be in [0, 1]"),
+    (["--dataset=folder:/nonexistent/x"], "error: --dataset=folder:/nonexistent/x: no such"),
+    (["--model_dir=/proc/no/run"], "error: --model_dir=/proc/no/run: cannot create files"),
+])
+def test_search_flag_errors_are_one_line_before_tensorflow(tmp_path, args, message):
+    import time
+    start = time.perf_counter()
+    result = run_plain(f"--model_dir={tmp_path / 'run'}", *args, "--nomeasure", module="search")
+    seconds = time.perf_counter() - start
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "run").exists()
+    assert seconds < 4.0  # TensorFlow alone takes longer to import here
+
+
+def test_tensorflow_and_absl_info_logs_are_off_unless_verbosity(tmp_path):
+    import re
+    quiet = run_plain("summary", "mobilenet_v3_small")
+    assert quiet.returncode == 0, quiet.stderr
+    assert not re.search(r"^I\d{4} |absl::InitializeLog|oneDNN", quiet.stderr, re.M), \
+        quiet.stderr
+    loud = run_plain("summary", "mobilenet_v3_small", "--verbosity=0")
+    assert loud.returncode == 0
+    if "oneDNN" in loud.stderr:  # this TensorFlow build announces itself at INFO
+        assert re.search(r"^I\d{4} ", loud.stderr, re.M)
+    bad = run_plain("summary", "--width=abc")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -349,3 +349,98 @@ def test_shipped_model_ranks_freshly_measured_archs(space):
     scale = float(pred @ true / (pred @ pred))
     assert 0.25 <= scale <= 4.0, (scale, true, pred)
     assert mape(scale * pred, true) <= 15.0, (scale, true, pred)
+
+
+# -- fit input validation and where fits go -----------------------------------------------
+
+def _small_csv(path, space, n=30, normaliser=True, extra_rows=(), seed=3):
+    rng = np.random.default_rng(seed)
+    lines = ["arch,image_size,cpu_float_ms"]
+    if normaliser:
+        lines.append("mobilenet_v1,64,2.5")
+    for x in random_choices(space, n, seed=seed):
+        lines.append(f"{space.encode(space.canonical(x))},64,{rng.uniform(1, 5):.3f}")
+    lines += list(extra_rows)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("few", "5 architectures measured for cpu_float; a fit needs at least 20"),
+    ("negative", "line 33: cpu_float_ms -1.0 must be a positive number"),
+    ("text", "line 33: cpu_float_ms 'n/a' is not a number"),
+    ("no_mobilenet", "no mobilenet_v1 row"),
+    ("bad_key", "line 33: architecture '1-2-3' is not a key"),
+    ("sizes", "mixes image sizes [64, 224]"),
+])
+def test_fit_rejects_bad_data_with_file_and_line(tmp_path, space, kind, message):
+    extra = {"negative": ["{k},64,-1"], "text": ["{k},64,n/a"], "bad_key": ["1-2-3,64,1.0"],
+             "sizes": ["{k},224,1.0"]}.get(kind, [])
+    key = space.encode(space.canonical(random_choices(space, 1, seed=42)[0]))
+    data = _small_csv(tmp_path / "lat.csv", space, n=5 if kind == "few" else 30,
+                      normaliser=kind != "no_mobilenet",
+                      extra_rows=[r.format(k=key) for r in extra])
+    with pytest.raises(ValueError) as err:
+        fit(data, "cpu_float")
+    assert message in str(err.value) and str(data) in str(err.value)
+
+
+def test_fit_goes_to_the_user_dir_and_never_over_shipped_files(tmp_path, space, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from search.cost_model import fit_and_save
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
+    shipped = DEFAULT_DIR / "cpu_float.json"
+    before = shipped.read_bytes()
+    data = _small_csv(tmp_path / "lat.csv", space)
+    with pytest.raises(PermissionError, match="shipped"):
+        fit_and_save(data, "cpu_float", DEFAULT_DIR, plot=False)
+    assert shipped.read_bytes() == before
+    model = load_cost_model("cpu_float", directory=DEFAULT_DIR, space=space)
+    with pytest.raises(PermissionError, match="shipped"):  # not even a new file in there
+        model.save(DEFAULT_DIR / "my_new_hw.json")
+    assert not (DEFAULT_DIR / "my_new_hw.json").exists()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), MHMODELS_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-m", "search.cost_model", "--fit", f"--data={data}",
+                           "--hardware=cpu_float", "--noplot"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert shipped.read_bytes() == before
+    mine = tmp_path / "home" / "cost_models" / "cpu_float.json"
+    assert json.loads(mine.read_text())["metrics"]["num_archs"] == 30
+    assert oct(mine.stat().st_mode & 0o777) == "0o644"
+    # the search reads the user's refit before the shipped model, and says which
+    loaded = load_cost_model("cpu_float", space=space)
+    assert loaded.source == str(mine) and loaded.image_size == 64
+    proc = subprocess.run([sys.executable, "-m", "search.cost_model", "--fit", f"--data={data}",
+                           "--hardware=cpu_float", f"--output_dir={DEFAULT_DIR}"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ")
+    assert "never overwritten" in proc.stderr and "Traceback" not in proc.stderr
+    assert shipped.read_bytes() == before
+
+
+def test_a_cost_model_without_normaliser_stops_the_search_before_it_starts(tmp_path, space):
+    from search.loop import SearchConfig, run_search
+    model = load_cost_model("cpu_float", space=space)
+    model.normalizer_ms = None
+    model.save(tmp_path / "cpu_float.json")
+    config = SearchConfig(model_dir=str(tmp_path / "run"), hardware=("cpu_float",),
+                          metric="single", cost_model_dir=str(tmp_path), steps=2)
+    with pytest.raises(ValueError, match="no normalizer_ms"):
+        run_search(config, write_entry=False)
+    assert not (tmp_path / "run").exists()
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "search", f"--model_dir={tmp_path / 'run'}",
+                           "--hardware=cpu_float", "--metric=single",
+                           f"--cost_model_dir={tmp_path}"], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --hardware=cpu_float: the "
+                                                           "cost model")
+    assert "no normalizer_ms" in proc.stderr and len(proc.stderr.splitlines()) == 1

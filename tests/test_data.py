@@ -247,9 +247,14 @@ def test_corrupt_image_error_names_the_file(tmp_path: Path):
     _write(tmp_path / "a" / "good.png", _solid((1, 2, 3)))
     _write(tmp_path / "b" / "good.jpg", _solid((1, 2, 3)), "jpg")
     (tmp_path / "a" / "broken.png").write_bytes(b"this is not an image at all")
+    (tmp_path / "b" / "notes.jpg").write_text("")  # empty
     kw = dict(image_size=8, batch_size=2, training=False, held_out=1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="broken.png"):
-        _collect(data.make_dataset(f"folder:{tmp_path}", "train", **kw))
+    # named when the pipeline is made (a header scan), before any training step
+    with pytest.raises(ValueError, match="2 file.s. are not images") as err:
+        data.make_dataset(f"folder:{tmp_path}", "train", **kw)
+    assert "broken.png (not a JPEG/PNG/GIF/BMP image)" in str(err.value)
+    assert "notes.jpg (empty)" in str(err.value)
+    (tmp_path / "b" / "notes.jpg").unlink()
     _, labels = _collect(
         data.make_dataset(f"folder:{tmp_path}", "train", skip_corrupt=True, **kw)
     )

@@ -154,16 +154,64 @@ def test_post_training_int8_and_uint8_have_no_float_ops(v3_small, digits, tmp_pa
 
 
 def test_converter_chatter_is_dropped_and_other_native_stderr_passed_on(capfd):
-    with E._without_converter_chatter():
+    from mhmodels.cli import filtered_native_stderr
+    with filtered_native_stderr(E._is_converter_chatter):
         os.write(2, b"fully_quantize: 0, inference_type: 6\nW converter: a real warning\n")
     err = capfd.readouterr().err
     assert "W converter: a real warning" in err and "fully_quantize" not in err
     with pytest.raises(RuntimeError):  # restored even when the conversion raises
-        with E._without_converter_chatter():
+        with filtered_native_stderr(E._is_converter_chatter):
             os.write(2, b"error detail\n")
             raise RuntimeError("conversion failed")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "error detail\nafter\n"
+
+
+def test_exported_files_get_the_usual_permissions(v3_small, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "m.tflite"
+        E.export_tflite(v3_small, out)
+        assert oct(out.stat().st_mode & 0o777) == "0o644"
+        out.chmod(0o644)
+        E.export_tflite(v3_small, out)  # replacing a 0644 file keeps 0644
+        assert oct(out.stat().st_mode & 0o777) == "0o644"
+    finally:
+        os.umask(old)
+
+
+def _unwritable_dir():
+    import tempfile
+    for candidate in ("/sys", "/proc"):
+        try:
+            fd, name = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(name)
+    pytest.skip("no unwritable directory on this machine")
+
+
+def test_unwritable_dir_and_bad_calibration_data_fail_before_converting(v3_small, digits,
+                                                                         tmp_path):
+    import time
+    x, _ = digits
+    directory = _unwritable_dir()
+    start = time.perf_counter()
+    with pytest.raises(PermissionError) as err:
+        E.export_tflite(v3_small, f"{directory}/m.tflite")
+    assert f"{directory}/m.tflite" in str(err.value) and ".tmp" not in str(err.value)
+    assert time.perf_counter() - start < 1.5  # a conversion takes seconds
+    bad_late = [x[:8], x[8:16], np.concatenate([x[16:23], np.full_like(x[:1], np.nan)])]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="NaN"):
+        E.export_tflite(v3_small, tmp_path / "q.tflite", quantization="int8",
+                        representative_data=bad_late)
+    assert time.perf_counter() - start < 1.5
+    # a one-shot generator of batches works (it is read once, before the conversion)
+    result = E.export_tflite(v3_small, tmp_path / "q.tflite", quantization="int8",
+                             representative_data=(b for b in (x[:8], x[8:16])))
+    assert result.size_bytes > 0 and sorted(os.listdir(tmp_path)) == ["q.tflite"]
 
 
 # --------------------------------------------------------------------------------------------

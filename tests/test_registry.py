@@ -1,5 +1,6 @@
 """Names -> specs: the built-in zoo, extra zoo dirs, clear errors, weights by path."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -46,30 +47,72 @@ def test_extra_zoo_dir_entry_builds_without_code_change(tmp_path, monkeypatch):
     assert model.get_layer("block0_fused").kernel.shape == (3, 3, 16, 64)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d, p: p.write_text("{not json"), "not valid JSON"),
-    (lambda d, p: p.rename(d / "other_name.json"), "does not match the file name"),
-    (lambda d, p: p.write_text(p.read_text().replace('"blocks"', '"blokcs"')), "unknown field"),
+@pytest.mark.parametrize("mutate, bad_name, message", [
+    (lambda d, p: p.write_text("{not json"), "broken", "not valid JSON"),
+    (lambda d, p: p.rename(d / "other_name.json"), "other_name", "does not match the file name"),
+    (lambda d, p: p.write_text(p.read_text().replace('"blocks"', '"blokcs"')), "broken",
+     "unknown field"),
+    (lambda d, p: p.write_bytes(b"\xff\xfe\x00garbage"), "broken", "not valid JSON"),
 ])
-def test_malformed_zoo_entries_are_errors(tmp_path, monkeypatch, mutate, message):
+def test_a_malformed_entry_fails_only_its_own_name(tmp_path, monkeypatch, mutate, bad_name,
+                                                   message):
     path = write_entry(tmp_path, "broken")
+    write_entry(tmp_path, "good_net")
     mutate(tmp_path, path)
     monkeypatch.setenv(registry.ZOO_PATH_ENV, str(tmp_path))
+    with pytest.warns(UserWarning, match=message):
+        names = mhmodels.list_models()
+    assert "good_net" in names and set(BUILT_IN) <= set(names) and bad_name not in names
     with pytest.raises(SpecError, match=message):
-        mhmodels.list_models()
+        mhmodels.get_spec(bad_name)
+    assert mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3)).output_shape == (None, 1001)
+    assert mhmodels.get_spec("good_net").name == "good_net"
 
 
-def test_a_name_defined_twice_is_an_error(tmp_path, monkeypatch):
+def test_hidden_and_non_regular_files_are_not_entries(tmp_path, monkeypatch):
+    import warnings
+    write_entry(tmp_path, "good_net")
+    (tmp_path / ".good_net.json.swp").write_text("editor swap")
+    (tmp_path / ".hidden.json").write_text("{not json")
+    (tmp_path / ".#good_net.json").symlink_to("user@host.1234:1700000000")  # Emacs lock link
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    # the same directory listed twice (once through a symlink) is scanned once
+    (tmp_path.parent / f"{tmp_path.name}_link").symlink_to(tmp_path)
+    monkeypatch.setenv(registry.ZOO_PATH_ENV, os.pathsep.join(
+        [str(tmp_path), str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}_link")]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing here deserves a warning
+        names = mhmodels.list_models()
+    assert "good_net" in names
+    assert not {"folder", "dangling", "hidden"} & set(names)
+
+
+def test_a_name_defined_twice_fails_that_name_only(tmp_path, monkeypatch):
     shutil.copy(registry.builtin_zoo_dir() / "models" / "multi_max.json", tmp_path)
     monkeypatch.setenv(registry.ZOO_PATH_ENV, str(tmp_path))
+    with pytest.warns(UserWarning, match="'multi_max' is defined twice"):
+        assert "multi_avg" in mhmodels.list_models()
     with pytest.raises(SpecError, match="'multi_max' is defined twice"):
-        mhmodels.list_models()
+        mhmodels.build("multi_max")
+    mhmodels.build("multi_avg", 0.25, input_shape=(32, 32, 3))
 
 
-def test_missing_zoo_dir_is_an_error(tmp_path, monkeypatch):
+def test_missing_zoo_dir_is_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ZOO_PATH_ENV, str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="nope"):
-        mhmodels.list_models()
+    with pytest.warns(UserWarning, match="nope"):
+        assert "multi_max" in mhmodels.list_models()
+
+
+def test_user_zoo_dir_is_listed(tmp_path, monkeypatch):
+    from mhmodels.files import user_zoo_dir
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    monkeypatch.delenv(registry.ZOO_PATH_ENV, raising=False)
+    assert user_zoo_dir() == tmp_path / "zoo" / "models"
+    assert "mine" not in mhmodels.list_models()  # no user zoo yet: no warning, no error
+    user_zoo_dir().mkdir(parents=True)
+    write_entry(user_zoo_dir(), "mine")
+    assert mhmodels.get_entry("mine").source == str(user_zoo_dir() / "mine.json")
 
 
 def test_register_and_clash():

@@ -145,6 +145,108 @@ def test_clashing_name_is_an_error_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
 
 
+def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
+    """Default name and location: one entry in the user zoo, however often the run is redone;
+    an explicit --entry_name rerun reports the same instead of 'pick another --entry_name'."""
+    import mhmodels
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MHMODELS_ZOO_PATH", raising=False)
+    part = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1,
+                    max_steps=1)
+    assert not part.finished and part.entry_path is None
+    name = json.loads((tmp_path / "run" / "search_config.json").read_text())["entry_name"]
+    import time
+    time.sleep(1.1)  # a new default name would carry a new timestamp
+    first = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1)
+    assert Path(first.entry_path).stem == name  # the resumed search kept its name
+    user_zoo = tmp_path / "home" / "zoo" / "models"
+    entries = sorted(user_zoo.glob("*.json"))
+    assert [str(p) for p in entries] == [first.entry_path]
+    assert entries[0].name.startswith("searched_max_")
+    from mhmodels.registry import builtin_zoo_dir
+    assert not (builtin_zoo_dir() / "models" / entries[0].name).exists()
+    assert entries[0].stem in mhmodels.list_models()
+    again = run_tiny(tmp_path / "run", write_entry=True, steps=2, checkpoint_every=1)
+    assert again.already_finished and again.finished and not first.already_finished
+    assert again.entry_path == first.entry_path and again.steps_done == 2
+    assert list(again.choices) == [int(c) for c in first.choices]
+    assert sorted(user_zoo.glob("*.json")) == entries
+    named = run_tiny(tmp_path / "named", write_entry=True, entry_name="tiny_named", steps=2,
+                     checkpoint_every=2)
+    rerun = run_tiny(tmp_path / "named", write_entry=True, entry_name="tiny_named", steps=2,
+                     checkpoint_every=2)
+    assert rerun.already_finished and rerun.entry_path == named.entry_path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"batch_size": 0}, "--batch_size=0: must be >= 1"),
+    ({"target": 0}, "--target=0: must be > 0"),
+    ({"warmup_fraction": 2.0}, "--warmup_fraction=2.0: must be in"),
+    ({"rl_delay_fraction": -0.1}, "--rl_delay_fraction=-0.1"),
+    ({"beta": 0.5}, "--beta=0.5: must be <= 0"),
+    ({"steps": 0}, "--steps=0"),
+    ({"keep_checkpoints": -1}, "--keep_checkpoints=-1"),
+    ({"dataset": "folder:/nonexistent/images"}, "no such image folder"),
+    ({"zoo_dir": str(ROOT / "zoo" / "models")}, "shipped files, which are never written"),
+])
+def test_invalid_settings_write_nothing(tmp_path, bad, message):
+    with pytest.raises(ValueError) as err:
+        run_tiny(tmp_path / "run", **bad)
+    assert message in str(err.value)
+    assert not (tmp_path / "run").exists()
+    if "batch_size" in bad:  # the corrected command is not refused as "different settings"
+        assert run_tiny(tmp_path / "run", steps=2, checkpoint_every=2).finished
+
+
+def test_state_files_are_replaced_atomically_and_a_damaged_one_is_named(tmp_path):
+    run = tmp_path / "run"
+    run_tiny(run, max_steps=4)
+    names = ("history.json", "search_config.json")
+    inodes = {n: os.stat(run / n).st_ino for n in names}
+    assert all(oct(os.stat(run / n).st_mode & 0o777) == "0o644" for n in names)
+    run_tiny(run)  # resumed at 4, checkpoint at 8: both files rewritten
+    # a rename replaces the file (a new inode); writing in place would tear it on a crash
+    assert all(os.stat(run / n).st_ino != inodes[n] for n in names)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    for name in names:
+        good = (run / name).read_text()
+        (run / name).write_text(good[: len(good) // 2])  # a torn copy
+        with pytest.raises(ValueError) as err:
+            run_tiny(run)
+        assert str(run / name) in str(err.value) and "damaged" in str(err.value)
+        (run / name).write_text(good)
+
+
+def test_state_files_on_a_remote_filesystem(tmp_path):
+    """gs:// paths go through tf.io.gfile; ram:// is the in-process stand-in."""
+    import tensorflow as tf
+    from mhmodels.files import atomic_write, read_json
+    tf.io.gfile.makedirs("ram://state")
+    atomic_write("ram://state/h.json", '{"a": 1}')
+    atomic_write("ram://state/h.json", '{"a": 2}')
+    assert read_json("ram://state/h.json", "history") == {"a": 2}
+    assert tf.io.gfile.listdir("ram://state") == ["h.json"]
+
+
+def test_keep_checkpoints(tmp_path, monkeypatch):
+    run_tiny(tmp_path / "run", steps=8, checkpoint_every=2, keep_checkpoints=1)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.index"))
+    assert kept == ["ckpt-8.index"]
+    # 0: one checkpoint while running (resumable), none once the entry is written
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
+    part = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                    checkpoint_every=2, keep_checkpoints=0, max_steps=5)
+    kept = sorted(p.name for p in (tmp_path / "zero" / "checkpoints").glob("*.index"))
+    assert not part.finished and kept == ["ckpt-4.index"]
+    done = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                    checkpoint_every=2, keep_checkpoints=0)
+    assert done.finished and Path(done.entry_path).exists()
+    assert not (tmp_path / "zero" / "checkpoints").exists()
+    again = run_tiny(tmp_path / "zero", write_entry=True, entry_name="tiny_zero", steps=8,
+                     checkpoint_every=2, keep_checkpoints=0)
+    assert again.already_finished and again.entry_path == done.entry_path
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     """Run 8 steps killed after step 5 (checkpoints every 4), resume to 8 in a new process:
     same controller logits and reward history as one uninterrupted 8-step run."""
@@ -209,7 +311,14 @@ def test_cli_end_to_end(tmp_path):
     proc = subprocess.run(cmd[:1] + cmd[1:3] + [f"--model_dir={tmp_path / 'run2'}"] + cmd[4:],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert not (tmp_path / "run2").exists()
+    # the finished search rerun: done, where its entry is, nothing new written
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holds a finished search (3 steps)" in proc.stdout
+    assert str(zoo / "cli_entry.json") in proc.stdout
+    assert [p.name for p in zoo.iterdir()] == ["cli_entry.json"]
 
 
 def test_cli_unknown_compare_model_is_an_error_before_any_work(tmp_path):

@@ -106,6 +106,52 @@ def test_bad_settings_fail_before_training(tmp_path):
         T.make_strategy("tpu", None)
 
 
+def test_eval_without_weights_is_an_error_not_a_random_model_score():
+    with pytest.raises(ValueError, match="--mode=eval needs the weights"):
+        T.evaluate(config(None, mode="eval"))
+    result = run_cli("--model=multi_max", "--mode=eval", "--width=0.35", "--image_size=32")
+    assert result.returncode != 0 and "top-1" not in result.stdout
+    assert "--mode=eval needs the weights" in result.stderr
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    from PIL import Image
+    for i in range(4):
+        (tmp_path / "data" / "only").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "data" / "only" / f"{i}.png")
+    with pytest.raises(ValueError, match="1 class"):
+        T.train(config(tmp_path / "run", dataset=f"folder:{tmp_path / 'data'}"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_mismatched_checkpoint_says_which_and_why(tmp_path):
+    import mhmodels
+    from mhmodels.loading import WeightsMismatchError
+    path = tmp_path / "mm.weights.h5"
+    mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10).save_weights(
+        str(path))
+    with pytest.raises(WeightsMismatchError) as err:  # a fine-tuned checkpoint, headless use
+        mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), include_top=False,
+                       weights=str(path))
+    assert str(path) in str(err.value) and "num_classes=10" in str(err.value)
+    assert len(str(err.value)) < 400
+    with pytest.raises(WeightsMismatchError, match="another width") as err:
+        mhmodels.build("multi_max", 0.5, input_shape=(32, 32, 3), num_classes=10,
+                       weights=str(path))
+    assert len(str(err.value)) < 400
+    with pytest.raises(WeightsMismatchError, match="another architecture") as err:
+        mhmodels.build("multi_avg", 0.25, input_shape=(32, 32, 3), num_classes=10,
+                       weights=str(path))
+    assert "'multi_avg'" in str(err.value) and len(str(err.value)) < 400
+    # the matching build still loads
+    mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10,
+                   weights=str(path), include_top=False)
+    # evaluating another architecture's checkpoint is an error, not a random-weights score
+    with pytest.raises(WeightsMismatchError, match="another architecture"):
+        T.evaluate(config(None, model="multi_avg", width=0.25, mode="eval",
+                          init_weights=str(path)))
+
+
 # ------------------------------------------------------------------------------------------
 # Exact resume
 

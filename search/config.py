@@ -1,0 +1,202 @@
+"""The search's settings and their validation, without TensorFlow.
+
+`validate_config` is the one set of rules for a search's settings: the CLI runs it while
+parsing flags (a bad flag is one line, before TensorFlow loads) and `run_search` runs it again
+before anything is written, so a refused command never leaves a `search_config.json` behind
+that the corrected command would then disagree with.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Fields of the config that must match when resuming from a checkpoint.
+RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
+               "batch_size", "steps", "warmup_fraction", "rl_delay_fraction", "learning_rate",
+               "momentum", "optimizer", "weight_decay", "rl_learning_rate", "supernet_width",
+               "seed", "num_replicas")
+
+OPTIMIZERS = ("momentum", "rmsprop")
+RESULT_JSON = "result.json"  # written when a search finishes: its entry, for a rerun to report
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (the CLI flags map 1:1 onto these fields)."""
+
+    model_dir: str
+    hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")
+    metric: str = "max"
+    beta: float = -0.07
+    target: float = 1.0
+    space: str = "multi_hw"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int = 32
+    batch_size: int = 32  # per replica
+    steps: int | None = None
+    epochs: float | None = None
+    warmup_fraction: float = 0.25
+    rl_delay_fraction: float = 0.25
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    optimizer: str = "momentum"
+    weight_decay: float = 4e-5
+    rl_learning_rate: float = 0.05
+    supernet_width: float = 0.25
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    summary_every: int = 10
+    log_every: int = 50
+    entry_name: str | None = None
+    zoo_dir: str | None = None  # default: the user zoo, $MHMODELS_HOME/zoo/models
+    cost_model_dir: str | None = None  # default: $MHMODELS_HOME/cost_models, then shipped
+    max_steps: int | None = None  # stop (without a final checkpoint) at this step: tests
+    progress: bool = False
+    num_replicas: int = field(default=1, repr=False)  # filled in by run_search
+
+
+def _check(ok: bool, flag: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"--{flag}={value}: {rule}")
+
+
+def validate_config(config: SearchConfig, *, check_files: bool = True,
+                    check_hardware: bool = True) -> None:
+    """Raise ValueError (one line naming the flag) for any setting a search cannot run with.
+
+    check_files: also check what lies outside the config (the dataset folder exists, the
+    model and zoo directories are writable). check_hardware: the names are search.hardware
+    names (not when the caller brings its own cost models). Cost models are checked by
+    `check_cost_models`.
+    """
+    from search import reward as reward_lib
+    from search.hardware import get_hardware
+    hardware = list(config.hardware)
+    _check(bool(hardware), "hardware", "", "name at least one hardware")
+    for name in hardware if check_hardware else ():
+        try:
+            get_hardware(name)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--hardware: {err}") from None
+    dupes = sorted({h for h in hardware if hardware.count(h) > 1})
+    _check(not dupes, "hardware", ",".join(hardware), f"{', '.join(dupes)} listed twice")
+    try:
+        reward_lib.check_metric(config.metric, len(hardware))
+    except ValueError as err:
+        raise ValueError(f"--metric={config.metric}: {err}") from None
+    _check(config.beta <= 0, "beta", config.beta, "must be <= 0 (a latency penalty)")
+    _check(config.target > 0, "target", config.target, "must be > 0")
+    _check(config.image_size >= 8, "image_size", config.image_size, "must be >= 8")
+    _check(config.batch_size >= 1, "batch_size", config.batch_size, "must be >= 1")
+    if config.steps is not None and config.epochs is not None:
+        raise ValueError("pass --steps or --epochs, not both")
+    if config.steps is not None:
+        _check(config.steps >= 1, "steps", config.steps, "must be >= 1")
+    if config.epochs is not None:
+        _check(config.epochs > 0, "epochs", config.epochs, "must be > 0")
+    for name in ("warmup_fraction", "rl_delay_fraction"):
+        value = getattr(config, name)
+        _check(0 <= value <= 1, name, value, "must be in [0, 1] (a fraction of the steps)")
+    _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "must be > 0")
+    _check(0 <= config.momentum < 1, "momentum", config.momentum, "must be in [0, 1)")
+    _check(config.optimizer in OPTIMIZERS, "optimizer", config.optimizer,
+           f"must be one of {', '.join(OPTIMIZERS)}")
+    _check(config.weight_decay >= 0, "weight_decay", config.weight_decay, "must be >= 0")
+    _check(config.rl_learning_rate >= 0, "rl_learning_rate", config.rl_learning_rate,
+           "must be >= 0")
+    _check(config.supernet_width > 0, "supernet_width", config.supernet_width, "must be > 0")
+    for name in ("checkpoint_every", "summary_every", "log_every"):
+        value = getattr(config, name)
+        _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
+    _check(isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 0,
+           "keep_checkpoints", config.keep_checkpoints, "must be an integer >= 0")
+    if config.max_steps is not None:
+        _check(config.max_steps >= 1, "max_steps", config.max_steps, "must be >= 1")
+    if config.entry_name is not None:
+        from mhmodels.registry import NAME_PATTERN
+        _check(bool(NAME_PATTERN.match(config.entry_name)), "entry_name", config.entry_name,
+               f"must match {NAME_PATTERN.pattern} (lower case letters, digits, underscores; "
+               "a letter first)")
+    _check(bool(config.model_dir), "model_dir", config.model_dir, "is required")
+    if not check_files:
+        return
+    from mhmodels.files import check_writable_dir
+    if config.dataset.startswith("folder"):
+        path = config.dataset.split(":", 1)[1] if ":" in config.dataset else ""
+        path = path or config.data_dir or ""
+        _check(bool(path), "dataset", config.dataset, "needs a path: folder:<path> or "
+               "--data_dir=<path>")
+        _check(os.path.isdir(os.path.expanduser(path)), "dataset", config.dataset,
+               f"no such image folder {path}")
+    if config.zoo_dir:
+        from mhmodels.files import HOME_ENV, is_shipped
+        _check(not is_shipped(config.zoo_dir), "zoo_dir", config.zoo_dir,
+               "is inside mhmodels' shipped files, which are never written; leave --zoo_dir "
+               f"out for the user zoo under ${HOME_ENV} (copy an entry in by hand to ship it)")
+    for flag, directory in (("model_dir", config.model_dir), ("zoo_dir", config.zoo_dir)):
+        if directory:
+            try:
+                check_writable_dir(directory, f"--{flag}")
+            except OSError as err:
+                raise ValueError(str(err)) from None
+
+
+def check_cost_models(config: SearchConfig) -> list:
+    """Load every hardware's cost model (a missing or unfitting one is a ValueError)."""
+    from search.cost_model import load_cost_model
+    from search.space import get_space
+    try:
+        space = get_space(config.space)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"--space={config.space}: {err}") from None
+    models = []
+    for hw in config.hardware:
+        try:
+            model = load_cost_model(hw, config.cost_model_dir, space=space)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"--hardware={hw}: {err}") from None
+        if not model.normalizer_ms or not float(model.normalizer_ms) > 0:
+            raise ValueError(f"--hardware={hw}: the cost model {model.source} has no "
+                             "normalizer_ms (its data had no mobilenet_v1 row): refit it")
+        models.append(model)
+    return models
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo entry
+
+def default_zoo_dir() -> Path:
+    """The user zoo (`$MHMODELS_HOME/zoo/models`), listed by mhmodels' registry."""
+    from mhmodels.files import user_zoo_dir
+    return user_zoo_dir()
+
+
+def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Path:
+    """The path the entry will be written to; raises if the name is invalid or taken."""
+    from mhmodels.registry import NAME_PATTERN
+    import mhmodels
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(f"entry name {name!r} must match {NAME_PATTERN.pattern} (lower case "
+                         "letters, digits, underscores; a letter first)")
+    directory = Path(zoo_dir) if zoo_dir else default_zoo_dir()
+    path = directory / f"{name}.json"
+    if path.exists():
+        raise FileExistsError(f"zoo entry {path} already exists; pick another --entry_name "
+                              "(entries are never overwritten)")
+    if name in mhmodels.list_models():
+        raise FileExistsError(f"a model named {name!r} already exists "
+                              f"({mhmodels.get_entry(name).source}); pick another --entry_name")
+    return path
+
+
+def finished_entry_name(model_dir: str) -> str | None:
+    """The entry name a finished search in `model_dir` published (local dirs), else None."""
+    path = os.path.join(model_dir, RESULT_JSON)
+    if "://" in model_dir or not os.path.isfile(path):
+        return None
+    from mhmodels.files import read_json
+    record = read_json(path, "search result")
+    return record.get("entry_name") if record.get("finished") else None
