@@ -1,6 +1,6 @@
 """`python -m search`: a TuNAS-style multi-hardware architecture search that emits a zoo entry.
 
-    python -m search --model_dir=runs/demo                       # digits, 3 CPU hardware, f_max
+    python -m search --model_dir=runs/demo       # digits, cpu_float+cpu_int8+ethos_u55+ethos_u85, f_max
     python -m search --hardware=cpu_float,cpu_int8 --metric=avg --steps=3000 \\
         --model_dir=runs/avg --entry_name=my_multi_avg
     python -m search --strategy=mirrored --num_cpu_devices=2 --model_dir=runs/mirrored
@@ -114,7 +114,7 @@ FLAG_GROUPS = {
 
 
 def config_from_flags():
-    from search.config import SearchConfig
+    from .config import SearchConfig
     steps = FLAGS.steps
     if steps is None and FLAGS.epochs is None:
         steps = DEFAULT_STEPS
@@ -148,7 +148,7 @@ def _make_visible(zoo_dir: str | None) -> None:
 
 def check_flags():
     """Every check that needs no TensorFlow, before it loads: a bad flag is one line."""
-    from search.config import (check_cost_models, check_entry_name, finished_entry_name,
+    from .config import (check_cost_models, check_entry_name, finished_entry_name,
                                validate_config)
     config = config_from_flags()
     validate_config(config)
@@ -176,10 +176,10 @@ def main(argv):
     check_flags()
     start = time.time()
     # The strategy first: splitting the CPU into logical devices must precede any TF op.
-    from search import distribute
+    from . import distribute
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu,
                                         num_cpu_devices=FLAGS.num_cpu_devices)
-    from search.loop import run_search
+    from .loop import run_search
     config = config_from_flags()
     print(f"search: {config.metric} over {', '.join(config.hardware)} on {config.dataset}, "
           f"strategy {FLAGS.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
@@ -202,7 +202,7 @@ def main(argv):
     print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
     if FLAGS.measure:
         _make_visible(config.zoo_dir)
-        from search.compare import compare_latency
+        from .compare import compare_latency
         compare_latency(config, FLAGS.compare, FLAGS.measure_image_size)
     print(f"\ntotal wall time {time.time() - start:.0f} s")
     return 0

@@ -50,7 +50,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from search.hardware import (NORMALIZER_MODEL, Hardware, LiteRTHardware, get_hardware,
+from .hardware import (NORMALIZER_MODEL, Hardware, LiteRTHardware, get_hardware,
                              measure_all, parse_hardware_list, same_config)
 
 BASE_COLUMNS = ("arch", "image_size", "madds_m", "params_m", "seconds")
@@ -208,7 +208,7 @@ def _worker_init() -> None:
 
 
 def _worker_measure(key, hardware_names, image_size, overrides, space_name) -> dict:
-    from search.space import get_space
+    from .space import get_space
     return measure_key(key, [get_hardware(n) for n in hardware_names], image_size, overrides,
                        get_space(space_name))
 
@@ -222,7 +222,7 @@ def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> 
     """
     c = space.sample(rng)
     if fused_prob is not None:
-        from search.space import BLOCK_TYPES
+        from .space import BLOCK_TYPES
         for d, name in enumerate(space.decisions):
             if name.name.endswith("/type"):
                 c[d] = BLOCK_TYPES.index("fused_ibn") if rng.random() < fused_prob else \
@@ -246,7 +246,7 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
     shard), so N hosts or processes collect disjoint sets into their own files; `merge`
     combines them."""
     import mhmodels
-    from search.space import get_space
+    from .space import get_space
 
     for hw in hardware:
         if not hw.measurable:
@@ -537,5 +537,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from mhmodels import cli
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -11,8 +11,8 @@ import numpy as np
 
 import mhmodels
 from mhmodels.metrics import f_avg, f_max
-from search.hardware import NORMALIZER_MODEL, get_hardware, measure_all
-from search.space import get_space
+from .hardware import NORMALIZER_MODEL, get_hardware, measure_all
+from .space import get_space
 
 
 def _ms(value: float, width: int) -> str:
@@ -48,7 +48,7 @@ def compare_latency(config, compare: list[str], image_size: int) -> None:
     space = get_space(config.space)
     names = [config.entry_name] + [c for c in compare if c != config.entry_name]
     try:
-        from search.loop import load_cost_models
+        from .loop import load_cost_models
         cms = load_cost_models(config.hardware, space, config.cost_model_dir)
     except Exception as err:  # pragma: no cover - cost models are checked before the search
         cms = None

@@ -72,8 +72,8 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     names (not when the caller brings its own cost models). Cost models are checked by
     `check_cost_models`.
     """
-    from search import reward as reward_lib
-    from search.hardware import get_hardware
+    from . import reward as reward_lib
+    from .hardware import get_hardware
     hardware = list(config.hardware)
     _check(bool(hardware), "hardware", "", "name at least one hardware")
     for name in hardware if check_hardware else ():
@@ -146,8 +146,8 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
 
 def check_cost_models(config: SearchConfig) -> list:
     """Load every hardware's cost model (a missing or unfitting one is a ValueError)."""
-    from search.cost_model import load_cost_model
-    from search.space import get_space
+    from .cost_model import load_cost_model
+    from .space import get_space
     try:
         space = get_space(config.space)
     except (KeyError, ValueError) as err:

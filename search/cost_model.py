@@ -115,7 +115,7 @@ def _out_size(size: int, stride: int) -> int:
 
 def build_layout(space, image_size: int) -> FeatureLayout:
     """The slots and per-entry physical descriptors for `space` at `image_size`."""
-    from search.space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
+    from .space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
     nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
     ix = space.index
     slots: list[Slot] = []
@@ -244,7 +244,7 @@ class LinearCostModel:
     hardware_config: dict | None = None
 
     def __post_init__(self):
-        from search.space import get_space
+        from .space import get_space
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
         self.space = get_space(self.space_name)
         sizes = tuple(self.space.num_choices)
@@ -401,7 +401,7 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
     With `space` given, its name and decision sizes must match the file's. The file read is
     in the model's `source`.
     """
-    from search.hardware import hardware_id
+    from .hardware import hardware_id
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
@@ -434,7 +434,7 @@ def check_hardware_config(model: LinearCostModel, hardware: str, source: str) ->
     """A cost model must describe the hardware it is used for: the same vela accelerator,
     system config and memory mode, the same LiteRT settings. Another tool version only warns
     (its numbers may have moved); files without a recorded configuration are accepted."""
-    from search.hardware import CSV_PREFIX, INFORMATIVE_KEYS, get_hardware
+    from .hardware import CSV_PREFIX, INFORMATIVE_KEYS, get_hardware
     recorded = model.hardware_config
     if recorded is None or str(hardware).endswith(".json") or \
             str(hardware).startswith(CSV_PREFIX):
@@ -631,8 +631,8 @@ def image_size_of(path) -> int:
 def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_hw",
         holdout: float = 0.2, seed: int = 0, version: str = "1") -> LinearCostModel:
     """Fit on `holdout`-split data to report held-out Spearman / MAPE, then refit on all rows."""
-    from search.hardware import CSV_PREFIX, hardware_id
-    from search.space import get_space
+    from .hardware import CSV_PREFIX, hardware_id
+    from .space import get_space
     space = get_space(space_name)
     is_csv = hardware.startswith(CSV_PREFIX)
     if is_csv:  # csv:<path>: latencies measured elsewhere
@@ -665,8 +665,8 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     metrics["train_spearman"] = round(spearman(train_pred, y), 4)
     metrics["train_mape"] = round(mape(train_pred, y), 3)
     metrics["data"] = Path(data).name
-    from search.collect_latency import read_config
-    from search.hardware import get_hardware
+    from .collect_latency import read_config
+    from .hardware import get_hardware
     if is_csv:
         statistic, config = "as measured (csv)", None
     else:
@@ -709,7 +709,7 @@ def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = Non
     the shipped models); a shipped file is never overwritten (checked before fitting).
     """
     from mhmodels.files import check_writable_dir, refuse_shipped, user_cost_model_dir
-    from search.hardware import hardware_id
+    from .hardware import hardware_id
     out = Path(output_dir) if output_dir else user_cost_model_dir()
     targets = [out / f"{hardware_id(hardware)}.json"]
     if plot:

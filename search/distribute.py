@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from mhmodels.distribute import (STRATEGIES, configure_cpu_devices, is_chief,  # noqa: F401
                                   make_strategy)
-from search.controller import all_reduce_mean, replicated_variable
+from .controller import all_reduce_mean, replicated_variable
 
 OPTIMIZERS = ("momentum", "rmsprop")
 

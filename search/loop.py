@@ -40,15 +40,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from search import distribute
-from search import reward as reward_lib
-from search import space as space_lib
-from search.controller import Controller, replicated_variable
-from search.supernet import Supernet
+from . import distribute
+from . import reward as reward_lib
+from . import space as space_lib
+from .controller import Controller, replicated_variable
+from .supernet import Supernet
 
 log = logging.getLogger("search")
 
-from search.config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
+from .config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
                            default_zoo_dir, validate_config)
 
 @dataclass
@@ -91,7 +91,7 @@ def write_entry_atomic(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 def load_cost_models(hardware: Sequence[str], space=None, directory=None) -> list:
-    from search.cost_model import load_cost_model
+    from .cost_model import load_cost_model
     return [load_cost_model(hw, directory, space=space) for hw in hardware]
 
 

@@ -51,8 +51,8 @@ import numpy as np
 import tensorflow as tf
 
 from mhmodels.spec import round8
-from search import space as space_lib
-from search.controller import replicated_variable
+from . import space as space_lib
+from .controller import replicated_variable
 
 BN_EPSILON = 1e-3
 MAX_KERNEL = max(space_lib.KERNELS)
