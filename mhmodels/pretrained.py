@@ -317,19 +317,18 @@ class Prepared:
         if self.format == "keras_h5":
             load_keras_applications(model, self.path, self.family)
             return
+        from mhmodels.loading import WeightsMismatchError, load_weights
         include_top = any(layer.name == "classifier" for layer in model.layers)
         try:
             if include_top:
-                model.load_weights(str(self.path))
+                load_weights(model, self.path)
             else:  # our checkpoints hold the whole network: load it, keep the feature layers
                 full = build_full()
-                full.load_weights(str(self.path))
+                load_weights(full, self.path)
                 for layer in model.layers:
                     layer.set_weights(full.get_layer(layer.name).get_weights())
-        except ValueError as e:
-            raise CheckpointMismatch(
-                f"{self.path} does not fit {model.name!r} (width, num_classes or architecture "
-                f"differ): {str(e)[:300]}") from None
+        except WeightsMismatchError as e:  # says which checkpoint does not fit and why
+            raise CheckpointMismatch(str(e)) from None
 
 
 def prepare(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int],

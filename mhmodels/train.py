@@ -258,13 +258,22 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
 
 
+PUBLISHED_DATASETS = ("imagenet",)
+
+
 def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
     """The Keras 3 float model (init weights loaded) and, with qat, its fake-quant twin."""
     import mhmodels
 
     model = mhmodels.build(spec, cfg.width, input_shape=(image_size, image_size, 3),
                            num_classes=num_classes, dropout=cfg.dropout)
-    if cfg.init_weights:
+    if cfg.init_weights and cfg.init_weights in PUBLISHED_DATASETS:
+        # A published checkpoint (keras.applications, ...): converted onto our layers; its
+        # classifier is replaced when fine-tuning on another class count.
+        from mhmodels import pretrained
+        pretrained.load_weights(model, cfg.init_weights,
+                                skip_mismatched_head=cfg.mode != "eval")
+    elif cfg.init_weights:
         from mhmodels import weights as weights_lib
 
         from mhmodels.loading import WeightsMismatchError, load_weights
