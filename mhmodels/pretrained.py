@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mhmodels.loading import WeightsMismatchError
 from mhmodels.spec import ModelSpec, scale_filters
 
 __all__ = ["ArchitectureMismatch", "CheckpointMismatch", "KERAS_FAMILIES", "checkpoint_spec",
@@ -53,7 +54,7 @@ class ArchitectureMismatch(ValueError):
     """The published network differs from what our builder would build (refused, not loaded)."""
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(WeightsMismatchError):
     """A checkpoint file does not fit the model it is being loaded into."""
 
 
@@ -317,18 +318,15 @@ class Prepared:
         if self.format == "keras_h5":
             load_keras_applications(model, self.path, self.family)
             return
-        from mhmodels.loading import WeightsMismatchError, load_weights
-        include_top = any(layer.name == "classifier" for layer in model.layers)
-        try:
-            if include_top:
-                load_weights(model, self.path)
-            else:  # our checkpoints hold the whole network: load it, keep the feature layers
-                full = build_full()
-                load_weights(full, self.path)
-                for layer in model.layers:
-                    layer.set_weights(full.get_layer(layer.name).get_weights())
-        except WeightsMismatchError as e:  # says which checkpoint does not fit and why
-            raise CheckpointMismatch(str(e)) from None
+        # mhmodels.loading says which checkpoint does not fit and why (WeightsMismatchError).
+        from mhmodels.loading import load_weights
+        if any(layer.name == "classifier" for layer in model.layers):
+            load_weights(model, self.path)
+        else:  # our checkpoints hold the whole network: load it, keep the feature layers
+            full = build_full()
+            load_weights(full, self.path)
+            for layer in model.layers:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
 
 
 def prepare(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int],

@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mhmodels.latency import LatencyResult, measure_tflite
+from mhmodels.vela import PRESETS as NPU_PRESETS  # name -> (accelerator, system, memory mode)
 from mhmodels.vela import VelaConfig, VelaEstimate
 
 # The per-model statistic the CPU cost models are fitted on: the minimum over the timed runs
@@ -301,7 +302,6 @@ def read_latency_csv(path: str | os.PathLike) -> dict[str, float]:
     return table
 
 
-from mhmodels.vela import PRESETS as NPU_PRESETS  # noqa: E402 - (accelerator, system, memory)
 
 BUILTIN: dict[str, Hardware] = {
     "cpu_float": LiteRTHardware("cpu_float", "this CPU, LiteRT + XNNPACK, float32 model, "

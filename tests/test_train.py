@@ -142,7 +142,7 @@ def test_mismatched_checkpoint_says_which_and_why(tmp_path):
     with pytest.raises(WeightsMismatchError, match="another architecture") as err:
         mhmodels.build("multi_avg", 0.25, input_shape=(32, 32, 3), num_classes=10,
                        weights=str(path))
-    assert "'multi_avg'" in str(err.value) and len(str(err.value)) < 400
+    assert "'multi_avg_0.25_32'" in str(err.value) and len(str(err.value)) < 400
     # the matching build still loads
     mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10,
                    weights=str(path), include_top=False)
