@@ -1,13 +1,19 @@
-"""What every benchmark shares: --json (one file, written atomically) and quiet logs.
+"""What every benchmark shares: --json (one file, written atomically), quiet logs, and the
+checkout on sys.path.
 
-Importing this module defines the shared ``--json`` flag.
+Importing this module defines the shared ``--json`` flag. Benchmarks run from a checkout
+(`python benchmarks/x.py`, where sys.path[0] is benchmarks/): the repository root goes first on
+sys.path so that `search` (installed as `mhmodels.search`) and `mhmodels` are this checkout's.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import flags
 from absl import logging as absl_logging

@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+import _report  # noqa: E402,F401  (the checkout on sys.path; defines --json)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hardware", "cpu_float", "Shipped cost model to time.")
 flags.DEFINE_integer("batch", 10000, "Architectures in the batch timings.")
