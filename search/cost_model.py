@@ -667,11 +667,11 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     metrics["data"] = Path(data).name
     from .collect_latency import read_config
     from .hardware import get_hardware
-    if is_csv:
-        statistic, config = "as measured (csv)", None
-    else:
-        statistic = get_hardware(hardware).statistic
-        config = (read_config(data) or {}).get(hardware)
+    try:  # a column of a named hardware; another name is latencies measured elsewhere
+        statistic = "as measured (csv)" if is_csv else get_hardware(hardware).statistic
+    except ValueError:
+        statistic = "as measured (csv)"
+    config = None if is_csv else (read_config(data) or {}).get(hardware)
     return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
                            normalizer_ms=normalizer, image_size=image_size, version=version,
                            decision_sizes=tuple(space.num_choices), statistic=statistic,

@@ -294,7 +294,7 @@ def test_cli_end_to_end(tmp_path):
     """`python -m search` on the real space and the shipped cost models, a few tiny steps."""
     from search.cost_model import DEFAULT_DIR
     if not all((Path(DEFAULT_DIR) / f"{h}.json").exists()
-               for h in ("cpu_float", "cpu_int8", "cpu_ref_float")):
+               for h in ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")):
         pytest.skip("shipped cost models not fitted yet")
     zoo = tmp_path / "zoo"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
@@ -305,7 +305,8 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "search finished: 3 steps" in proc.stdout
     entry = json.loads((zoo / "cli_entry.json").read_text())
-    assert entry["provenance"]["hardware"] == ["cpu_float", "cpu_int8", "cpu_ref_float"]
+    # the default hardware: two CPU formats and two Ethos-U NPUs
+    assert entry["provenance"]["hardware"] == ["cpu_float", "cpu_int8", "ethos_u55", "ethos_u85"]
     assert entry["provenance"]["flags"]["metric"] == "max"
     # the same name again is refused before any work
     proc = subprocess.run(cmd[:1] + cmd[1:3] + [f"--model_dir={tmp_path / 'run2'}"] + cmd[4:],
