@@ -118,9 +118,8 @@ def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from mhmodels.files import atomic_write
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def repair_and_read(path: Path, columns: Sequence[str]) -> list[dict]:
@@ -475,10 +474,9 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
               "the first measurement kept", file=sys.stderr)
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(lines)
-    tmp = output.with_name(f".{output.name}.tmp")
+    from mhmodels.files import atomic_write
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(out.getvalue())
-    os.replace(tmp, output)
+    atomic_write(output, out.getvalue())
     record = {"hardware": configs}
     if space is not None:
         record["space"] = space
