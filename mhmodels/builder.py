@@ -199,7 +199,8 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
                 input_shape: Sequence[int | None] | None = None, num_classes: int = 1001,
                 include_top: bool = True, pooling: str | None = None, dropout: float = 0.2,
                 classifier_activation: str | None = None, frontend: str = "keras",
-                name: str | None = None, input_tensor=None):
+                name: str | None = None, input_tensor=None,
+                input_normalization: tuple[Sequence[float], Sequence[float]] | None = None):
     """Decode `spec` at `width` into a Keras model of the chosen front-end.
 
     Args:
@@ -219,6 +220,9 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         so two widths of one network can live in one Keras graph.
       input_tensor: a tensor (e.g. the output of another layer) to build the network on,
         as in keras.applications; the model's inputs are then that tensor's source inputs.
+      input_normalization: (scale, offset) per RGB channel of a fixed `Rescaling` layer
+        ('input_normalization') before the stem: a checkpoint trained on another input than
+        our [-1, 1] (see `mhmodels.preprocessing.input_normalization`). None: no such layer.
     Returns:
       A functional model of the front-end; `build_args(model)` tells how it was built.
     Raises:
@@ -255,6 +259,13 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     else:  # a backend tensor: wrap it (keras.applications does the same)
         inputs = image = k.Input(tensor=input_tensor, name="image")
     x = image
+    if input_normalization is not None:
+        scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
+        if len(scale) != shape[2] or len(offset) != shape[2]:
+            raise ValueError(f"input_normalization needs {shape[2]} scales and offsets, got "
+                             f"{input_normalization!r}")
+        input_normalization = (scale, offset)
+        x = k.layers.Rescaling(list(scale), list(offset), name="input_normalization")(x)
     for r in resolved:
         if r.name.startswith("top"):
             break
@@ -280,7 +291,8 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     model = k.Model(inputs, x, name=name or default_model_name(spec, float(width), shape))
     # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
     model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
-                                           pooling, float(dropout), classifier_activation)
+                                           pooling, float(dropout), classifier_activation,
+                                           input_normalization)
     return model
 
 
@@ -296,6 +308,7 @@ class BuildArgs:
     pooling: str | None
     dropout: float
     classifier_activation: str | None
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def kwargs(self) -> dict:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}

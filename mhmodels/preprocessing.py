@@ -1,13 +1,20 @@
 """One input rule for every zoo model, and ImageNet class names without a download.
 
-The rule: every mhmodels network takes RGB images as float32 in [-1, 1] (NHWC). The pretrained
-weights follow it whatever their source: keras.applications' MobileNetV1 / V2 take [-1, 1]
-(`x / 127.5 - 1`), its MobileNetV3 does the same rescaling inside the model (we leave that
-layer out), and the Model Garden's MobileNets take [-1, 1] too. So
+The rule: every mhmodels network takes RGB images as float32 in [-1, 1] (NHWC), pretrained or
+not, so one call prepares the input of any model:
 
     x = mhmodels.preprocess_input(uint8_images)          # [0, 255] -> [-1, 1]
     logits = model(x)
     mhmodels.decode_predictions(logits, top=3)           # [[(synset, name, score), ...], ...]
+
+Each published checkpoint names the input it was trained on (`input` in zoo/weights.json, one
+of `INPUT_CONVENTIONS`). keras.applications' MobileNetV1 / V2 were trained on [-1, 1]
+(`x / 127.5 - 1`) and its MobileNetV3 does that rescaling inside the model (we leave that layer
+out). The TF Model Garden's checkpoints were trained on ImageNet mean / std normalised pixels
+(official/vision/ops/preprocess_ops.py: (x - MEAN_RGB) / STDDEV_RGB on [0, 255]); for those,
+`mhmodels.build(..., weights=...)` puts the exact affine map from [-1, 1] to that input in front
+of the network (a fixed per-channel `Rescaling` layer named 'input_normalization', see
+`input_normalization`), so the rule above still holds and TFLite exports take [-1, 1] too.
 
 Class layouts: keras.applications checkpoints have 1000 classes; ours and the Model Garden's
 have 1001, index 0 being "background" and index i the keras class i - 1. `decode_predictions`
@@ -21,10 +28,41 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["preprocess_input", "decode_predictions", "imagenet_classes", "BACKGROUND"]
+__all__ = ["preprocess_input", "decode_predictions", "imagenet_classes", "BACKGROUND",
+           "INPUT_CONVENTIONS", "MINUS_ONE_ONE", "IMAGENET_MEAN_STD", "input_normalization"]
 
 BACKGROUND = ("background", "background")
 LAYOUTS = (1000, 1001)
+
+# What a checkpoint was trained on (the `input` field of zoo/weights.json).
+MINUS_ONE_ONE = "minus_one_one"
+IMAGENET_MEAN_STD = "imagenet_mean_std"
+INPUT_CONVENTIONS = {
+    MINUS_ONE_ONE: "RGB x / 127.5 - 1 (keras.applications MobileNets, mhmodels)",
+    IMAGENET_MEAN_STD: "RGB (x - 255 * (0.485, 0.456, 0.406)) / (255 * (0.229, 0.224, 0.225)) "
+                       "(TF Model Garden official.vision)",
+}
+# official/vision/ops/preprocess_ops.py MEAN_RGB / STDDEV_RGB (on [0, 255] pixels).
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def input_normalization(convention: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(scale, offset) per RGB channel mapping our [-1, 1] input onto the input a checkpoint
+    was trained on (`y = x * scale + offset`), or None when that is [-1, 1] itself.
+
+    Raises:
+      ValueError: an unknown convention.
+    """
+    if convention not in INPUT_CONVENTIONS:
+        raise ValueError(f"unknown input convention {convention!r}; known: "
+                         f"{sorted(INPUT_CONVENTIONS)}")
+    if convention == MINUS_ONE_ONE:
+        return None
+    # pixels = 127.5 * (x + 1); y = (pixels - mean) / std
+    scale = tuple(127.5 / s for s in IMAGENET_STDDEV_RGB)
+    offset = tuple((127.5 - m) / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB))
+    return scale, offset
 
 
 def preprocess_input(images: Any, value_range: tuple[float, float] = (0.0, 255.0)):

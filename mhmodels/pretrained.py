@@ -18,6 +18,9 @@ shape, so a checkpoint is only ever loaded into the network it was trained as:
 Input convention: every network of ours takes RGB in [-1, 1] (`mhmodels.preprocess_input`).
 keras.applications' MobileNetV3 puts that rescaling inside the model (`include_preprocessing`);
 its weights are the same either way, so the converted V3 takes [-1, 1] like every other model.
+The Model Garden's checkpoints were trained on ImageNet mean / std input: their models get a
+fixed 'input_normalization' layer mapping [-1, 1] onto it (`Prepared.input_normalization`,
+`mhmodels.preprocessing.input_normalization`), so they take [-1, 1] as well.
 """
 from __future__ import annotations
 
@@ -224,23 +227,17 @@ def load_keras_applications(model, path: str | os.PathLike, family: str,
             raise CheckpointMismatch(f"{where} has no layer {theirs!r} for our layer "
                                      f"{layer.name!r}{hint}")
         tensors = published[theirs]
-        values = []
-        for var in layer.weights:
-            kind = _weight_kind(var.path if hasattr(var, "path") else var.name)
+
+        def lookup(kind: str) -> tuple[str, np.ndarray]:
             if kind not in tensors:
                 raise CheckpointMismatch(f"{where}: layer {theirs!r} has no {kind!r} for our "
                                          f"layer {layer.name!r} (it has {sorted(tensors)})")
             value = tensors[kind]
-            want = tuple(var.shape)
             if layer.name == "classifier" and kind == "kernel" and value.ndim == 4:
                 value = value.reshape(value.shape[-2:])  # their 1x1 conv head is our Dense
-            if tuple(value.shape) != want:
-                raise CheckpointMismatch(
-                    f"{where}: {theirs}/{kind} has shape {tuple(value.shape)}, our "
-                    f"{layer.name} needs {want}: the checkpoint is another width, class count or "
-                    "architecture than the model built")
-            values.append(value)
-        layer.set_weights(values)
+            return f"{theirs}/{kind}", value
+
+        _fill_layer(layer, lookup, where)
         used.add(theirs)
     unused = sorted(set(published) - used)
     include_top = any(layer.name == "classifier" for layer in model.layers)
@@ -249,6 +246,21 @@ def load_keras_applications(model, path: str | os.PathLike, family: str,
     if unused:
         raise CheckpointMismatch(f"{where} has layers our {model.name!r} lacks: {unused[:8]}"
                                  f"{' ...' if len(unused) > 8 else ''}: a different architecture")
+
+
+def _fill_layer(layer, lookup, where: str) -> None:
+    """Set every weight of `layer` from `lookup(kind) -> (their name, array)`, refusing a
+    tensor of another shape (the one shape check of both converters)."""
+    values = []
+    for var in layer.weights:
+        theirs, value = lookup(_weight_kind(var.path if hasattr(var, "path") else var.name))
+        if tuple(value.shape) != tuple(var.shape):
+            raise CheckpointMismatch(
+                f"{where}: {theirs} has shape {tuple(value.shape)}, our {layer.name} needs "
+                f"{tuple(var.shape)}: the checkpoint is another width, class count or "
+                "architecture than the model built")
+        values.append(value)
+    layer.set_weights(values)
 
 
 _STEMS = {"conv1": "keras_v1", "Conv1": "keras_v2", "Conv": "keras_v3"}
@@ -307,16 +319,22 @@ def from_keras_applications(path: str | os.PathLike, model: str, width: float, *
 class Prepared:
     """A resolved `weights=` argument: the file, its format and the network it needs."""
 
-    path: Path
-    format: str  # 'keras' (our own .weights.h5) | 'keras_h5' (keras.applications)
+    path: Path  # a TF checkpoint: its prefix
+    format: str  # 'keras' (our .weights.h5) | 'keras_h5' (keras.applications) | 'tf_checkpoint'
     spec: ModelSpec
     num_classes: int
     family: str | None = None
+    # build_model(input_normalization=...): the checkpoint's input from our [-1, 1] (or None)
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def load(self, model, build_full=None) -> None:
-        """Put the weights into `model` (built from `self.spec` with `self.num_classes`)."""
+        """Put the weights into `model` (built from `self.spec` with `self.num_classes` and
+        `self.input_normalization`)."""
         if self.format == "keras_h5":
             load_keras_applications(model, self.path, self.family)
+            return
+        if self.format == "tf_checkpoint":
+            load_model_garden(model, self.path)
             return
         # mhmodels.loading says which checkpoint does not fit and why (WeightsMismatchError).
         from mhmodels.loading import load_weights
@@ -338,6 +356,14 @@ def prepare(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int
     different explicit one is an error while include_top=True.
     """
     from mhmodels import weights as weights_lib
+    from mhmodels.preprocessing import IMAGENET_MEAN_STD, input_normalization
+
+    def check_head(classes: int | None) -> None:
+        if include_top and num_classes is not None and classes and num_classes != classes:
+            raise ValueError(
+                f"weights={weights!r} has a {classes}-class head; use num_classes={classes} "
+                "(or leave it out), or include_top=False to reuse the features with your own "
+                "classifier")
 
     if (weights == "imagenet" and include_top and num_classes is not None
             and num_classes not in (1000, 1001)):  # no checkpoint fits: say so before downloading
@@ -361,23 +387,32 @@ def prepare(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int
         if include_top and checkpoint_classes(published, family) is None:
             raise CheckpointMismatch(f"{path.name} has no classifier ('_no_top' file): use "
                                      "include_top=False")
-        if include_top and num_classes is not None and classes and num_classes != classes:
-            raise ValueError(
-                f"weights={weights!r} has a {classes}-class head; use num_classes={classes} "
-                "(or leave it out), or include_top=False to reuse the features with your own "
-                "classifier")
+        check_head(classes)
         exact = checkpoint_spec(spec, family, width, input_shape)
         return Prepared(path, fmt, exact, num_classes or classes or 1000, family)
+    if fmt == "tf_checkpoint":
+        if spec.name not in MODEL_GARDEN_IDS:
+            raise CheckpointMismatch(f"{path.name} is a TF (Model Garden) checkpoint; "
+                                     f"{spec.name!r} has no Model Garden converter (known: "
+                                     f"{sorted(MODEL_GARDEN_IDS)})")
+        prefix = path.with_name(path.name[: -len(".index")])
+        classes = model_garden_classes(prefix)
+        if include_top and classes is None:
+            raise CheckpointMismatch(f"{path.name} has no classifier: use include_top=False")
+        check_head(classes)
+        convention = ckpt.input if ckpt is not None else IMAGENET_MEAN_STD
+        return Prepared(prefix, fmt, spec, num_classes or classes or 1001, "model_garden",
+                        input_normalization(convention))
     classes = ckpt.classes if ckpt is not None else None
-    if include_top and num_classes is not None and classes and num_classes != classes:
-        raise ValueError(f"weights={weights!r} has a {classes}-class head; use "
-                         f"num_classes={classes}, or include_top=False to reuse the features "
-                         "with your own classifier")
+    check_head(classes)
     return Prepared(path, "keras", spec, num_classes or classes or 1001)
 
 
 def _sniff_format(path: Path) -> str:
-    """A local/URL file: our Keras 3 `.weights.h5` or a Keras 2 (keras.applications) `.h5`."""
+    """A local/URL file: our Keras 3 `.weights.h5`, a Keras 2 (keras.applications) `.h5`, or
+    the `.index` file of a TF (Model Garden) checkpoint."""
+    if path.suffix == ".index":
+        return "tf_checkpoint"
     if path.name.endswith(".weights.h5") or path.suffix != ".h5":
         return "keras"
     try:
@@ -462,16 +497,18 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
         raise ValueError("load_weights needs a model built by mhmodels.build / build_model")
     prepared = prepare(args.spec, args.width, weights, input_shape=args.input_shape,
                        include_top=False, num_classes=None)
-    if prepared.spec != args.spec:
+    if prepared.spec != args.spec or prepared.input_normalization != args.input_normalization:
         raise ArchitectureMismatch(
             f"{weights!r} needs the publisher's exact network for {args.spec.name} at width "
-            f"{args.width:g}, which differs from the model given; build it with "
-            f"mhmodels.build({args.spec.name!r}, {args.width:g}, weights={weights!r})")
+            f"{args.width:g} (and its input normalisation), which differs from the model "
+            f"given; build it with mhmodels.build({args.spec.name!r}, {args.width:g}, "
+            f"weights={weights!r}), or pretrained.build_pretrained(...) for another class count")
     frontend = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras"
 
     def build_full(num_classes: int = prepared.num_classes):
         return build_model(args.spec, args.width, input_shape=args.input_shape,
-                           num_classes=num_classes, frontend=frontend)
+                           num_classes=num_classes, frontend=frontend,
+                           input_normalization=args.input_normalization)
 
     head_fits = not args.include_top or args.num_classes == prepared.num_classes
     if head_fits:
@@ -486,6 +523,21 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
     for layer in model.layers:
         if layer.weights and layer.name != "classifier":
             layer.set_weights(full.get_layer(layer.name).get_weights())
+
+
+def build_pretrained(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int],
+                     num_classes: int, skip_mismatched_head: bool = False, **build_kwargs):
+    """The publisher's exact network for `weights` (its spec and input normalisation) with a
+    `num_classes` classifier, filled by `load_weights`: what `python -m mhmodels.train
+    --init_weights=imagenet` evaluates or fine-tunes (a new class count keeps the body)."""
+    from mhmodels.builder import build_model
+
+    prepared = prepare(spec, width, weights, input_shape=input_shape, include_top=False,
+                       num_classes=None)
+    model = build_model(prepared.spec, width, input_shape=input_shape, num_classes=num_classes,
+                        input_normalization=prepared.input_normalization, **build_kwargs)
+    load_weights(model, weights, skip_mismatched_head=skip_mismatched_head)
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,10 +592,6 @@ def feature_extractor(model, strides: Sequence[int] = (4, 8, 16, 32), *,
 # Zoo model -> the Model Garden's MobileNet model_id with the same network.
 MODEL_GARDEN_IDS = {"multi_avg": "MobileNetMultiAVG", "multi_max": "MobileNetMultiMAX",
                     "mobilenet_edgetpu": "MobileNetV3EdgeTPU"}
-# The Model Garden's classification input: (pixels in [0, 255] - mean) / std per channel
-# (official/vision/ops/preprocess_ops.py MEAN_RGB / STDDEV_RGB), not our [-1, 1].
-MODEL_GARDEN_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-MODEL_GARDEN_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _MG_BACKBONE = "model/layer_with_weights-0/layer_with_weights-{}"
 _MG_CLASSIFIER = "model/layer_with_weights-1"
 _MG_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -553,11 +601,25 @@ _MG_PARTS = {"": "_conv0", "bn": "_norm0", "expand": "_conv0", "expand_bn": "_no
 
 
 def model_garden_input(pixels):
-    """Pixels in [0, 255] normalised the Model Garden way (what its checkpoints were trained
-    on; see `from_model_garden`)."""
+    """Pixels in [0, 255] normalised the Model Garden way: what its checkpoints (and its
+    TFLite files) take. Our converted models take [-1, 1] instead (see `from_model_garden`)."""
+    from mhmodels.preprocessing import IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB
+
     x = np.asarray(pixels, dtype=np.float32)
-    return (x - np.asarray(MODEL_GARDEN_MEAN_RGB, np.float32)) / np.asarray(
-        MODEL_GARDEN_STDDEV_RGB, np.float32)
+    return (x - np.asarray(IMAGENET_MEAN_RGB, np.float32)) / np.asarray(
+        IMAGENET_STDDEV_RGB, np.float32)
+
+
+def model_garden_classes(path: str | os.PathLike) -> int | None:
+    """Class count of a Model Garden checkpoint's classifier (None: no classifier)."""
+    import tensorflow as tf
+
+    try:
+        shapes = tf.train.load_checkpoint(str(path)).get_variable_to_shape_map()
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise CheckpointMismatch(f"{path} is not a readable TF checkpoint: {e}") from None
+    key = f"{_MG_CLASSIFIER}/bias{_MG_SUFFIX}"
+    return int(shapes[key][0]) if key in shapes else None
 
 
 def model_garden_name(spec: ModelSpec, ours: str) -> str:
@@ -604,23 +666,18 @@ def load_model_garden(model, path: str | os.PathLike) -> None:
         if not layer.weights:
             continue
         prefix = model_garden_name(spec, layer.name)
-        values = []
-        for var in layer.weights:
-            kind = _weight_kind(var.path if hasattr(var, "path") else var.name)
+
+        def lookup(kind: str) -> tuple[str, np.ndarray]:
             keys = [f"{prefix}/{k}{_MG_SUFFIX}" for k in (
                 (kind, "depthwise_kernel") if kind == "kernel" else (kind,))]
             key = next((k for k in keys if k in shapes), None)
             if key is None:
                 raise CheckpointMismatch(f"{where} has no {keys[0]!r} for our layer "
                                          f"{layer.name!r}: another architecture")
-            value = reader.get_tensor(key)
-            if tuple(value.shape) != tuple(var.shape):
-                raise CheckpointMismatch(
-                    f"{where}: {key} has shape {tuple(value.shape)}, our {layer.name} needs "
-                    f"{tuple(var.shape)}: another width, class count or architecture")
-            values.append(value)
             used.add(key)
-        layer.set_weights(values)
+            return key, reader.get_tensor(key)
+
+        _fill_layer(layer, lookup, where)
     unused = sorted(k for k in wanted - used
                     if any(layer.name == "classifier" for layer in model.layers)
                     or not k.startswith(_MG_CLASSIFIER + "/"))
@@ -632,29 +689,23 @@ def load_model_garden(model, path: str | os.PathLike) -> None:
 def from_model_garden(path: str | os.PathLike, model: str, width: float, *,
                       input_shape: Sequence[int] = (224, 224, 3), include_top: bool = True,
                       num_classes: int | None = None, **build_kwargs):
-    """Our model holding a Model Garden checkpoint's weights (class count read from it).
-
-    Note the input: these checkpoints were trained on `model_garden_input(pixels)` (ImageNet
-    mean / std), not on our [-1, 1]; our specs have no input-normalisation layer to fold it
-    into exactly (the stem's zero padding prevents folding it into the stem conv), so the
-    model returned expects `model_garden_input` and `build(weights=...)` does not offer these
-    checkpoints yet.
-    """
-    import tensorflow as tf
-
+    """Our model holding a Model Garden checkpoint's weights (prefix `path`; class count read
+    from it). Like every mhmodels model it takes [-1, 1] input: the checkpoint's ImageNet
+    mean / std normalisation is its first layer ('input_normalization')."""
     from mhmodels.builder import build_model
+    from mhmodels.preprocessing import IMAGENET_MEAN_STD, input_normalization
     from mhmodels.registry import get_spec
 
     if model not in MODEL_GARDEN_IDS:
         raise ValueError(f"no Model Garden converter for {model!r}; known: "
                          f"{sorted(MODEL_GARDEN_IDS)}")
     if num_classes is None and include_top:
-        key = f"{_MG_CLASSIFIER}/bias{_MG_SUFFIX}"
-        shapes = tf.train.load_checkpoint(str(path)).get_variable_to_shape_map()
-        if key not in shapes:
+        num_classes = model_garden_classes(path)
+        if num_classes is None:
             raise CheckpointMismatch(f"{path} has no classifier: use include_top=False")
-        num_classes = int(shapes[key][0])
     built = build_model(get_spec(model), width, input_shape=input_shape,
-                        include_top=include_top, num_classes=num_classes or 1001, **build_kwargs)
+                        include_top=include_top, num_classes=num_classes or 1001,
+                        input_normalization=input_normalization(IMAGENET_MEAN_STD),
+                        **build_kwargs)
     load_model_garden(built, path)
     return built

@@ -47,7 +47,7 @@ from mhmodels.spec import ModelSpec
 BUILD_ARGS_ATTR = "_mhmodels_build_args"
 QAT_ATTR = "_mhmodels_qat"
 BUILD_ARG_KEYS = ("spec", "width", "input_shape", "num_classes", "include_top", "pooling",
-                  "dropout", "classifier_activation")
+                  "dropout", "classifier_activation", "input_normalization")
 
 # Layer types the default 8-bit scheme leaves unquantized on purpose (no arithmetic).
 PASS_THROUGH = ("InputLayer", "Dropout", "Flatten", "Reshape", "GlobalMaxPooling2D")
@@ -371,6 +371,12 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
     args["input_shape"] = tuple(int(d) for d in args["input_shape"])
     if args.get("include_top") is None:
         args["include_top"] = "classifier" in names
+    if args.get("input_normalization") is None and "input_normalization" in names:
+        layer = model.get_layer("input_normalization")  # a checkpoint's input, kept on reload
+        import numpy as np
+
+        args["input_normalization"] = (tuple(np.ravel(layer.scale).tolist()),
+                                       tuple(np.ravel(layer.offset).tolist()))
     if args["include_top"]:
         if args.get("num_classes") is None:
             args["num_classes"] = int(model.get_layer("classifier").units)
@@ -392,7 +398,8 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
 
 def _builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: args[k] for k in ("input_shape", "num_classes", "include_top", "pooling",
-                                "dropout", "classifier_activation") if args.get(k) is not None}
+                                "dropout", "classifier_activation", "input_normalization")
+           if args.get(k) is not None}
     out.setdefault("dropout", 0.0)
     return out
 

@@ -233,9 +233,11 @@ def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
         before global pooling, pooled per `pooling` (None, 'avg' or 'max').
       dropout: rate of the dropout before the classifier.
       classifier_activation: None gives logits (float32 even under mixed precision).
-      weights: None (random), 'imagenet', a local `.weights.h5` / keras.applications `.h5`
-        path or a URL; 'imagenet' takes the class layout and exact network of the published
-        checkpoint, or refuses with the reason (see `mhmodels.pretrained`).
+      weights: None (random), 'imagenet', a local `.weights.h5` / keras.applications `.h5` /
+        Model Garden checkpoint `.index` path or a URL; 'imagenet' takes the class layout and
+        exact network of the published checkpoint, or refuses with the reason (see
+        `mhmodels.pretrained`). A checkpoint trained on another input than [-1, 1] gets a
+        fixed 'input_normalization' first layer, so the model still takes [-1, 1].
       input_tensor: build on this tensor (e.g. another model's output) instead of a new Input.
       name: the Keras model's name; default `<spec name>_<width>_<size>`, e.g.
         'multi_max_1.00_224' (two widths of one network can then share a Keras graph).
@@ -262,11 +264,13 @@ def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
                                     include_top=include_top, num_classes=num_classes)
         spec, num_classes = loader.spec, loader.num_classes
     num_classes = 1001 if num_classes is None else num_classes
+    normalization = loader.input_normalization if loader is not None else None
     model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
                         include_top=include_top, pooling=pooling, dropout=dropout,
                         classifier_activation=classifier_activation, frontend=frontend,
-                        name=name, input_tensor=input_tensor)
+                        name=name, input_tensor=input_tensor, input_normalization=normalization)
     if loader is not None:
         loader.load(model, lambda: build_model(spec, width, num_classes=num_classes,
-                                               frontend=frontend))
+                                               frontend=frontend,
+                                               input_normalization=normalization))
     return model

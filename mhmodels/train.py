@@ -265,15 +265,19 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
     """The Keras 3 float model (init weights loaded) and, with qat, its fake-quant twin."""
     import mhmodels
 
-    model = mhmodels.build(spec, cfg.width, input_shape=(image_size, image_size, 3),
-                           num_classes=num_classes, dropout=cfg.dropout)
+    shape = (image_size, image_size, 3)
     if cfg.init_weights and cfg.init_weights in PUBLISHED_DATASETS:
-        # A published checkpoint (keras.applications, ...): converted onto our layers; its
-        # classifier is replaced when fine-tuning on another class count.
+        # A published checkpoint (keras.applications, Model Garden): the publisher's exact
+        # network (input normalisation included) with its weights converted onto our layers;
+        # its classifier is replaced when fine-tuning on another class count.
         from mhmodels import pretrained
-        pretrained.load_weights(model, cfg.init_weights,
-                                skip_mismatched_head=cfg.mode != "eval")
-    elif cfg.init_weights:
+        model = pretrained.build_pretrained(spec, cfg.width, cfg.init_weights, input_shape=shape,
+                                            num_classes=num_classes, dropout=cfg.dropout,
+                                            skip_mismatched_head=cfg.mode != "eval")
+    else:
+        model = mhmodels.build(spec, cfg.width, input_shape=shape, num_classes=num_classes,
+                               dropout=cfg.dropout)
+    if cfg.init_weights and cfg.init_weights not in PUBLISHED_DATASETS:
         from mhmodels import weights as weights_lib
 
         from mhmodels.loading import WeightsMismatchError, load_weights

@@ -55,6 +55,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from mhmodels.preprocessing import INPUT_CONVENTIONS, MINUS_ONE_ONE
+
 __all__ = [
     "FORMATS",
     "QUANTIZATIONS",
@@ -102,7 +104,8 @@ _URL_SCHEMES = ("http", "https", "file")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _REQUIRED_FIELDS = ("model", "width", "format", "dataset", "url", "sha256", "size")
 _OPTIONAL_FIELDS = ("archive", "member", "resolution", "classes", "source", "md5", "top1",
-                    "top1_source")
+                    "top1_source", "input")
+
 PINS_FILE = "pins.json"
 _WIDTH_TOL = 1e-6
 
@@ -148,6 +151,7 @@ class Checkpoint:
     classes: int | None = None  # 1000 (keras.applications) or 1001 (background first)
     source: str = "mhmodels"
     md5: str | None = None  # published md5 (keras.applications' MobileNetV3 files)
+    input: str = MINUS_ONE_ONE  # the input it was trained on (INPUT_CONVENTIONS)
     top1: float | None = None  # published ImageNet top-1 (%)
     top1_source: str | None = None
 
@@ -299,7 +303,9 @@ def _parse_entry(entry: object, index: int, path: Path) -> Checkpoint:
     if archive is not None and archive not in ARCHIVES:
         raise bad("archive", f"must be null or one of {list(ARCHIVES)}")
     member = entry.get("member")
-    suffix = {"keras": ".weights.h5", "keras_h5": ".h5", "tf_checkpoint": ""}.get(fmt, ".tflite")
+    # A TF checkpoint is named by its '.index' file (its prefix is that name without it).
+    suffix = {"keras": ".weights.h5", "keras_h5": ".h5", "tf_checkpoint": ".index"}.get(
+        fmt, ".tflite")
     if fmt == "tf_checkpoint" and archive is None:
         raise bad("archive", "must name the archive kind of a TF checkpoint")
     if archive is None:
@@ -314,10 +320,14 @@ def _parse_entry(entry: object, index: int, path: Path) -> Checkpoint:
             raise bad("member", "must be a relative path inside the archive") from None
         if not member.endswith(suffix):
             raise bad("member", f"must end with {suffix!r} for format {fmt!r}")
+    convention = entry.get("input", MINUS_ONE_ONE)  # absent: trained on [-1, 1]
+    if convention not in INPUT_CONVENTIONS:
+        raise bad("input", f"must be one of {list(INPUT_CONVENTIONS)}")
     return Checkpoint(model=model, width=float(width), format=fmt, dataset=dataset, url=url,
                       sha256=sha, size=size, archive=archive, member=member,
                       resolution=entry.get("resolution"), classes=entry.get("classes"),
-                      source=source, md5=md5, top1=None if top1 is None else float(top1),
+                      source=source, md5=md5, input=convention,
+                      top1=None if top1 is None else float(top1),
                       top1_source=top1_source)
 
 
@@ -1153,7 +1163,7 @@ def _manifest_entry_for_url(url: str) -> Checkpoint | None:
 
 
 # Formats that build(weights=<dataset>) can load into a Keras model, in order of preference.
-LOADABLE_FORMATS = ("keras", "keras_h5")
+LOADABLE_FORMATS = ("keras", "keras_h5", "tf_checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)

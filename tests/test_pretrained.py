@@ -398,14 +398,17 @@ def test_model_garden_checkpoint_logits_equal_the_publishers_model(mg_checkpoint
     size = entry["input_size"]
     ours = P.from_model_garden(mg_checkpoints[model_id], model_id, entry["width"],
                                input_shape=(size, size, 3))
-    theirs = np.load(MG_FIXTURES / entry["logits"])
-    pixels = (photos(entry) + 1.0) * 127.5
-    got = ours(P.model_garden_input(pixels), training=False).numpy()
+    theirs = np.load(MG_FIXTURES / entry["logits"])  # fed model_garden_input(pixels)
+    got = ours(photos(entry), training=False).numpy()  # ours: [-1, 1], like every model
     assert got.shape == theirs.shape == (4, entry["classes"]) and theirs.std() > 0.1
     assert rel_err(got, theirs) <= TOLERANCE
+    normalization = ours.get_layer("input_normalization")  # the one rule: [-1, 1] in
+    pixels = (photos(entry) + 1.0) * 127.5
+    np.testing.assert_allclose(normalization(photos(entry)).numpy(),
+                               P.model_garden_input(pixels), rtol=1e-5, atol=1e-5)
     layer = ours.get_layer("block3_project")  # a lost or misplaced tensor would show
     layer.set_weights([layer.get_weights()[0][..., ::-1].copy()])
-    assert rel_err(ours(P.model_garden_input(pixels), training=False).numpy(), theirs) > 1e-3
+    assert rel_err(ours(photos(entry), training=False).numpy(), theirs) > 1e-3
 
 
 def test_model_garden_mismatches_are_refused(mg_checkpoints):

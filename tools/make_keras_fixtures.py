@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_values import random_value  # noqa: E402
 
 # (fixture id, keras.applications function, kwargs, published-style file name)
 FIXTURES = [
@@ -51,26 +53,10 @@ FIXTURES = [
 
 
 def randomize(model, rng: np.random.Generator) -> None:
-    """Random values for every variable, scaled so activations stay O(1) through the net."""
+    """Random values for every variable (tools/fixture_values.py), He-style kernels."""
     for layer in model.layers:
-        values = []
-        for var in layer.weights:
-            name = var.name.split("/")[-1].split(":")[0]
-            shape = tuple(var.shape)
-            if name == "gamma":
-                v = rng.uniform(0.5, 1.5, shape)
-            elif name in ("beta", "moving_mean", "bias"):
-                v = rng.normal(0.0, 0.2, shape)
-            elif name == "moving_variance":
-                v = rng.uniform(0.5, 2.0, shape)
-            else:  # kernel / depthwise_kernel: He-style scale on the fan-in
-                fan_in = int(np.prod(shape[:-1])) if name == "kernel" else int(np.prod(shape[:2]))
-                v = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
-            step = (np.abs(v).max() or 1.0) / 32.0
-            v = np.round(v / step) * step
-            if name == "moving_variance":
-                v = np.maximum(v, step)
-            values.append(v.astype(np.float32))
+        values = [random_value(var.name.split("/")[-1].split(":")[0], tuple(var.shape), rng,
+                               kernel_gain=2.0) for var in layer.weights]
         if values:
             layer.set_weights(values)
 

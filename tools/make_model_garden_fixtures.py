@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +25,9 @@ from official.vision.modeling import classification_model  # noqa: E402
 from official.vision.modeling.backbones import mobilenet  # noqa: E402
 from official.vision.ops import preprocess_ops  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_values import random_value  # noqa: E402
+
 # (our zoo model, Model Garden model_id, width)
 FIXTURES = [("multi_avg", "MobileNetMultiAVG", 0.35), ("multi_max", "MobileNetMultiMAX", 0.35),
             ("mobilenet_edgetpu", "MobileNetV3EdgeTPU", 0.35)]
@@ -32,22 +36,8 @@ SIZE, CLASSES = 64, 10
 
 def randomize(model, rng) -> None:
     for var in model.variables:
-        name = var.name.split("/")[-1].split(":")[0]
-        shape = tuple(var.shape)
-        if name == "gamma":
-            v = rng.uniform(0.5, 1.5, shape)
-        elif name in ("beta", "moving_mean", "bias"):
-            v = rng.normal(0.0, 0.2, shape)
-        elif name == "moving_variance":
-            v = rng.uniform(0.5, 2.0, shape)
-        else:
-            fan_in = int(np.prod(shape[:-1])) if name == "kernel" else int(np.prod(shape[:2]))
-            v = rng.normal(0.0, np.sqrt(1.0 / max(fan_in, 1)), shape)
-        step = (np.abs(v).max() or 1.0) / 32.0  # 64 levels: gzip shrinks the fixture ~4x
-        v = np.round(v / step) * step
-        if name == "moving_variance":
-            v = np.maximum(v, step)
-        var.assign(v.astype(np.float32))
+        var.assign(random_value(var.name.split("/")[-1].split(":")[0], tuple(var.shape), rng,
+                                kernel_gain=1.0))
 
 
 def main() -> None:
