@@ -38,16 +38,18 @@ def list_table(model: str | None = None) -> str:
     if model is not None and not rows:
         raise app.UsageError(f"no published checkpoint for {model!r} in {W.manifest_path()}")
     head = (f"{'model':24s} {'width':>5s} {'res':>4s} {'classes':>7s} {'format':12s} "
-            f"{'source':19s} {'top-1':>6s}  verified by")
+            f"{'source':19s} {'top-1':>6s} {'input':17s} verified by")
     lines = [head, "-" * len(head)]
     for c in rows:
         top1 = f"{c.top1:.2f}" if c.top1 is not None else "-"
         lines.append(f"{c.model:24s} {c.width:5.2f} {c.resolution or '-':>4} "
-                     f"{c.classes or '-':>7} {c.format:12s} {c.source:19s} {top1:>6s}  "
-                     f"{W.pin_status(c)}")
+                     f"{c.classes or '-':>7} {c.format:12s} {c.source:19s} {top1:>6s} "
+                     f"{c.input:17s} {W.pin_status(c)}")
     lines.append(f"{len(rows)} checkpoints ({W.manifest_path()}); top-1 sources and URLs are "
                  "in that file. Unpinned files are checked against the sha256 recorded at "
-                 f"their first download ({W.pins_path()}).")
+                 f"their first download ({W.pins_path()}). input: what the file was trained "
+                 "on (a published TFLite file takes just that); models that mhmodels.build "
+                 "makes from a checkpoint take [-1, 1] (mhmodels.preprocess_input) either way.")
     return "\n".join(lines)
 
 

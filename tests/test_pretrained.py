@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -37,17 +38,23 @@ def rel_err(ours, theirs) -> float:
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
+def copy_fixture(source: Path, target_dir: Path) -> Path:
+    """`source` copied into `target_dir`, gunzipped if stored as `.gz` (the fixtures are the
+    publishers' files byte for byte once unpacked)."""
+    if source.suffix != ".gz":
+        return Path(shutil.copy(source, target_dir / source.name))
+    target = target_dir / source.name[: -len(".gz")]
+    with gzip.open(source) as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return target
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """The fixtures gunzipped: byte for byte the files keras' save_weights wrote."""
     out = tmp_path_factory.mktemp("keras_h5")
-    paths = {}
-    for model_id, entry in INDEX.items():
-        path = out / entry["file"][: -len(".gz")]
-        with gzip.open(FIXTURES / entry["file"]) as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        paths[model_id] = path
-    return paths
+    return {model_id: copy_fixture(FIXTURES / entry["file"], out)
+            for model_id, entry in INDEX.items()}
 
 
 def photos(entry) -> np.ndarray:
@@ -144,36 +151,46 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def published(files, tmp_path, monkeypatch):
-    """A local HTTP server serving the MobileNetV1 0.25 / 128 fixture under its published name,
-    and a manifest entry for it like the shipped one (unpinned: keras publishes no hash)."""
+def http_root(tmp_path, monkeypatch):
+    """(folder, base URL): a local HTTP server of that folder; proxies off, the user cache
+    (MHMODELS_HOME, KERAS_HOME) in tmp_path."""
     root = tmp_path / "www"
     root.mkdir()
-    shutil.copy(files["mobilenet_v1"], root / "mobilenet_2_5_128_tf.h5")
     server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: _Quiet(*a, directory=root,
                                                                           **k))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def use_manifest(monkeypatch, path: Path, entries: list[dict]) -> None:
+    path.write_text(json.dumps({"format_version": 1, "checkpoints": entries}))
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(path))
+
+
+@pytest.fixture
+def published(files, http_root, tmp_path, monkeypatch):
+    """A local HTTP server serving the MobileNetV1 0.25 / 128 fixture under its published name,
+    and a manifest entry for it like the shipped one (unpinned: keras publishes no hash)."""
+    root, base = http_root
+    shutil.copy(files["mobilenet_v1"], root / "mobilenet_2_5_128_tf.h5")
     shipped = {(c.model, c.width, c.resolution): c for c in W.load_manifest()}
     entry = dict(json.loads(W.manifest_path().read_text())["checkpoints"][
         list(shipped).index(("mobilenet_v1", 0.25, 128))])
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     entry["url"] = f"{base}/mobilenet_2_5_128_tf.h5"
     (root / "multi_avg_int8.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(300))
     tflite = dict(next(c for c in json.loads(W.manifest_path().read_text())["checkpoints"]
                        if c["model"] == "multi_avg" and c["format"] == "tflite_int8"))
     tflite["url"] = f"{base}/multi_avg_int8.tflite"
-    manifest = tmp_path / "weights.json"
-    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [entry, tflite]}))
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(manifest))
-    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    yield entry
-    server.shutdown()
-    server.server_close()
+    use_manifest(monkeypatch, tmp_path / "weights.json", [entry, tflite])
+    return entry
 
 
 def test_build_weights_imagenet_downloads_converts_and_decodes(published):
@@ -271,9 +288,9 @@ def test_cli_lists_the_shipped_table_and_says_unpinned(monkeypatch, tmp_path):
     done = _cli("list", "--model=mobilenet_v3_large")
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("mobilenet")]
-    assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
-        ("0.75", "224", "1000", "keras_h5", "73.30"), ("1.00", "224", "1000", "keras_h5",
-                                                       "75.60")]
+    assert [(r[1], r[2], r[3], r[4], r[6], r[7]) for r in rows] == [
+        ("0.75", "224", "1000", "keras_h5", "73.30", "minus_one_one"),
+        ("1.00", "224", "1000", "keras_h5", "75.60", "minus_one_one")]
     assert all(line.endswith("md5 (published)") for line in done.stdout.splitlines()[2:4])
     v1 = _cli("list", "--model=mobilenet_v1").stdout
     assert v1.count("unpinned; sha256 recorded at first download") == 16
@@ -384,11 +401,7 @@ def mg_checkpoints(tmp_path_factory):
     """The checkpoints as the Model Garden wrote them (the data shard is stored gzipped)."""
     out = tmp_path_factory.mktemp("model_garden")
     for path in MG_FIXTURES.glob("*_ckpt.*"):
-        if path.suffix == ".gz":
-            with gzip.open(path) as src, open(out / path.name[: -len(".gz")], "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        else:
-            shutil.copy(path, out / path.name)
+        copy_fixture(path, out)
     return {name: out / entry["checkpoint"] for name, entry in MG_INDEX.items()}
 
 
@@ -420,6 +433,129 @@ def test_model_garden_mismatches_are_refused(mg_checkpoints):
                             input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match="no Model Garden converter"):
         P.from_model_garden(mg_checkpoints["multi_avg"], "mobilenet_v2", 0.35)
+
+
+@pytest.fixture
+def mg_published(mg_checkpoints, http_root, tmp_path, monkeypatch):
+    """The Multi-AVG 0.35 fixture served as a Model Garden checkpoint archive (the trainer's
+    files in a tar.gz) with a manifest entry like one for a published float checkpoint."""
+    root, base = http_root
+    prefix = mg_checkpoints["multi_avg"]
+    with tarfile.open(root / "multi_avg_ckpt.tar.gz", "w:gz") as tar:
+        for path in sorted(prefix.parent.glob(prefix.name + ".*")):
+            tar.add(path, arcname=f"multi_avg/{path.name}")
+    entry = {"model": "multi_avg", "width": 0.35, "resolution": 64, "format": "tf_checkpoint",
+             "dataset": "imagenet", "classes": 10, "source": "model_garden",
+             "input": "imagenet_mean_std", "url": f"{base}/multi_avg_ckpt.tar.gz",
+             "archive": "tar.gz", "member": f"multi_avg/{prefix.name}.index", "sha256": None,
+             "size": None}
+    use_manifest(monkeypatch, tmp_path / "weights.json", [entry])
+    return entry
+
+
+def test_build_weights_imagenet_downloads_a_model_garden_checkpoint(mg_published,
+                                                                    mg_checkpoints):
+    entry = MG_INDEX["multi_avg"]
+    with pytest.warns(W.UnpinnedCheckpointWarning):
+        model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), weights="imagenet")
+    assert model.output_shape == (None, 10)  # the class count comes from the checkpoint
+    assert model.layers[1].name == "input_normalization"  # [-1, 1] in, like every model
+    theirs = np.load(MG_FIXTURES / entry["logits"])
+    assert rel_err(model(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
+    by_path = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3),
+                             weights=str(mg_checkpoints["multi_avg"]) + ".index")
+    assert rel_err(by_path(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
+    plain = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), num_classes=10)
+    with pytest.raises(P.ArchitectureMismatch, match="input normalisation"):
+        P.load_weights(plain, "imagenet")  # never loaded into a network fed another input
+    P.load_model_garden(plain, mg_checkpoints["multi_avg"])  # what that would give: off by
+    assert rel_err(plain(photos(entry), training=False).numpy(), theirs) > 1e-3  # 5.6e-3
+    from mhmodels.qat import build_args_of  # QAT / export rebuild the same input layer
+    assert build_args_of(model)["input_normalization"] == mhmodels.preprocessing.\
+        input_normalization("imagenet_mean_std")
+
+
+def test_shipped_manifest_names_every_input_convention():
+    raw = json.loads(W.manifest_path().read_text())["checkpoints"]
+    assert all(e["input"] == {"keras_applications": "minus_one_one",
+                              "model_garden": "imagenet_mean_std"}[e["source"]] for e in raw)
+    scale, offset = mhmodels.preprocessing.input_normalization("imagenet_mean_std")
+    pixels = np.array([0.0, 127.5, 255.0])[:, None] * np.ones(3)
+    np.testing.assert_allclose(mhmodels.preprocess_input(pixels) * scale + offset,
+                               P.model_garden_input(pixels), rtol=1e-6)
+    assert mhmodels.preprocessing.input_normalization("minus_one_one") is None
+    with pytest.raises(ValueError, match="unknown input convention"):
+        mhmodels.preprocessing.input_normalization("caffe")
+
+
+def image_folder(root: Path, classes: int, per_class: int, size: int = 80) -> Path:
+    """train/ and validation/ splits of `classes` class folders of real photo crops (PNG)."""
+    from PIL import Image
+
+    crops = sample_photos(size=size, crops_per_image=classes * per_class)  # 2 photos
+    pixels = np.clip(np.round((crops + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    for i, image in enumerate(pixels):
+        split = ("train", "validation")[i % 2]
+        folder = root / split / f"class{(i // 2) % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return root
+
+
+def _train_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "mhmodels.train", "--model=multi_avg",
+                           "--width=0.35", "--image_size=64", "--batch_size=4",
+                           "--init_weights=imagenet", "--noprogress", *args],
+                          capture_output=True, text=True, timeout=600, env=env,
+                          cwd=Path(__file__).parent.parent)
+
+
+@pytest.mark.slow  # two training-CLI runs, ~70 s
+def test_train_evaluates_and_fine_tunes_the_published_checkpoint_offline(
+        mg_published, mg_checkpoints, tmp_path):
+    """`python -m mhmodels.train --mode=eval --init_weights=imagenet` downloads, converts and
+    scores the checkpoint exactly as mhmodels.build(weights=<file>) does on the same images;
+    `--mode=train` starts from it with a new 3-class head."""
+    import tensorflow as tf
+
+    from mhmodels import data as D
+
+    data = image_folder(tmp_path / "data", classes=10, per_class=1)
+    done = _train_cli("--mode=eval", f"--dataset=folder:{data}", f"--model_dir={tmp_path / 'e'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((tmp_path / "e" / "eval_validation.json").read_text())
+    model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3),
+                           weights=str(mg_checkpoints["multi_avg"]) + ".index")
+    logits, labels = [], []
+    for x, y in D.make_dataset(f"folder:{data}", "validation", image_size=64, batch_size=4,
+                               training=False):
+        logits.append(model(x, training=False).numpy())
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    loss = float(np.mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+    assert got["count"] == len(labels) == 10
+    assert got["top1"] == pytest.approx(float(np.mean(logits.argmax(1) == labels)), abs=1e-6)
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+
+    three = image_folder(tmp_path / "three", classes=3, per_class=2)
+    done = _train_cli("--mode=train", f"--dataset=folder:{three}", "--steps=1",
+                      "--learning_rate=1e-9", "--seed=0", f"--model_dir={tmp_path / 't'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    from mhmodels.builder import build_model
+    from mhmodels.loading import load_weights
+
+    tuned = build_model(mhmodels.get_spec("multi_avg"), 0.35, input_shape=(64, 64, 3),
+                        num_classes=3, input_normalization=mhmodels.preprocessing.
+                        input_normalization("imagenet_mean_std"))
+    load_weights(tuned, tmp_path / "t" / "final.weights.h5")
+    source = P.from_model_garden(mg_checkpoints["multi_avg"], "multi_avg", 0.35,
+                                 input_shape=(64, 64, 3))
+    for name in ("stem", "block3_project", "head0"):  # the body started from the checkpoint
+        np.testing.assert_allclose(tuned.get_layer(name).kernel.numpy(),
+                                   source.get_layer(name).kernel.numpy(), atol=1e-5)
+    assert tuned.get_layer("classifier").kernel.shape == (source.get_layer(
+        "classifier").kernel.shape[0], 3)
 
 
 # Every (model, width) keras.applications publishes, built full size by the publisher's code.

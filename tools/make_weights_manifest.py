@@ -12,7 +12,14 @@ widths x 4 resolutions and MobileNetV2 at 6 x 5), and each field has one source,
   the TF-slim tables of the same width and resolution (research/slim/nets/mobilenet_v1.md and
   mobilenet/README.md in tensorflow/models).
 - TFLite int8 (QAT) files and their top-1: the Model Garden's QAT README
-  (official/projects/qat/vision/README.md); 1001 classes.
+  (official/projects/qat/vision/README.md); 1001 classes; input ImageNet mean / std (its TFLite
+  export skips the serving preprocessing: official/vision/serving/image_classification.py).
+- `input`: what each file was trained on / takes (mhmodels.preprocessing.INPUT_CONVENTIONS).
+- No Model Garden float checkpoint (tf_checkpoint) is listed: its docs and configs name none
+  for Multi-AVG / Multi-MAX / MobileNet-EdgeTPU as a downloadable file (the QAT configs'
+  `pretrained_original_checkpoint` paths are redacted, 'gs://**/...'; the segmentation config's
+  'gs://tf_model_garden/vision/mobilenet/v3.5multiavg_seg_float/' is a folder whose file names
+  are not published). mhmodels loads such a checkpoint from a path or a manifest entry.
 
     python tools/make_weights_manifest.py      # rewrites zoo/weights.json
 """
@@ -53,8 +60,8 @@ V3 = [  # (zoo model, keras model name, width, md5 of the include_top file, top-
 def keras_entry(model, width, resolution, url, top1, top1_source, md5=None):
     return {"model": model, "width": width, "resolution": resolution, "format": "keras_h5",
             "dataset": "imagenet", "classes": 1000, "source": "keras_applications",
-            "url": url, "sha256": None, "md5": md5, "size": None, "top1": top1,
-            "top1_source": top1_source}
+            "input": "minus_one_one", "url": url, "sha256": None, "md5": md5, "size": None,
+            "top1": top1, "top1_source": top1_source}
 
 
 def main() -> None:
@@ -78,7 +85,8 @@ def main() -> None:
     ]:
         entries.append({"model": model, "width": 1.0, "resolution": 224,
                         "format": "tflite_int8", "dataset": "imagenet", "classes": 1001,
-                        "source": "model_garden", "url": url, "sha256": None, "md5": None,
+                        "source": "model_garden", "input": "imagenet_mean_std",
+                        "url": url, "sha256": None, "md5": None,
                         "size": None, "top1": top1, "top1_source": QAT})
     entries.sort(key=lambda e: (e["model"], e["format"], e["width"], e["resolution"]))
     out = Path(__file__).resolve().parent.parent / "zoo" / "weights.json"
