@@ -217,15 +217,15 @@ def load_keras_applications(model, path: str | os.PathLike, family: str,
     published = read_keras_h5(path) if published is None else published
     used: set[str] = set()
     where = Path(path).name
-    for layer in model.layers:
-        if not layer.weights:
-            continue
+
+    def lookup_for(layer):
         theirs = published_name(family, layer.name)
         if theirs not in published:
             hint = (" (a '_no_top' file has no classifier: build with include_top=False)"
                     if theirs in _TOP_ONLY[family] else "")
             raise CheckpointMismatch(f"{where} has no layer {theirs!r} for our layer "
                                      f"{layer.name!r}{hint}")
+        used.add(theirs)
         tensors = published[theirs]
 
         def lookup(kind: str) -> tuple[str, np.ndarray]:
@@ -236,31 +236,42 @@ def load_keras_applications(model, path: str | os.PathLike, family: str,
             if layer.name == "classifier" and kind == "kernel" and value.ndim == 4:
                 value = value.reshape(value.shape[-2:])  # their 1x1 conv head is our Dense
             return f"{theirs}/{kind}", value
+        return lookup
 
-        _fill_layer(layer, lookup, where)
-        used.add(theirs)
-    unused = sorted(set(published) - used)
-    include_top = any(layer.name == "classifier" for layer in model.layers)
-    if not include_top:
-        unused = [n for n in unused if n not in _TOP_ONLY[family]]
+    _fill_model(model, where, lookup_for)
+    top_only = () if _has_classifier(model) else _TOP_ONLY[family]
+    _refuse_unused(model, where, [n for n in set(published) - used if n not in top_only])
+
+
+def _fill_model(model, where: str, lookup_for) -> None:
+    """Set every weight of every layer of `model` from `lookup_for(layer)(kind) -> (their
+    name, array)`, refusing a tensor of another shape (the shape check of both converters)."""
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        lookup = lookup_for(layer)
+        values = []
+        for var in layer.weights:
+            theirs, value = lookup(_weight_kind(var.path if hasattr(var, "path") else var.name))
+            if tuple(value.shape) != tuple(var.shape):
+                raise CheckpointMismatch(
+                    f"{where}: {theirs} has shape {tuple(value.shape)}, our {layer.name} needs "
+                    f"{tuple(var.shape)}: the checkpoint is another width, class count or "
+                    "architecture than the model built")
+            values.append(value)
+        layer.set_weights(values)
+
+
+def _has_classifier(model) -> bool:
+    return any(layer.name == "classifier" for layer in model.layers)
+
+
+def _refuse_unused(model, where: str, unused) -> None:
+    """Strict the other way: every published tensor has a place in our model."""
+    unused = sorted(unused)
     if unused:
-        raise CheckpointMismatch(f"{where} has layers our {model.name!r} lacks: {unused[:8]}"
+        raise CheckpointMismatch(f"{where} has tensors our {model.name!r} lacks: {unused[:8]}"
                                  f"{' ...' if len(unused) > 8 else ''}: a different architecture")
-
-
-def _fill_layer(layer, lookup, where: str) -> None:
-    """Set every weight of `layer` from `lookup(kind) -> (their name, array)`, refusing a
-    tensor of another shape (the one shape check of both converters)."""
-    values = []
-    for var in layer.weights:
-        theirs, value = lookup(_weight_kind(var.path if hasattr(var, "path") else var.name))
-        if tuple(value.shape) != tuple(var.shape):
-            raise CheckpointMismatch(
-                f"{where}: {theirs} has shape {tuple(value.shape)}, our {layer.name} needs "
-                f"{tuple(var.shape)}: the checkpoint is another width, class count or "
-                "architecture than the model built")
-        values.append(value)
-    layer.set_weights(values)
 
 
 _STEMS = {"conv1": "keras_v1", "Conv1": "keras_v2", "Conv": "keras_v3"}
@@ -662,9 +673,8 @@ def load_model_garden(model, path: str | os.PathLike) -> None:
     wanted = {k for k in shapes if k.startswith("model/") and k.endswith(_MG_SUFFIX)}
     used: set[str] = set()
     where = Path(path).name
-    for layer in model.layers:
-        if not layer.weights:
-            continue
+
+    def lookup_for(layer):
         prefix = model_garden_name(spec, layer.name)
 
         def lookup(kind: str) -> tuple[str, np.ndarray]:
@@ -676,14 +686,12 @@ def load_model_garden(model, path: str | os.PathLike) -> None:
                                          f"{layer.name!r}: another architecture")
             used.add(key)
             return key, reader.get_tensor(key)
+        return lookup
 
-        _fill_layer(layer, lookup, where)
-    unused = sorted(k for k in wanted - used
-                    if any(layer.name == "classifier" for layer in model.layers)
-                    or not k.startswith(_MG_CLASSIFIER + "/"))
-    if unused:
-        raise CheckpointMismatch(f"{where} has variables our {model.name!r} lacks: "
-                                 f"{unused[:6]}{' ...' if len(unused) > 6 else ''}")
+    _fill_model(model, where, lookup_for)
+    top = _has_classifier(model)
+    _refuse_unused(model, where, [k for k in wanted - used
+                                  if top or not k.startswith(_MG_CLASSIFIER + "/")])
 
 
 def from_model_garden(path: str | os.PathLike, model: str, width: float, *,

@@ -30,6 +30,9 @@ from mhmodels.images import sample_photos
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras_applications"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
+# TF Model Garden checkpoints (tools/make_model_garden_fixtures.sh, a side venv)
+MG_FIXTURES = Path(__file__).parent / "fixtures" / "model_garden"
+MG_INDEX = json.loads((MG_FIXTURES / "index.json").read_text())
 TOLERANCE = 1e-4  # relative: max |ours - theirs| / max |theirs|
 
 
@@ -61,22 +64,38 @@ def photos(entry) -> np.ndarray:
     return sample_photos(size=entry["input_size"], crops_per_image=2)
 
 
-@pytest.mark.parametrize("model_id", sorted(INDEX))
-def test_converted_logits_equal_the_publishers_model(files, model_id):
-    entry = INDEX[model_id]
-    size = entry["input_size"]
-    ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
-                                     input_shape=(size, size, 3))
-    theirs = np.load(FIXTURES / entry["logits"])
+def check_converted(ours, theirs: np.ndarray, entry: dict, tampered: str) -> None:
+    """`ours` on the fixture's photos ([-1, 1]) gives the publisher's logits; reversing the
+    first tensor of layer `tampered` puts it far off (a lost tensor would show)."""
     assert theirs.std() > 0.1  # random weights gave informative logits, not a constant
     got = ours(photos(entry), training=False).numpy()
     assert got.shape == theirs.shape == (4, entry["classes"])
     assert rel_err(got, theirs) <= TOLERANCE
-    # A converter that lost any tensor would be far off: shuffling one proves the test can fail.
-    layer = ours.get_layer("block1_dw_bn")
-    gamma, *rest = layer.get_weights()
-    layer.set_weights([gamma[::-1].copy(), *rest])
+    layer = ours.get_layer(tampered)
+    first, *rest = layer.get_weights()
+    layer.set_weights([first[..., ::-1].copy(), *rest])
     assert rel_err(ours(photos(entry), training=False).numpy(), theirs) > 1e-3
+
+
+@pytest.mark.parametrize("source, model_id", [("keras_applications", m) for m in sorted(INDEX)]
+                         + [("model_garden", m) for m in sorted(MG_INDEX)])
+def test_converted_logits_equal_the_publishers_model(files, mg_checkpoints, source, model_id):
+    """keras.applications .h5 files and Model Garden TF2 checkpoints, both fed [-1, 1]."""
+    entry = (INDEX if source == "keras_applications" else MG_INDEX)[model_id]
+    shape = (entry["input_size"], entry["input_size"], 3)
+    if source == "keras_applications":
+        ours = P.from_keras_applications(files[model_id], model_id, entry["alpha"],
+                                         input_shape=shape)
+        check_converted(ours, np.load(FIXTURES / entry["logits"]), entry, "block1_dw_bn")
+        return
+    ours = P.from_model_garden(mg_checkpoints[model_id], model_id, entry["width"],
+                               input_shape=shape)
+    normalization = ours.get_layer("input_normalization")  # the one rule: [-1, 1] in
+    pixels = (photos(entry) + 1.0) * 127.5
+    np.testing.assert_allclose(normalization(photos(entry)).numpy(),
+                               P.model_garden_input(pixels), rtol=1e-5, atol=1e-5)
+    # theirs were fed model_garden_input(pixels), ours the same photos in [-1, 1]
+    check_converted(ours, np.load(MG_FIXTURES / entry["logits"]), entry, "block3_project")
 
 
 @pytest.mark.parametrize("model_id", ["mobilenet_v2", "mobilenet_v3_large"])
@@ -392,10 +411,6 @@ def test_feature_extractor_on_pretrained_weights(files):
 # TF Model Garden checkpoints (fixtures: tools/make_model_garden_fixtures.sh, a side venv)
 # --------------------------------------------------------------------------------------------
 
-MG_FIXTURES = Path(__file__).parent / "fixtures" / "model_garden"
-MG_INDEX = json.loads((MG_FIXTURES / "index.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def mg_checkpoints(tmp_path_factory):
     """The checkpoints as the Model Garden wrote them (the data shard is stored gzipped)."""
@@ -403,25 +418,6 @@ def mg_checkpoints(tmp_path_factory):
     for path in MG_FIXTURES.glob("*_ckpt.*"):
         copy_fixture(path, out)
     return {name: out / entry["checkpoint"] for name, entry in MG_INDEX.items()}
-
-
-@pytest.mark.parametrize("model_id", sorted(MG_INDEX))
-def test_model_garden_checkpoint_logits_equal_the_publishers_model(mg_checkpoints, model_id):
-    entry = MG_INDEX[model_id]
-    size = entry["input_size"]
-    ours = P.from_model_garden(mg_checkpoints[model_id], model_id, entry["width"],
-                               input_shape=(size, size, 3))
-    theirs = np.load(MG_FIXTURES / entry["logits"])  # fed model_garden_input(pixels)
-    got = ours(photos(entry), training=False).numpy()  # ours: [-1, 1], like every model
-    assert got.shape == theirs.shape == (4, entry["classes"]) and theirs.std() > 0.1
-    assert rel_err(got, theirs) <= TOLERANCE
-    normalization = ours.get_layer("input_normalization")  # the one rule: [-1, 1] in
-    pixels = (photos(entry) + 1.0) * 127.5
-    np.testing.assert_allclose(normalization(photos(entry)).numpy(),
-                               P.model_garden_input(pixels), rtol=1e-5, atol=1e-5)
-    layer = ours.get_layer("block3_project")  # a lost or misplaced tensor would show
-    layer.set_weights([layer.get_weights()[0][..., ::-1].copy()])
-    assert rel_err(ours(photos(entry), training=False).numpy(), theirs) > 1e-3
 
 
 def test_model_garden_mismatches_are_refused(mg_checkpoints):
