@@ -261,12 +261,27 @@ def _check_config(cfg: TrainConfig) -> None:
 PUBLISHED_DATASETS = ("imagenet",)
 
 
-def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
-    """The Keras 3 float model (init weights loaded) and, with qat, its fake-quant twin."""
+def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
+           network_of: str | None = None):
+    """The Keras 3 float model (init weights loaded) and, with qat, its fake-quant twin.
+
+    network_of: a published dataset (`PUBLISHED_DATASETS`) whose checkpoint's exact network
+    (input normalisation included) a run was fine-tuned as; `cfg.init_weights` then replaces
+    its weights.
+    """
     import mhmodels
 
     shape = (image_size, image_size, 3)
-    if cfg.init_weights and cfg.init_weights in PUBLISHED_DATASETS:
+    if network_of in PUBLISHED_DATASETS and cfg.init_weights not in PUBLISHED_DATASETS:
+        from mhmodels import pretrained
+        from mhmodels.loading import load_weights
+
+        model = pretrained.build_pretrained(spec, cfg.width, network_of, input_shape=shape,
+                                            num_classes=num_classes, dropout=cfg.dropout,
+                                            skip_mismatched_head=True)
+        if cfg.init_weights:
+            load_weights(model, cfg.init_weights)
+    elif cfg.init_weights and cfg.init_weights in PUBLISHED_DATASETS:
         # A published checkpoint (keras.applications, Model Garden): the publisher's exact
         # network (input normalisation included) with its weights converted onto our layers;
         # its classifier is replaced when fine-tuning on another class count.
@@ -277,7 +292,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int):
     else:
         model = mhmodels.build(spec, cfg.width, input_shape=shape, num_classes=num_classes,
                                dropout=cfg.dropout)
-    if cfg.init_weights and cfg.init_weights not in PUBLISHED_DATASETS:
+    if cfg.init_weights and network_of is None and cfg.init_weights not in PUBLISHED_DATASETS:
         from mhmodels import weights as weights_lib
 
         from mhmodels.loading import WeightsMismatchError, load_weights
@@ -773,8 +788,12 @@ def evaluate(cfg: TrainConfig) -> TrainResult:
         if latest is None and not (model_dir / FINAL_WEIGHTS).exists():
             raise FileNotFoundError(f"nothing to evaluate in {model_dir}: no checkpoint and no "
                                     f"{FINAL_WEIGHTS}; pass --init_weights")
+    network_of = None
     if model_dir is not None and (model_dir / RUN_JSON).exists() and not cfg.init_weights:
         record = json.loads((model_dir / RUN_JSON).read_text())
+        # A run fine-tuned from a published checkpoint has that checkpoint's exact network
+        # (e.g. the Model Garden's input normalisation layer, which holds no weights).
+        network_of = record.get("init_weights")
         for key in ("model", "width", "qat", "image_size"):
             mine = cfg.qat if key == "qat" else (
                 image_size if key == "image_size" else getattr(cfg, key))
@@ -785,7 +804,7 @@ def evaluate(cfg: TrainConfig) -> TrainResult:
     build_cfg = dataclasses.replace(cfg, init_weights=(
         str(model_dir / FINAL_WEIGHTS) if load_final else cfg.init_weights))
     with strategy.scope():
-        _, model = _build(build_cfg, spec, info.num_classes, image_size)
+        _, model = _build(build_cfg, spec, info.num_classes, image_size, network_of)
         if latest is not None:
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             tf.train.Checkpoint(model=model, step=step_var).restore(latest).expect_partial()
