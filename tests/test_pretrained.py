@@ -450,7 +450,7 @@ def mg_published(mg_checkpoints, http_root, tmp_path, monkeypatch):
 
 
 def test_build_weights_imagenet_downloads_a_model_garden_checkpoint(mg_published,
-                                                                    mg_checkpoints):
+                                                                    mg_checkpoints, tmp_path):
     entry = MG_INDEX["multi_avg"]
     with pytest.warns(W.UnpinnedCheckpointWarning):
         model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), weights="imagenet")
@@ -466,9 +466,14 @@ def test_build_weights_imagenet_downloads_a_model_garden_checkpoint(mg_published
         P.load_weights(plain, "imagenet")  # never loaded into a network fed another input
     P.load_model_garden(plain, mg_checkpoints["multi_avg"])  # what that would give: off by
     assert rel_err(plain(photos(entry), training=False).numpy(), theirs) > 1e-3  # 5.6e-3
+    import keras
+
     from mhmodels.qat import build_args_of  # QAT / export rebuild the same input layer
-    assert build_args_of(model)["input_normalization"] == mhmodels.preprocessing.\
-        input_normalization("imagenet_mean_std")
+    expected = mhmodels.preprocessing.input_normalization("imagenet_mean_std")
+    assert build_args_of(model)["input_normalization"] == expected
+    model.save(tmp_path / "m.keras")  # ... also for a model reloaded from a .keras file
+    reloaded = build_args_of(keras.models.load_model(tmp_path / "m.keras"))
+    np.testing.assert_allclose(reloaded["input_normalization"], expected, rtol=1e-7)
 
 
 def test_shipped_manifest_names_every_input_convention():
