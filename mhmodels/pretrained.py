@@ -500,6 +500,8 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
 
     With `skip_mismatched_head`, a checkpoint whose classifier has another class count fills
     every layer but the classifier (fine-tuning on your own classes); otherwise that is an error.
+    A 1001-class ImageNet checkpoint (background first) fills a 1000-class model's classifier
+    too, without the background class (evaluating it on TFDS imagenet2012's 1000 labels).
     """
     from mhmodels.builder import build_args, build_model
 
@@ -525,7 +527,10 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
     if head_fits:
         prepared.load(model, build_full)
         return
-    if not skip_mismatched_head:
+    # ImageNet with background (ours, the Model Garden's) into the 1000 classes of
+    # keras.applications / TFDS imagenet2012: the same classifier without its class 0.
+    drop_background = (prepared.num_classes, args.num_classes) == (1001, 1000)
+    if not skip_mismatched_head and not drop_background:
         raise CheckpointMismatch(f"{weights!r} has a {prepared.num_classes}-class classifier, "
                                  f"the model {args.num_classes}; pass skip_mismatched_head=True "
                                  "to load everything else")
@@ -534,6 +539,9 @@ def load_weights(model, weights, *, skip_mismatched_head: bool = False) -> None:
     for layer in model.layers:
         if layer.weights and layer.name != "classifier":
             layer.set_weights(full.get_layer(layer.name).get_weights())
+    if drop_background:
+        kernel, bias = full.get_layer("classifier").get_weights()
+        model.get_layer("classifier").set_weights([kernel[:, 1:], bias[1:]])
 
 
 def build_pretrained(spec: ModelSpec, width: float, weights, *, input_shape: Sequence[int],

@@ -372,6 +372,21 @@ def test_load_weights_into_a_built_model_for_fine_tuning(files):
         P.load_weights(small, str(files["mobilenet_v3_small"]))  # keras keeps a 16-ch stem
 
 
+def test_a_background_first_checkpoint_fills_a_1000_class_model(tmp_path):
+    """1001 classes (ours, the Model Garden's) -> 1000 (TFDS imagenet2012, keras): the same
+    logits without class 0, so `train --mode=eval --init_weights=...` scores on ImageNet."""
+    x = photos({"input_size": 64})
+    ours = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3))  # 1001 classes
+    ours.save_weights(str(tmp_path / "ours.weights.h5"))
+    keras_layout = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), num_classes=1000)
+    P.load_weights(keras_layout, str(tmp_path / "ours.weights.h5"))
+    np.testing.assert_allclose(keras_layout(x, training=False).numpy(),
+                               ours(x, training=False).numpy()[:, 1:], rtol=1e-5, atol=1e-6)
+    other = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), num_classes=999)
+    with pytest.raises(P.CheckpointMismatch, match="1001-class classifier, the model 999"):
+        P.load_weights(other, str(tmp_path / "ours.weights.h5"))
+
+
 # --------------------------------------------------------------------------------------------
 # Multi-scale features
 # --------------------------------------------------------------------------------------------
