@@ -69,6 +69,11 @@ def fetch_file(model: str, width: float, fmt: str, resolution: int | None,
         return W.fetch_checkpoint(ckpt, progress=progress)
     if ckpt.format == "keras":
         return W.fetch_checkpoint(ckpt, progress=progress)
+    if ckpt.input != "minus_one_one":  # a .weights.h5 holds no input layer: it would be lost
+        raise ValueError(f"{ckpt.describe()} was trained on {ckpt.input} input; a .weights.h5 "
+                         "would not carry the input normalisation layer that build("
+                         "weights='imagenet') adds, so none is written: use build(weights="
+                         "'imagenet') or --format=tflite_*")
     size = ckpt.resolution or 224
     target = W.cache_dir() / "converted" / f"{model}-w{width:g}-r{size}-imagenet.weights.h5"
     if not target.is_file():

@@ -476,6 +476,10 @@ def test_build_weights_imagenet_downloads_a_model_garden_checkpoint(mg_published
     by_path = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3),
                              weights=str(mg_checkpoints["multi_avg"]) + ".index")
     assert rel_err(by_path(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
+    from mhmodels import weights_cli
+
+    with pytest.raises(ValueError, match="would not carry the input normalisation"):
+        weights_cli.fetch_file("multi_avg", 0.35, "keras", None, progress=False)
     plain = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), num_classes=10)
     with pytest.raises(P.ArchitectureMismatch, match="input normalisation"):
         P.load_weights(plain, "imagenet")  # never loaded into a network fed another input
