@@ -104,7 +104,28 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    note = published_input_note(args[1], FLAGS.width, FLAGS.format, FLAGS.resolution)
+    if note:
+        print(note, file=sys.stderr)
     print(path)
+
+
+def published_input_note(model: str, width: float, fmt: str, resolution: int | None) -> str:
+    """A warning line when `fetch` hands over a publisher's TFLite file that takes another
+    input than the [-1, 1] of every file exported by mhmodels ('' otherwise)."""
+    from mhmodels import weights as W
+    from mhmodels.preprocessing import INPUT_CONVENTIONS, MINUS_ONE_ONE
+
+    if not fmt.startswith("tflite_"):
+        return ""
+    try:
+        ckpt = W.find_checkpoint(model, width, fmt, resolution=resolution)
+    except ValueError:  # none published: the file was exported from converted weights
+        return ""
+    if ckpt.input == MINUS_ONE_ONE:
+        return ""
+    return (f"note: the publisher's file takes {ckpt.input} input "
+            f"({INPUT_CONVENTIONS[ckpt.input]}), not mhmodels' [-1, 1]")
 
 
 if __name__ == "__main__":

@@ -322,6 +322,7 @@ def test_cli_fetches_a_published_tflite_file(published):
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip().splitlines()[-1])
     assert path.read_bytes()[4:8] == b"TFL3" and "unpinned" in done.stderr
+    assert "takes imagenet_mean_std input" in done.stderr  # the Model Garden's convention
     missing = _cli("fetch", "multi_max", "--format=tflite_int8", "--noprogress")
     assert missing.returncode == 1 and "no checkpoints for 'multi_max'" in missing.stderr
 
