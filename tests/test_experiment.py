@@ -1,0 +1,173 @@
+"""search.experiment: single- vs multi-hardware searches, trained and measured (Tables 2, 3).
+
+The slow test runs the experiment's small mode for real (searches, trainings, LiteRT timings,
+vela estimates) in a subprocess, kills it once its first search is done, reruns it to the end
+and once more: the finished search is not redone, the tables have every row and only finite
+measurements, and a third run reproduces the report from the saved units.
+"""
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from search import experiment as E  # noqa: E402
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_validate_names_the_flag():
+    base = dict(output_dir="/tmp/x", hardware=("cpu_float", "ethos_u55"))
+    E.validate(E.ExperimentConfig(**base))
+    cases = [
+        (dict(hardware=("cpu_float",)), "--hardware: name at least two"),
+        (dict(hardware=("cpu_float", "cpu_float")), "listed twice"),
+        (dict(hardware=("cpu_float", "csv:/tmp/lat.csv")), "cannot measure new architectures"),
+        (dict(baselines=("multi_max", "no_such_model")), "--baselines"),
+        (dict(seeds=0), "--seeds=0"),
+        (dict(random_tolerance=1.5), "--random_tolerance=1.5"),
+        (dict(beta=0.1), "--beta=0.1"),
+        (dict(image_size=16), "--image_size=16"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            E.validate(E.ExperimentConfig(**{**base, **change}))
+
+
+def test_settings_are_recorded_and_other_settings_refused(tmp_path):
+    config = E.ExperimentConfig(output_dir=str(tmp_path), hardware=("cpu_float", "ethos_u55"))
+    E.check_settings(config)
+    saved = json.loads((tmp_path / E.SETTINGS_JSON).read_text())
+    assert saved["hardware"] == ["cpu_float", "ethos_u55"] and "seeds" not in saved
+    E.check_settings(E.ExperimentConfig(output_dir=str(tmp_path), seeds=5,  # more seeds: fine
+                                        hardware=("cpu_float", "ethos_u55")))
+    with pytest.raises(ValueError, match=r"search_steps: 600 -> 100"):
+        E.check_settings(E.ExperimentConfig(output_dir=str(tmp_path), search_steps=100,
+                                            hardware=("cpu_float", "ethos_u55")))
+
+
+def test_structure_and_madds_by_stride_of_multi_max():
+    import mhmodels
+    spec = mhmodels.get_spec("multi_max")
+    s = E.structure(spec)
+    # Table 1 / zoo/models/multi_max.json: 14 regular IBNs, four 5x5, no fused block.
+    assert (s["blocks"], s["fused"], s["kernel5"]) == (14, 0, 4)
+    assert s["mean_expansion"] == pytest.approx(57 / 14)
+    assert s["stages"][0] == "I3k3 (32)" and len(s["stages"]) == 4
+    assert s["stages"][1] == "I6k5 I2k3 I2k3 (64)"
+    by = E.madds_by_stride(spec)
+    assert sorted(by) == [2, 4, 8, 16, 32]
+    assert sum(by.values()) == pytest.approx(mhmodels.profile(spec).madds_m)
+    assert 340 < sum(by.values()) < 360  # the paper's 349 M
+    # The same architecture under another name is the same digest; another one is not.
+    renamed = type(spec).from_dict({**spec.to_dict(), "name": "other"})
+    assert E.spec_digest(renamed) == E.spec_digest(spec)
+    assert E.spec_digest(mhmodels.get_spec("multi_avg")) != E.spec_digest(spec)
+
+
+def _row(seed, label, top1, fmax, wall, steps=100):
+    return {"seed": seed, "label": label, "group": E._group(label), "top1": top1,
+            "mn_norm_max": fmax, "mn_norm_avg": fmax * 0.9, "search_wall_s": wall,
+            "search_steps": steps}
+
+
+def test_table3_sums_the_single_searches_and_keeps_the_best_worst_case():
+    config = E.ExperimentConfig(output_dir="/tmp/x", hardware=("cpu_float", "ethos_u55"))
+    rows = [_row(0, "single_cpu_float", 0.80, 1.30, 100), _row(0, "single_ethos_u55", 0.70,
+                                                                 1.10, 120),
+            _row(0, "searched_avg", 0.75, 1.05, 110), _row(0, "searched_max", 0.78, 1.00, 90),
+            _row(1, "single_cpu_float", 0.82, 1.00, 100), _row(1, "single_ethos_u55", 0.72,
+                                                                 1.20, 100),
+            _row(1, "searched_avg", 0.74, 1.04, 100), _row(1, "searched_max", 0.80, 1.02, 110)]
+    text = E.table3(config, rows)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()
+             if line.startswith("| ") and "strategy" not in line}
+    single = lines["2 single-hardware searches, best measured MN-Norm max kept"]
+    assert "| 2 | 210 ± 14 | 200 ± 0 | 1.050 ± 0.071 | 76.0 ± 8.5 |" in single
+    assert "| 1 | 100 ± 14 | 100 ± 0 | 1.010 ± 0.014 | 79.0 ± 1.4 |" in \
+        lines["one multi-hardware search (max)"]
+    assert "seed 0: single_ethos_u55; seed 1: single_cpu_float" in text
+
+
+@pytest.mark.slow
+def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path):
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "search.experiment", f"--output_dir={out}", "--mode=small",
+           "--hardware=cpu_float,ethos_u55"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    first = out / "seed0" / "search" / "single_cpu_float.done.json"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert first.exists(), "the first search did not finish"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = first.read_bytes()
+    mtime = first.stat().st_mtime_ns
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "searches: 1 of 4 already done (kept)" in rerun.stdout or \
+        "searches: 2 of 4 already done (kept)" in rerun.stdout, rerun.stdout[-3000:]
+    assert first.read_bytes() == kept and first.stat().st_mtime_ns == mtime
+
+    hardware = ["cpu_float", "ethos_u55"]
+    results = _rows(out / "results.csv")
+    labels = ["single_cpu_float", "single_ethos_u55", "searched_avg", "searched_max",
+              "random_0", "multi_max", "mobilenet_v2"]
+    assert sorted(r["label"] for r in results) == sorted(labels)
+    reference = json.loads(next(p for p in (out / "measure").glob("*.json")
+                                if json.loads(p.read_text())["label"] == "mobilenet_v1"
+                                ).read_text())["latency_ms"]
+    for r in results:
+        lat = np.array([float(r[f"latency_ms_{h}"]) for h in hardware])
+        assert np.all(np.isfinite(lat)) and np.all(lat > 0), r
+        norm = lat / np.array([reference[h] for h in hardware])
+        assert float(r["mn_norm_max"]) == pytest.approx(norm.max(), rel=1e-4)
+        assert float(r["mn_norm_avg"]) == pytest.approx(norm.mean(), rel=1e-4)
+        assert 0.0 <= float(r["top1"]) <= 1.0
+        if r["label"].startswith(("single_", "searched_")):
+            assert int(r["search_steps"]) == 12 and float(r["search_wall_s"]) > 0
+    table = _rows(out / "table2.csv")
+    assert [t["model"] for t in table] == ["single_cpu_float", "single_ethos_u55",
+                                           "searched_avg", "searched_max", "random (best of K)",
+                                           "multi_max", "mobilenet_v2"]
+    for t in table:
+        for key, value in t.items():
+            if key.endswith("_mean"):
+                assert math.isfinite(float(value)), (t["model"], key, value)
+    md = (out / "table2.md").read_text()
+    assert md.count("\n| ") == 2 + 1 + len(table)  # header, rule, the normaliser, the models
+    assert "2 single-hardware searches" in (out / "table3.md").read_text()
+    structure = (out / "structure.md").read_text()
+    for label in labels[:4]:
+        assert f"| {label} | 0 |" in structure
+    for png in ("fmax_vs_accuracy.png", "latency_bars.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+    # Everything is done: a third run redoes nothing and reproduces the report exactly.
+    before = (out / "results.csv").read_text()
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "searches: 4 of 4 already done (kept)" in third.stdout
+    assert "trainings: 7 of 7 already done (kept)" in third.stdout
+    assert (out / "results.csv").read_text() == before
