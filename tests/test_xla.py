@@ -130,5 +130,5 @@ def test_train_step_compiles_with_xla(tmp_path):
     except AssertionError as err:
         # Open: measured losses 2.5566 / 2.6498 / 2.6650 / 2.6810 compiled against
         # 2.5566 / 2.7809 / 3.0089 / 2.8606 uncompiled: the first Keras RMSprop update under
-        # XLA is not the uncompiled one. Strict xfail: fixing it turns this test red.
+        # XLA is not the uncompiled one. Once fixed, this test passes instead of xfailing.
         pytest.xfail(f"the compiled training update differs (open): {str(err)[:300]}")
