@@ -12,7 +12,12 @@ Reports (median seconds per step over --steps timed steps after a warm-up):
   * search_step_s: a whole search step on a sampled child (train + held-out forward +
     controller + cost models);
   * controller_overhead: (sampling + cost models + reward + REINFORCE update) / search_step_s
-    (goal <= 5%).
+    (goal <= 5%);
+  * loop_speedup = per-step time of one step per call / per-step time of --steps_per_loop steps
+    in one call (a tf.function loop, as `python -m search --steps_per_loop` runs them): the
+    host round trip saved per step;
+  * jit_speedup = search_step_s / the same step compiled with XLA (`--jit_compile`), one step
+    per call. Both ratios come from the same run, so a loaded host cancels out of them.
 Cost models: the shipped ones when present, else stand-in linear models of the same shape.
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ flags.DEFINE_integer("steps", 30, "Timed steps per measurement (after 3 warm-up 
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("image_size", 32, "Image size.")
 flags.DEFINE_float("supernet_width", 0.25, "Supernet (and standalone child) width.")
+flags.DEFINE_integer("steps_per_loop", 10, "Steps per call of the looped measurement.")
 flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"], "Cost models.")
 FLAGS = flags.FLAGS
 
@@ -108,8 +114,7 @@ def main(argv):
         r = reward_lib.reward(accuracy, lat, normalizers, "max", -0.07, 1.0)
         return ctrl.update(choices, r, step)["advantage"]
 
-    @tf.function
-    def search_step(step):
+    def search_step_body(step):
         choices = ctrl.sample(tf.stack([tf.constant(0, tf.int64), step]))
         with tf.GradientTape() as tape:
             loss = ce(net(images, choices))
@@ -119,6 +124,17 @@ def main(argv):
         adv = rl_part(choices, acc, step)
         opt.apply(grads, variables, 0.01)
         return adv
+
+    search_step = tf.function(search_step_body)
+    search_step_jit = tf.function(search_step_body, jit_compile=True)
+    n_loop = FLAGS.steps_per_loop
+
+    @tf.function
+    def search_loop(first):
+        total = tf.constant(0.0)
+        for i in tf.range(n_loop):
+            total += search_step_body(first + tf.cast(i, tf.int64))
+        return total
 
     @tf.function
     def controller_only(step):
@@ -149,6 +165,15 @@ def main(argv):
     results["controller_s"] = _time(
         lambda: controller_only(tf.constant(next(counter), tf.int64)), FLAGS.steps)
     results["controller_overhead"] = results["controller_s"] / results["search_step_s"]
+    # One step per call vs --steps_per_loop steps per call, and XLA: measured back to back.
+    results["search_step_loop_s"] = _time(
+        lambda: search_loop(tf.constant(next(counter), tf.int64)),
+        max(1, FLAGS.steps // n_loop)) / n_loop
+    results["search_step_jit_s"] = _time(
+        lambda: search_step_jit(tf.constant(next(counter), tf.int64)), FLAGS.steps)
+    results["loop_speedup"] = results["search_step_s"] / results["search_step_loop_s"]
+    results["jit_speedup"] = results["search_step_s"] / results["search_step_jit_s"]
+    results["steps_per_loop"] = n_loop
     results.update(batch_size=bs, image_size=size, supernet_width=width,
                    supernet_weights_m=net.num_weights() / 1e6,
                    standalone_params_m=child.count_params() / 1e6, cost_models=source)
@@ -158,6 +183,10 @@ def main(argv):
     print(f"search step {results['search_step_s'] * 1e3:.1f} ms; controller + cost models "
           f"{results['controller_s'] * 1e3:.2f} ms = {100 * results['controller_overhead']:.1f}% "
           f"(goal <= 5%; {source} cost models)")
+    print(f"per step: {results['search_step_s'] * 1e3:.1f} ms one per call, "
+          f"{results['search_step_loop_s'] * 1e3:.1f} ms in loops of {n_loop} (x"
+          f"{results['loop_speedup']:.2f}); XLA {results['search_step_jit_s'] * 1e3:.1f} ms "
+          f"(x{results['jit_speedup']:.2f})")
     write_json(results)
     return 0
 

@@ -120,6 +120,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool | None = None  # None: a bar when stderr is a terminal
     keep_checkpoints: int = 3
+    jit_compile: bool = False  # compile the replica step with XLA (a TPU always does)
 
     def resolved_image_size(self) -> int:
         if self.image_size is not None:
@@ -396,10 +397,14 @@ def _make_train_step(tf, strategy, model, optimizer, cfg: TrainConfig, num_class
             tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
         return loss, correct
 
+    # XLA: what a TPU does to the replica step; `--jit_compile` checks it (or speeds up a GPU).
+    replica_fn = tf.function(replica_step, jit_compile=True) if cfg.jit_compile \
+        else replica_step
+
     @tf.function
     def train_step(iterator):
         images, labels = next(iterator)
-        loss, correct = strategy.run(replica_step, args=(images, labels))
+        loss, correct = strategy.run(replica_fn, args=(images, labels))
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
@@ -905,6 +910,8 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> flags.FlagValue
            "terminal; otherwise log lines every --log_every steps).")
     define(INT, "keep_checkpoints", d.keep_checkpoints, "Checkpoints kept in "
            "--model_dir/checkpoints (the newest; 1 is enough to resume).")
+    define(BOOL, "jit_compile", d.jit_compile, "Compile the replica step with XLA (a "
+           "TPU compiles it anyway; this checks that a step compiles, or speeds up a GPU).")
 
 
     return fv

@@ -72,6 +72,12 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker",
 flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
 flags.DEFINE_integer("num_cpu_devices", 0, "With --strategy=mirrored: split the CPU into this "
                      "many logical devices (one replica each).")
+flags.DEFINE_integer("steps_per_loop", 1, "Search steps per host call, run in a tf.function "
+                     "loop (TPU jobs: 100 or more hides the host round trip). Checkpoints, "
+                     "summaries and log lines happen at loop boundaries; resuming stays exact "
+                     "and may use another value.")
+flags.DEFINE_bool("jit_compile", False, "Compile the replica step with XLA (a TPU compiles it "
+                  "anyway; this checks a step compiles, or speeds up a GPU).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, sampling, warm-up and data order.")
 flags.DEFINE_string("entry_name", None, "Name of the emitted zoo entry (default "
                     "searched_<metric>_<UTC timestamp>, kept when the search resumes); an "
@@ -107,7 +113,7 @@ FLAG_GROUPS = {
     "controller": ("rl_learning_rate", "rl_delay_fraction"),
     "reward": ("metric", "beta", "target"),
     "hardware": ("hardware", "cost_model_dir", "measure", "compare", "measure_image_size"),
-    "distribution": ("strategy", "tpu", "num_cpu_devices"),
+    "distribution": ("strategy", "tpu", "num_cpu_devices", "steps_per_loop", "jit_compile"),
     "output": ("model_dir", "entry_name", "zoo_dir", "checkpoint_every", "keep_checkpoints",
                "summary_every", "log_every", "max_steps", "progress"),
 }
@@ -131,6 +137,7 @@ def config_from_flags():
         summary_every=FLAGS.summary_every, log_every=FLAGS.log_every,
         entry_name=FLAGS.entry_name, zoo_dir=FLAGS.zoo_dir,
         cost_model_dir=FLAGS.cost_model_dir, max_steps=FLAGS.max_steps,
+        steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile,
         progress=FLAGS.progress and sys.stderr.isatty())
 
 

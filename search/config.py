@@ -54,6 +54,8 @@ class SearchConfig:
     zoo_dir: str | None = None  # default: the user zoo, $MHMODELS_HOME/zoo/models
     cost_model_dir: str | None = None  # default: $MHMODELS_HOME/cost_models, then shipped
     max_steps: int | None = None  # stop (without a final checkpoint) at this step: tests
+    steps_per_loop: int = 1  # search steps per host call (a tf.function loop): TPU jobs
+    jit_compile: bool = False  # compile the replica step with XLA (TPUs always do)
     progress: bool = False
     num_replicas: int = field(default=1, repr=False)  # filled in by run_search
 
@@ -108,7 +110,7 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     _check(config.rl_learning_rate >= 0, "rl_learning_rate", config.rl_learning_rate,
            "must be >= 0")
     _check(config.supernet_width > 0, "supernet_width", config.supernet_width, "must be > 0")
-    for name in ("checkpoint_every", "summary_every", "log_every"):
+    for name in ("checkpoint_every", "summary_every", "log_every", "steps_per_loop"):
         value = getattr(config, name)
         _check(isinstance(value, int) and value >= 1, name, value, "must be an integer >= 1")
     _check(isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 0,

@@ -35,6 +35,22 @@ def replicated_variable(initial_value, name: str, dtype=None, trainable: bool = 
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
+def stateless_uniform(shape, seed, minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
+    """float32 uniform numbers of a stateless seed, the same with and without XLA.
+
+    ``tf.random.stateless_uniform`` turns Philox bits into floats differently under XLA
+    (a TPU, ``jit_compile``) than in TF's CPU/GPU kernels, so a compiled search would sample
+    other children. The Philox bits agree everywhere; this converts them as TF's kernels do
+    (23 low bits as the mantissa of [1, 2), minus 1): bit-identical to
+    ``tf.random.stateless_uniform(shape, seed, minval, maxval)`` on the CPU.
+    """
+    bits = tf.random.stateless_uniform(shape, tf.cast(seed, tf.int64), dtype=tf.uint32,
+                                       minval=None, maxval=None, alg="philox")
+    mantissa = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(bits, 0x7FFFFF), 0x3F800000)
+    u = tf.bitcast(mantissa, tf.float32) - 1.0
+    return u * (maxval - minval) + minval
+
+
 def all_reduce_mean(values):
     """Mean across replicas in replica context (identity without a strategy)."""
     ctx = tf.distribute.get_replica_context()
@@ -91,9 +107,8 @@ class Controller(tf.Module):
 
     def sample(self, seed) -> tf.Tensor:
         """One architecture, int32 [D]; ``seed`` is a stateless seed (shape [2] ints)."""
-        seed = tf.cast(seed, tf.int64)
-        u = tf.random.stateless_uniform([len(self.num_choices), self.max_choices], seed,
-                                        minval=1e-20, maxval=1.0)
+        u = stateless_uniform([len(self.num_choices), self.max_choices], seed,
+                              minval=1e-20, maxval=1.0)
         gumbel = -tf.math.log(-tf.math.log(u))
         return tf.argmax(self.padded_logits() + gumbel, axis=-1, output_type=tf.int32)
 

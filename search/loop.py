@@ -313,20 +313,41 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         stats = controller.update(choices, r, step)
         optimizer.apply(grads, variables,
                         distribute.cosine_learning_rate(config.learning_rate, step, steps))
-        return {"choices": choices, "reward": r, "accuracy": accuracy, "latencies": latencies,
-                "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(tf.logical_or(
-                    all_ops, tf.reduce_any(tf.not_equal(train_choices, choices))), tf.float32),
-                "baseline": stats["baseline"], "mean_reward": stats["mean_reward"],
-                "rl_learning_rate": stats["rl_learning_rate"]}
+        out = {"choices": choices, "reward": r, "accuracy": accuracy, "latencies": latencies,
+               "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(tf.logical_or(
+                   all_ops, tf.reduce_any(tf.not_equal(train_choices, choices))), tf.float32),
+               "baseline": stats["baseline"], "mean_reward": stats["mean_reward"],
+               "rl_learning_rate": stats["rl_learning_rate"]}
+        return {k: tf.expand_dims(v, 0) for k, v in out.items()}  # [1, ...]: gathered below
+
+    # XLA: what a TPU does to every replica step; `--jit_compile` checks it off the TPU.
+    replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile \
+        else replica_step
+
+    def one_step(train_iterator, valid_iterator):
+        per_replica = strategy.run(replica_fn, args=(next(train_iterator),
+                                                     next(valid_iterator)))
+        step_var.assign_add(1)
+        # [replicas, ...] of every replica of every worker (multi_worker: an all-gather), so
+        # that every worker's history and summaries hold the whole step, the same everywhere.
+        out = {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+        out["entropy"] = controller.entropy()
+        return out
 
     @tf.function
-    def train_step(train_batch, valid_batch):
-        out = strategy.run(replica_step, args=(train_batch, valid_batch))
-        step_var.assign_add(1)
-        local = {k: tf.stack(strategy.experimental_local_results(v)) for k, v in out.items()}
-        local["entropy"] = controller.entropy()
-        local["probabilities"] = controller.probabilities()
-        return local
+    def train_loop(train_iterator, valid_iterator, n: int):
+        """`n` search steps in one call (TPU jobs: one host round trip per loop); every
+        step's values stacked to [n, ...]."""
+        first = one_step(train_iterator, valid_iterator)
+        arrays = {k: tf.TensorArray(v.dtype, size=n, element_shape=v.shape).write(0, v)
+                  for k, v in first.items()}
+        if n > 1:  # n == 1: no loop in the graph at all
+            for i in tf.range(1, n):
+                values = one_step(train_iterator, valid_iterator)
+                arrays = {k: arrays[k].write(i, values[k]) for k in arrays}
+        out = {k: a.stack() for k, a in arrays.items()}
+        out["probabilities"] = controller.probabilities()  # after the loop's last step
+        return out
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries")) if chief \
         else tf.summary.create_noop_writer()
@@ -339,24 +360,32 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     t_log = time.time()
     step = start
     last = None
+
+    def crossed(every: int, before: int, after: int) -> bool:
+        return after // every > before // every
+
     while step < stop:
-        out = train_step(next(train_iter), next(valid_iter))
-        step += 1
-        last = {k: v.numpy() for k, v in out.items()}
-        history["reward"].append(float(np.mean(last["reward"])))
-        history["accuracy"].append(float(np.mean(last["accuracy"])))
-        history["f"].append(float(np.mean(last["f"])))
-        history["entropy"].append(float(last["entropy"]))
-        if on_step is not None:
-            on_step(step, last)
-        if step % config.summary_every == 0 or step == stop:
+        n = min(int(config.steps_per_loop), stop - step)
+        out = train_loop(train_iter, valid_iter, n)
+        values = {k: v.numpy() for k, v in out.items()}
+        before, step = step, step + n
+        for i in range(n):
+            last = {k: (v if k == "probabilities" else v[i]) for k, v in values.items()}
+            history["reward"].append(float(np.mean(last["reward"])))
+            history["accuracy"].append(float(np.mean(last["accuracy"])))
+            history["f"].append(float(np.mean(last["f"])))
+            history["entropy"].append(float(last["entropy"]))
+            if on_step is not None:
+                on_step(before + i + 1, last)
+        # Summaries, logs and checkpoints at loop boundaries (the last step of the loop).
+        if crossed(config.summary_every, before, step) or step == stop:
             _write_summaries(writer, step, last, config.hardware, normalizers, names)
         if bar is not None:
-            bar.update(1)
+            bar.update(n)
             bar.set_postfix(reward=f"{history['reward'][-1]:.3f}",
                             acc=f"{history['accuracy'][-1]:.2f}",
                             f=f"{history['f'][-1]:.2f}")
-        if step % config.log_every == 0 or step == stop:
+        if crossed(config.log_every, before, step) or step == stop:
             k = min(config.log_every, len(history["reward"]))
             rate = (step - max(start, step - config.log_every)) / max(1e-9, time.time() - t_log)
             t_log = time.time()
@@ -366,10 +395,12 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
                      metric, np.mean(history["f"][-k:]), history["entropy"][-1],
                      float(np.mean(last["baseline"])), float(np.mean(last["rl_learning_rate"])),
                      rate)
-        if step % config.checkpoint_every == 0 or step == steps:
-            manager.save(checkpoint_number=step)
+        if crossed(config.checkpoint_every, before, step) or step == steps:
+            # History first: a run killed between the two resumes with a history at least as
+            # long as its checkpoint (cut to the checkpoint's step), never a shorter one.
             if chief:
                 _write(history_path, json.dumps(history))
+            manager.save(checkpoint_number=step)
     if bar is not None:
         bar.close()
     writer.flush()

@@ -52,7 +52,7 @@ import tensorflow as tf
 
 from mhmodels.spec import round8
 from . import space as space_lib
-from .controller import replicated_variable
+from .controller import replicated_variable, stateless_uniform
 
 BN_EPSILON = 1e-3
 MAX_KERNEL = max(space_lib.KERNELS)
@@ -206,7 +206,7 @@ class Supernet(tf.Module):
         trains the largest filters / expansion / blocks / kernel; op warm-up sums the regular and
         the fused op of every block, so both learn to feed the same downstream weights.
         """
-        u = tf.random.stateless_uniform([2], tf.cast(seed, tf.int64))
+        u = stateless_uniform([2], seed)
         train_choices = tf.where(u[0] < probability, self.largest(choices),
                                  tf.cast(choices, tf.int32))
         return train_choices, u[1] < probability
