@@ -13,9 +13,10 @@ For every seed it runs, with one recipe for all:
 3. trains every searched model, the random ones and the zoo baselines (``--baselines``) at the
    proxy width with one identical recipe (``mhmodels.train``) and evaluates them on the
    held-out validation split;
-4. measures every distinct architecture at width 1.0 on every hardware: LiteRT on this CPU,
-   vela's estimate for the Ethos-U NPUs (never the cost models), with MobileNetV1 measured in
-   the same run as the normaliser C of MN-Norm.
+4. measures every distinct architecture at width 1.0 on every hardware: LiteRT on this CPU
+   (the minimum of ``--measure_rounds`` rounds over all architectures), vela's estimate for
+   the Ethos-U NPUs (never the cost models), with MobileNetV1 measured in the same rounds as
+   the normaliser C of MN-Norm.
 
 Then it writes, into --output_dir: ``results.csv`` (one row per model and seed),
 ``table2.md`` / ``table2.csv`` (models: accuracy mean and spread over seeds, latency per
@@ -80,11 +81,12 @@ class ExperimentConfig:
     random_k: int = 3
     random_tolerance: float = 0.1
     measure_image_size: int = 224
+    measure_rounds: int = 5  # timed hardware: rounds over all architectures, min kept
     dataset: str = "digits"
     data_dir: str | None = None
 
     # Fields that may change between runs on one --output_dir (the rest must not).
-    FREE = ("output_dir", "seeds")
+    FREE = ("output_dir", "seeds", "measure_rounds")
 
     def identity(self) -> dict:
         data = dataclasses.asdict(self)
@@ -94,7 +96,7 @@ class ExperimentConfig:
 
 # --mode=small: every kind of unit once, each as small as it gets (CI).
 SMALL = dict(seeds=1, search_steps=8, train_steps=8, batch_size=16, random_k=1,
-             measure_image_size=32, baselines=("multi_max",))
+             measure_image_size=32, measure_rounds=2, baselines=("multi_max",))
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -116,7 +118,8 @@ def validate(config: ExperimentConfig) -> None:
                              ("batch_size", config.batch_size, 1),
                              ("random_k", config.random_k, 0),
                              ("image_size", config.image_size, 32),
-                             ("measure_image_size", config.measure_image_size, 32)):
+                             ("measure_image_size", config.measure_image_size, 32),
+                             ("measure_rounds", config.measure_rounds, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"--{flag}={value}: must be an integer >= {low}")
     if not config.width > 0:
@@ -345,24 +348,68 @@ def madds_by_stride(spec, image_size: int = 224) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
-def measure(config: ExperimentConfig, spec, label: str, hardware) -> dict:
-    """Latency per hardware, params and MAdds of one architecture (cached by its digest)."""
+def _measure_path(config: ExperimentConfig, digest: str) -> Path:
+    return Path(config.output_dir) / "measure" / f"{digest}.json"
+
+
+def measure_all_architectures(config: ExperimentConfig, todo: dict[str, tuple[str, Any]],
+                              hardware) -> dict[str, dict]:
+    """Measure every architecture of `todo` ({digest: (label, spec)}) not measured yet.
+
+    Each is built at width 1.0 and exported once per format; deterministic hardware (vela) is
+    measured once; timed hardware (LiteRT on this CPU) in `measure_rounds` rounds over all the
+    architectures, keeping each one's minimum, so a burst of load on the host moves no single
+    model. One JSON per architecture (cached: a rerun measures only what is missing).
+    """
+    import mhmodels
     from mhmodels.profile import profile
-    from .compare import measure_model
-    path = Path(config.output_dir) / "measure" / f"{spec_digest(spec)}.json"
-    if path.is_file():
-        return _read_json(path, "measurement")
-    start = time.time()
-    latency = measure_model(spec, hardware, config.measure_image_size, label)
-    prof = profile(spec, 1.0)
-    record = {"label": label, "image_size": config.measure_image_size,
-              "latency_ms": {hw.name: v for hw, v in zip(hardware, latency)},
-              "params_m": prof.params_m, "madds_m": prof.madds_m,
-              "madds_m_by_stride": {str(k): v for k, v in madds_by_stride(spec).items()},
-              "wall_s": time.time() - start}
-    if all(np.isfinite(latency)):  # a failed measurement is retried by the next run
-        _write_json(path, record)
-    return record
+    from .hardware import export_bytes
+    results = {d: _read_json(_measure_path(config, d), "measurement") for d in todo
+               if _measure_path(config, d).is_file()}
+    pending = {d: v for d, v in todo.items() if d not in results}
+    if not pending:
+        return results
+    size = config.measure_image_size
+    timed = [hw for hw in hardware if not hw.deterministic]
+    exported: dict[str, dict[str, bytes]] = {}
+    records: dict[str, dict] = {}
+    for i, (digest, (label, spec)) in enumerate(sorted(pending.items()), 1):
+        start = time.time()
+        latency = {hw.name: float("nan") for hw in hardware}
+        try:
+            model = mhmodels.build(spec, 1.0, input_shape=(size, size, 3))
+            files = {}
+            for hw in hardware:
+                if hw.quantization not in files:
+                    files[hw.quantization] = export_bytes(model, hw.quantization, size)
+                if hw.deterministic:
+                    latency[hw.name] = hw.latency_ms(hw.measure_tflite(files[hw.quantization]))
+            exported[digest] = files
+        except Exception as err:  # one failing export is not fatal: NaN, retried next run
+            print(f"  ({label}: measurement failed: {err})", flush=True)
+        prof = profile(spec, 1.0)
+        records[digest] = {
+            "label": label, "image_size": size, "latency_ms": latency,
+            "rounds_ms": {hw.name: [] for hw in timed}, "params_m": prof.params_m,
+            "madds_m": prof.madds_m,
+            "madds_m_by_stride": {str(k): v for k, v in madds_by_stride(spec).items()},
+            "export_s": time.time() - start}
+        print(f"  exported [{i}/{len(pending)}] {label}: " + ", ".join(
+            f"{h} {v:.2f} ms" for h, v in latency.items() if np.isfinite(v)), flush=True)
+    for r in range(config.measure_rounds if timed else 0):
+        for digest, files in sorted(exported.items()):
+            record = records[digest]
+            for hw in timed:
+                value = hw.latency_ms(hw.measure_tflite(files[hw.quantization]))
+                record["rounds_ms"][hw.name].append(value)
+                record["latency_ms"][hw.name] = min(record["rounds_ms"][hw.name])
+        print(f"  timing round {r + 1}/{config.measure_rounds} on "
+              f"{', '.join(hw.name for hw in timed)} done", flush=True)
+    for digest, record in records.items():
+        if all(np.isfinite(v) for v in record["latency_ms"].values()):
+            _write_json(_measure_path(config, digest), record)
+        results[digest] = record
+    return results
 
 
 def structure(spec) -> dict:
@@ -428,6 +475,7 @@ def build_rows(config: ExperimentConfig, seeds: Sequence[int], hardware, searche
         search = searches.get((seed, label), {})
         rows.append({
             "seed": seed, "group": _group(label), "label": label, "model": train["model"],
+            "architecture": train["digest"],
             "top1": train["top1"], **{f"latency_ms_{hw.name}": v for hw, v in
                                       zip(hardware, lat)},
             "mn_norm_avg": fa, "mn_norm_max": fm, "params_m": meas["params_m"],
@@ -566,29 +614,30 @@ def plots(config: ExperimentConfig, rows: list[dict], hardware, normalizers) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = Path(config.output_dir)
-    colours = {"single-hardware search": "tab:blue", "multi-hardware search": "tab:red",
-               "random (control)": "tab:gray", "zoo baseline": "tab:green"}
-    markers = {"searched_avg": "s", "searched_max": "*"}
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    markers = {"single-hardware search": "o", "multi-hardware search": "*",
+               "random (control)": "x", "zoo baseline": "^"}
+    labels = [label for label in _order(config) if label != "random_best"]
+    labels += sorted({r["label"] for r in rows if r["group"] == "random (control)"})
+    palette = plt.get_cmap("tab20").colors
+    colour = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    fig, ax = plt.subplots(figsize=(8, 5.2))
     seen = set()
     for r in rows:
-        label = r["label"] if r["group"] != "random (control)" else "random (control)"
-        colour = colours[r["group"]]
-        show = label not in seen
+        random_row = r["group"] == "random (control)"
+        label = "random (control)" if random_row else r["label"]
+        ax.scatter(r["mn_norm_max"], 100 * r["top1"], marker=markers[r["group"]],
+                   color="0.45" if random_row else colour[r["label"]],
+                   s=140 if r["group"] == "multi-hardware search" else 55, alpha=0.9,
+                   linewidths=1.2 if random_row else 0.4,
+                   edgecolors=None if random_row else "k",
+                   label=None if label in seen else label)
         seen.add(label)
-        ax.scatter(r["mn_norm_max"], 100 * r["top1"], c=colour,
-                   marker=markers.get(r["label"], "o"), s=90 if r["label"] in markers else 40,
-                   alpha=0.85, edgecolors="k", linewidths=0.4,
-                   label=label if show else None)
-        if r["group"] in ("zoo baseline",) and show:
-            ax.annotate(r["label"], (r["mn_norm_max"], 100 * r["top1"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
     ax.axvline(config.target, color="k", lw=0.6, ls=":")
     ax.set_xlabel("MN-Norm max (measured worst case over " + ", ".join(h.name for h in hardware)
                   + "; lower is better)")
     ax.set_ylabel(f"top-1 (%) on {config.dataset} validation, width {config.width}")
     ax.set_title("Single- vs multi-hardware search (each point: one seed)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     paths = [str(out / "fmax_vs_accuracy.png")]
     _save(fig, paths[0])
@@ -689,23 +738,20 @@ def run_experiment(config: ExperimentConfig, jobs: int = 1) -> dict:
     import mhmodels
     specs = {key: (read_entry(Path(m)).spec if m.endswith(".json") else mhmodels.get_spec(m))
              for key, m in models.items()}
-    distinct = {}
-    for key, spec in specs.items():
-        distinct.setdefault(spec_digest(spec), (key, spec))
-    print(f"measuring {len(distinct)} distinct architectures + {NORMALIZER} at "
+    normalizer = mhmodels.get_spec(NORMALIZER)
+    distinct = {spec_digest(normalizer): (NORMALIZER, normalizer)}
+    for (seed, label), spec in sorted(specs.items()):
+        distinct.setdefault(spec_digest(spec), (label, spec))
+    print(f"measuring {len(distinct)} distinct architectures (with {NORMALIZER}) at "
           f"{config.measure_image_size}x{config.measure_image_size} on "
           f"{', '.join(config.hardware)}", flush=True)
-    reference = measure(config, mhmodels.get_spec(NORMALIZER), NORMALIZER, hardware)
+    by_digest = measure_all_architectures(config, distinct, hardware)
+    reference = by_digest[spec_digest(normalizer)]
     normalizers = [reference["latency_ms"][hw.name] for hw in hardware]
-    by_digest = {}
-    for i, (digest, ((seed, label), spec)) in enumerate(sorted(distinct.items()), 1):
-        by_digest[digest] = measure(config, spec, label, hardware)
-        print(f"  [{i}/{len(distinct)}] {label}: " + ", ".join(
-            f"{h} {v:.2f}" for h, v in by_digest[digest]["latency_ms"].items()) + " ms",
-            flush=True)
     measurements = {key: by_digest[spec_digest(spec)] for key, spec in specs.items()}
     for key in trainings:
         trainings[key]["measurement"] = measurements[key]
+        trainings[key]["digest"] = spec_digest(specs[key])
 
     # 5. Report.
     rows = build_rows(config, seeds, hardware, searches, trainings, normalizers)
@@ -759,6 +805,8 @@ flags.DEFINE_integer("random_k", 3, "Random architectures per seed at the f_max 
                      "predicted f_max (0: no random control).")
 flags.DEFINE_float("random_tolerance", 0.1, "Relative f_max tolerance of the random control.")
 flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency measurements.")
+flags.DEFINE_integer("measure_rounds", 5, "Timing rounds over all architectures on timed "
+                     "hardware (this CPU); each architecture's minimum is kept.")
 flags.DEFINE_string("dataset", "digits", "Dataset of search and training "
                     "(mhmodels.data.make_dataset names).")
 flags.DEFINE_string("data_dir", None, "Data dir of --dataset.")
@@ -770,7 +818,8 @@ FLAG_GROUPS = {
     "experiment": ("output_dir", "mode", "seeds", "jobs"),
     "searches": ("hardware", "search_steps", "target", "beta", "width"),
     "training": ("train_steps", "image_size", "batch_size", "dataset", "data_dir"),
-    "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size"),
+    "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size",
+                   "measure_rounds"),
 }
 
 

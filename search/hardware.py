@@ -94,6 +94,12 @@ class Hardware:
     def statistic(self) -> str:
         return "latency_ms"
 
+    @property
+    def deterministic(self) -> bool:
+        """True when measuring a model twice gives the same number (a performance model, a
+        table); False for timings, which a comparison should repeat and take the minimum of."""
+        return True
+
     def config(self) -> dict:
         """What the numbers depend on (tool, versions, settings): kept with every measurement."""
         return {"tool": "csv"}
@@ -158,6 +164,10 @@ class LiteRTHardware(Hardware):
     @property
     def statistic(self) -> str:
         return STATISTIC
+
+    @property
+    def deterministic(self) -> bool:
+        return False  # CPU timings: other processes, caches and clocks move them
 
     def config(self) -> dict:
         from importlib.metadata import version
