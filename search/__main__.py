@@ -141,18 +141,6 @@ def config_from_flags():
         progress=FLAGS.progress and sys.stderr.isatty())
 
 
-def _make_visible(zoo_dir: str | None) -> None:
-    """Let mhmodels.build find an entry written outside the built-in zoo."""
-    if not zoo_dir:
-        return
-    from mhmodels.registry import ZOO_PATH_ENV, zoo_dirs
-    target = os.path.realpath(zoo_dir)
-    if any(os.path.realpath(d) == target for d in zoo_dirs()):
-        return
-    parts = [p for p in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep) if p]
-    os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [zoo_dir])
-
-
 def check_flags():
     """Every check that needs no TensorFlow, before it loads: a bad flag is one line."""
     from .config import (check_cost_models, check_entry_name, finished_entry_name,
@@ -208,7 +196,8 @@ def main(argv):
         + f"; f_avg {result.f_avg:.3f}, f_max {result.f_max:.3f}")
     print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
     if FLAGS.measure:
-        _make_visible(config.zoo_dir)
+        from .config import make_zoo_visible
+        make_zoo_visible(config.zoo_dir)
         from .compare import compare_latency
         compare_latency(config, FLAGS.compare, FLAGS.measure_image_size)
     print(f"\ntotal wall time {time.time() - start:.0f} s")

@@ -194,6 +194,18 @@ def check_entry_name(name: str, zoo_dir: str | os.PathLike | None = None) -> Pat
     return path
 
 
+def make_zoo_visible(zoo_dir: str | os.PathLike | None) -> None:
+    """Let mhmodels.build find entries written outside the zoo dirs it lists (by name)."""
+    if not zoo_dir:
+        return
+    from mhmodels.registry import ZOO_PATH_ENV, zoo_dirs
+    target = os.path.realpath(zoo_dir)
+    if any(os.path.realpath(d) == target for d in zoo_dirs()):
+        return
+    parts = [p for p in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep) if p]
+    os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [str(zoo_dir)])
+
+
 def finished_entry_name(model_dir: str) -> str | None:
     """The entry name a finished search in `model_dir` published (local dirs), else None."""
     path = os.path.join(model_dir, RESULT_JSON)

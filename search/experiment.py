@@ -236,12 +236,10 @@ def _run_unit(args: tuple) -> dict:
 
 
 def _make_zoo_visible(config: ExperimentConfig) -> None:
-    from mhmodels.registry import ZOO_PATH_ENV
-    zoo = str(Path(config.output_dir) / "zoo")
-    Path(zoo).mkdir(parents=True, exist_ok=True)
-    parts = [p for p in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep) if p]
-    if zoo not in parts:
-        os.environ[ZOO_PATH_ENV] = os.pathsep.join(parts + [zoo])
+    from .config import make_zoo_visible
+    zoo = Path(config.output_dir) / "zoo"
+    zoo.mkdir(parents=True, exist_ok=True)
+    make_zoo_visible(zoo)
 
 
 def _run_units(config: ExperimentConfig, work: list[tuple[str, dict]], jobs: int,
