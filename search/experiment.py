@@ -781,36 +781,38 @@ def run_experiment(config: ExperimentConfig, jobs: int = 1) -> dict:
 # --------------------------------------------------------------------------------------------
 # The command line
 
-flags.DEFINE_string("output_dir", None, "Directory of the experiment: searches, trainings, "
-                    "measurements and the report; re-use it to resume.")
-flags.DEFINE_enum("mode", "full", ["full", "small"], "full: the defaults below; small: one "
-                  "seed, 8 steps, one baseline, latency at 32x32 (a few minutes: CI). "
-                  "Flags given explicitly override either.")
-flags.DEFINE_list("hardware", list(DEFAULT_HARDWARE), "Hardware of the experiment "
-                  "(search.hardware names, measurable here); one single-hardware search each.")
-flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every search, training and random draw.")
-flags.DEFINE_integer("search_steps", 600, "Steps of every search.")
-flags.DEFINE_integer("train_steps", 500, "Training steps of every model (one recipe).")
-flags.DEFINE_float("width", 0.25, "Proxy width: of the supernet and of every trained model.")
-flags.DEFINE_integer("image_size", 32, "Image size of search and training.")
-flags.DEFINE_integer("batch_size", 32, "Batch size of search and training.")
-flags.DEFINE_float("target", 1.0, "MN-Norm target T of every search (single: L/C of its "
-                   "hardware; avg / max: f_avg / f_max).")
-flags.DEFINE_float("beta", -0.07, "Reward latency coefficient of every search.")
-flags.DEFINE_list("baselines", list(DEFAULT_BASELINES), "Zoo models trained and measured "
-                  "beside the searched ones.")
-flags.DEFINE_integer("random_k", 3, "Random architectures per seed at the f_max search's "
-                     "predicted f_max (0: no random control).")
-flags.DEFINE_float("random_tolerance", 0.1, "Relative f_max tolerance of the random control.")
-flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency measurements.")
-flags.DEFINE_integer("measure_rounds", 5, "Timing rounds over all architectures on timed "
-                     "hardware (this CPU); each architecture's minimum is kept.")
-flags.DEFINE_string("dataset", "digits", "Dataset of search and training "
-                    "(mhmodels.data.make_dataset names).")
-flags.DEFINE_string("data_dir", None, "Data dir of --dataset.")
-flags.DEFINE_integer("jobs", 1, "Searches / trainings run in this many processes at once "
-                     "(measurements always run one at a time).")
-flags.mark_flag_as_required("output_dir")
+def define_flags() -> None:
+    """Flags of the command line (defined only when run as a program: no clashes on import)."""
+    flags.DEFINE_string("output_dir", None, "Directory of the experiment: searches, trainings, "
+                        "measurements and the report; re-use it to resume.")
+    flags.DEFINE_enum("mode", "full", ["full", "small"], "full: the defaults below; small: one "
+                      "seed, 8 steps, one baseline, latency at 32x32 (a few minutes: CI). "
+                      "Flags given explicitly override either.")
+    flags.DEFINE_list("hardware", list(DEFAULT_HARDWARE), "Hardware of the experiment "
+                      "(search.hardware names, measurable here); one single-hardware search each.")
+    flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every search, training and random draw.")
+    flags.DEFINE_integer("search_steps", 600, "Steps of every search.")
+    flags.DEFINE_integer("train_steps", 500, "Training steps of every model (one recipe).")
+    flags.DEFINE_float("width", 0.25, "Proxy width: of the supernet and of every trained model.")
+    flags.DEFINE_integer("image_size", 32, "Image size of search and training.")
+    flags.DEFINE_integer("batch_size", 32, "Batch size of search and training.")
+    flags.DEFINE_float("target", 1.0, "MN-Norm target T of every search (single: L/C of its "
+                       "hardware; avg / max: f_avg / f_max).")
+    flags.DEFINE_float("beta", -0.07, "Reward latency coefficient of every search.")
+    flags.DEFINE_list("baselines", list(DEFAULT_BASELINES), "Zoo models trained and measured "
+                      "beside the searched ones.")
+    flags.DEFINE_integer("random_k", 3, "Random architectures per seed at the f_max search's "
+                         "predicted f_max (0: no random control).")
+    flags.DEFINE_float("random_tolerance", 0.1, "Relative f_max tolerance of the random control.")
+    flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency measurements.")
+    flags.DEFINE_integer("measure_rounds", 5, "Timing rounds over all architectures on timed "
+                         "hardware (this CPU); each architecture's minimum is kept.")
+    flags.DEFINE_string("dataset", "digits", "Dataset of search and training "
+                        "(mhmodels.data.make_dataset names).")
+    flags.DEFINE_string("data_dir", None, "Data dir of --dataset.")
+    flags.DEFINE_integer("jobs", 1, "Searches / trainings run in this many processes at once "
+                         "(measurements always run one at a time).")
+    flags.mark_flag_as_required("output_dir")
 
 FLAG_GROUPS = {
     "experiment": ("output_dir", "mode", "seeds", "jobs"),
@@ -848,6 +850,7 @@ def main(argv):
 
 
 def run():
+    define_flags()
     cli.run(main, groups=FLAG_GROUPS)
 
 

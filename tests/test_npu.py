@@ -188,18 +188,18 @@ def test_shards_are_disjoint_and_merge(tmp_path):
     hws = parse_hardware_list("ethos_u85")
     files = [tmp_path / f"s{i}.csv" for i in range(2)]
     for i, f in enumerate(files):
-        collect_latency.collect(hws, 4, f, image_size=32, progress=False, seed=3, shard=i,
+        collect_latency.collect(hws, 2, f, image_size=32, progress=False, seed=3, shard=i,
                                 num_shards=2)
     keys = [[r["arch"] for r in csv.DictReader(f.open(newline=""))] for f in files]
     archs = [set(k) - {"mobilenet_v1"} for k in keys]
     assert all(k[0] == "mobilenet_v1" for k in keys)
-    assert len(archs[0]) == len(archs[1]) == 2 and not archs[0] & archs[1]
+    assert len(archs[0]) == len(archs[1]) == 1 and not archs[0] & archs[1]
     whole = tmp_path / "whole.csv"
-    assert collect_latency.collect(hws, 4, whole, image_size=32, progress=False, seed=3,
-                                   workers=2) == 4
+    assert collect_latency.collect(hws, 2, whole, image_size=32, progress=False, seed=3,
+                                   workers=2) == 2
     rows = list(csv.DictReader(whole.open(newline="")))
     whole_keys = [r["arch"] for r in rows]
-    assert len(whole_keys) == 5 == len(set(whole_keys)) and "mobilenet_v1" in whole_keys
+    assert len(whole_keys) == 3 == len(set(whole_keys)) and "mobilenet_v1" in whole_keys
     assert set(whole_keys) - {"mobilenet_v1"} == archs[0] | archs[1]
     from search.space import get_space
     row = collect_latency.measure_key(whole_keys[-1], hws, 32, {}, get_space("multi_hw"))
@@ -207,9 +207,9 @@ def test_shards_are_disjoint_and_merge(tmp_path):
     # can move a calibrated scale and so vela's weight compression by a hair (0.007% seen).
     assert float(rows[-1]["ethos_u85_ms"]) == pytest.approx(row["ethos_u85_ms"], rel=1e-3)
     merged = tmp_path / "merged.csv"
-    assert collect_latency.merge(files, merged) == 4
+    assert collect_latency.merge(files, merged) == 2
     rows = list(csv.DictReader(merged.open(newline="")))
-    assert [r["arch"] for r in rows][0] == "mobilenet_v1" and len(rows) == 5
+    assert [r["arch"] for r in rows][0] == "mobilenet_v1" and len(rows) == 3
     assert collect_latency.read_config(merged) == collect_latency.read_config(files[0])
     config = json.loads(collect_latency.config_path(files[1]).read_text())
     config["hardware"]["ethos_u85"]["system"] = "Ethos_U85_SYS_DRAM_Mid"

@@ -262,6 +262,8 @@ def test_multi_max_learns_digits_well_above_chance(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MHMODELS_TEST_FULL") != "1",
+                    reason='full size only (CI time): tests/test_multi_worker.py checks an exact distributed resume across processes')
 def test_mirrored_on_two_logical_cpus_resumes_exactly(tmp_path):
     """MirroredStrategy over 2 logical CPUs: stopped + resumed in new processes == straight."""
     import mhmodels
