@@ -424,7 +424,7 @@ def structure(spec) -> dict:
         "fused": sum(k == "fused_ibn" for k in kinds),
         "kernel5": sum((b.kernel or 3) == 5 for b in spec.blocks),
         "mean_expansion": float(np.mean(expansions)) if expansions else float("nan"),
-        "stages": [" ".join(f"{'F' if b.kind == 'fused_ibn' else 'I'}{b.expansion}"
+        "stages": [" ".join(f"{'F' if b.kind == 'fused_ibn' else 'I'}{b.expansion:g}"
                             f"k{b.kernel or 3}" for b in stage) + f" ({stage[-1].filters})"
                    for stage in stages],
     }
