@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import time
