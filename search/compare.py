@@ -20,34 +20,27 @@ def _ms(value: float, width: int) -> str:
     return f"{value:>{width}.2f}" if np.isfinite(value) else f"{'-':>{width}}"
 
 
-def measure_model(model_or_spec, hardware, image_size: int, label: str | None = None
-                  ) -> list[float]:
-    """Latency ms of one zoo name or ModelSpec (width 1.0) per hardware: measured here / vela.
-
-    NaN where a hardware is not measurable or the export failed (said in one line: one
-    failing export is not fatal to a table).
-    """
-    label = label or getattr(model_or_spec, "name", model_or_spec)
-    values = {hw.name: float("nan") for hw in hardware}
-    measurable = [hw for hw in hardware if hw.measurable]
-    if measurable:
-        try:
-            model = mhmodels.build(model_or_spec, 1.0, input_shape=(image_size, image_size, 3))
-            results = measure_all(model, measurable, image_size)
-            for hw in measurable:
-                values[hw.name] = hw.latency_ms(results[hw.name])
-                cpu_ops = getattr(results[hw.name], "cpu_ops", 0)
-                if cpu_ops:
-                    print(f"  ({label} on {hw.name}: {cpu_ops} op(s) left on the host CPU, "
-                          "not in the estimate)")
-        except Exception as err:  # keep going: one failing export is not fatal here
-            print(f"  ({label}: measurement failed: {err})")
-    return [values[hw.name] for hw in hardware]
-
-
 def measure_models(names, hardware, image_size: int) -> dict[str, list[float]]:
     """{model name: [latency ms per hardware]} measured here (NaN where it failed)."""
-    return {name: measure_model(name, hardware, image_size) for name in names}
+    measurable = [hw for hw in hardware if hw.measurable]
+    out = {}
+    for name in names:
+        values = {hw.name: float("nan") for hw in hardware}
+        if measurable:
+            try:
+                width = {"width": 1.0} if name == NORMALIZER_MODEL else {}
+                model = mhmodels.build(name, input_shape=(image_size, image_size, 3), **width)
+                results = measure_all(model, measurable, image_size)
+                for hw in measurable:
+                    values[hw.name] = hw.latency_ms(results[hw.name])
+                    cpu_ops = getattr(results[hw.name], "cpu_ops", 0)
+                    if cpu_ops:
+                        print(f"  ({name} on {hw.name}: {cpu_ops} op(s) left on the host CPU, "
+                              "not in the estimate)")
+            except Exception as err:  # keep going: one failing export is not fatal here
+                print(f"  ({name}: measurement failed: {err})")
+        out[name] = [values[hw.name] for hw in hardware]
+    return out
 
 
 def compare_latency(config, compare: list[str], image_size: int) -> None:

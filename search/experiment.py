@@ -140,14 +140,6 @@ def validate(config: ExperimentConfig) -> None:
 # --------------------------------------------------------------------------------------------
 # Units of work: each is a function of plain data that writes one result file when done.
 
-@dataclass(frozen=True)
-class Unit:
-    kind: str  # search | train
-    seed: int
-    label: str  # single_<hw> | searched_avg | searched_max | random_<i> | <baseline>
-    done_path: str
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")
 
@@ -460,8 +452,8 @@ def _row_label(label: str) -> str:
     return "random (best of K)" if label == "random_best" else label
 
 
-def build_rows(config: ExperimentConfig, seeds: Sequence[int], hardware, searches: dict,
-               trainings: dict, normalizers: list[float]) -> list[dict]:
+def build_rows(hardware, searches: dict, trainings: dict, normalizers: list[float]
+               ) -> list[dict]:
     """One row per (seed, model): accuracy, measured latency per hardware, MN-Norm, cost."""
     from mhmodels.metrics import mn_norm
     rows = []
@@ -751,7 +743,7 @@ def run_experiment(config: ExperimentConfig, jobs: int = 1) -> dict:
         trainings[key]["digest"] = spec_digest(specs[key])
 
     # 5. Report.
-    rows = build_rows(config, seeds, hardware, searches, trainings, normalizers)
+    rows = build_rows(hardware, searches, trainings, normalizers)
     t2_md, t2_rows = table2(config, rows, hardware, normalizers)
     t3_md, t3_rows = table3(config, rows)
     searched = {key: spec for key, spec in specs.items()
