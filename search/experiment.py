@@ -108,7 +108,10 @@ def validate(config: ExperimentConfig) -> None:
     if len(set(hardware)) != len(hardware):
         raise ValueError(f"--hardware={','.join(hardware)}: a hardware is listed twice")
     for name in hardware:
-        hw = get_hardware(name)
+        try:
+            hw = get_hardware(name)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--hardware: {err}") from None
         if not hw.measurable:
             raise ValueError(f"--hardware={name}: cannot measure new architectures (every "
                              "model of the experiment is measured on every hardware)")

@@ -36,6 +36,7 @@ def test_validate_names_the_flag():
     cases = [
         (dict(hardware=("cpu_float",)), "--hardware: name at least two"),
         (dict(hardware=("cpu_float", "cpu_float")), "listed twice"),
+        (dict(hardware=("cpu_float", "no_such")), "--hardware: unknown hardware 'no_such'"),
         (dict(hardware=("cpu_float", "csv:/tmp/lat.csv")), "cannot measure new architectures"),
         (dict(baselines=("multi_max", "no_such_model")), "--baselines"),
         (dict(seeds=0), "--seeds=0"),
