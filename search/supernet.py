@@ -212,6 +212,7 @@ class Supernet(tf.Module):
         return train_choices, u[1] < probability
 
     # -- forward -----------------------------------------------------------------------------
+    @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors: tracing
     def __call__(self, images, choices, all_ops=False, return_blocks: bool = False):
         """Logits [B, num_classes] of the child ``choices`` (int [D]) on ``images``.
 
