@@ -82,7 +82,9 @@ FINAL_JSON = "final.json"
 RUN_JSON = "run.json"
 # Fields of run.json that must agree when a run is resumed (the checkpoint depends on them).
 RESUME_KEYS = ("model", "width", "dataset", "image_size", "batch_size", "total_steps", "qat",
-               "num_classes", "dropout")
+               "num_classes", "dropout", "sync_batch_norm")
+# What runs recorded before a key existed used.
+RESUME_DEFAULTS = {"sync_batch_norm": False}
 
 
 @dataclasses.dataclass
@@ -121,6 +123,7 @@ class TrainConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     keep_checkpoints: int = 3
     jit_compile: bool = False  # compile the replica step with XLA (a TPU always does)
+    sync_batch_norm: bool = False  # batch-norm statistics over the global batch (all replicas)
 
     def resolved_image_size(self) -> int:
         if self.image_size is not None:
@@ -257,6 +260,9 @@ def _check_config(cfg: TrainConfig) -> None:
                          "evaluating random initial weights says nothing")
     if cfg.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    if cfg.sync_batch_norm and cfg.qat:
+        raise ValueError("--sync_batch_norm is for float training; the QAT twin's batch norms "
+                         "(inside tfmot's wrappers) keep per-replica statistics")
 
 
 PUBLISHED_DATASETS = ("imagenet",)
@@ -324,6 +330,20 @@ def _rng_states(model) -> list:
     return [v for v in getattr(model, "variables", [])
             if (getattr(v, "path", None) or v.name).rsplit("/", 1)[-1].startswith(
                 "seed_generator_state")]
+
+
+def synchronize_batch_norm(model) -> int:
+    """Make every Keras 3 batch norm of `model` (nested models too) compute its statistics
+    over all replicas in sync; returns how many. Keras reads the flag at each call."""
+    import keras
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    if not count:
+        raise ValueError(f"{model.name} has no Keras 3 BatchNormalization to synchronize")
+    return count
 
 
 def _make_optimizer(k, cfg: TrainConfig, peak: float, total_steps: int):
@@ -483,8 +503,8 @@ def _prepare_run_dir(cfg: TrainConfig, model_dir: Path, record: dict,
     if path.exists() and (model_dir / "checkpoints").is_dir() and any(
             (model_dir / "checkpoints").iterdir()):
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), record.get(k)) for k in RESUME_KEYS
-                if old.get(k) != record.get(k)}
+        diff = {k: (old.get(k, RESUME_DEFAULTS.get(k)), record.get(k)) for k in RESUME_KEYS
+                if old.get(k, RESUME_DEFAULTS.get(k)) != record.get(k)}
         if diff:
             changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{model_dir} holds a run with different settings ({changes})"
@@ -613,6 +633,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     with strategy.scope():
         float_model, model = _build(cfg, spec, num_classes, image_size)
+        if cfg.sync_batch_norm:
+            synchronize_batch_norm(model)
         k = _keras_module_of(model)
         optimizer = _make_optimizer(k, cfg, peak, total_steps)
         optimizer.build(model.trainable_variables)
@@ -912,6 +934,9 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> flags.FlagValue
            "--model_dir/checkpoints (the newest; 1 is enough to resume).")
     define(BOOL, "jit_compile", d.jit_compile, "Compile the replica step with XLA (a "
            "TPU compiles it anyway; this checks that a step compiles, or speeds up a GPU).")
+    define(BOOL, "sync_batch_norm", d.sync_batch_norm, "Batch-norm statistics over the "
+           "global batch (an all-reduce per layer), so every replica keeps the same moving "
+           "statistics; default: each replica's own slice, as the paper's TPU recipe.")
 
 
     return fv

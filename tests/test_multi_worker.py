@@ -245,7 +245,7 @@ def train_command(model_dir, **extra):
                  model_dir=model_dir, log_every=2)
     flags.update(extra)
     return ([sys.executable, "-m", "mhmodels.train"] + [f"--{k}={v}" for k, v in flags.items()]
-            + ["--noprogress"])
+            + ["--noprogress", "--sync_batch_norm"])
 
 
 @pytest.mark.slow
@@ -255,20 +255,19 @@ def test_train_cluster_cli(tmp_path):
     assert "step 6/6" in cluster.output(0), cluster.output(0)
     # Only the chief writes the final weights, run.json and the summaries.
     assert (full / "final.weights.h5").exists() and (full / "run.json").exists()
+    assert json.loads((full / "run.json").read_text())["sync_batch_norm"] is True
     assert sorted(p.name for p in full.iterdir()) == sorted(
         ["checkpoints", "train", "eval", "run.json", "final.weights.h5", "final.json",
          "tmp_worker_1"]), sorted(p.name for p in full.iterdir())
     assert len(os.listdir(full / "train")) == 1
     chief = checkpoint_values(str(full / "checkpoints" / "ckpt-6"))
     other = checkpoint_values(str(full / "tmp_worker_1" / "ckpt-6"))
-    # Weights, optimizer slots and step agree bit for bit. Batch-norm moving statistics do
-    # not: each worker's Keras BatchNormalization (synchronized=False) averages its own half
-    # of the batch (open: average them across replicas, or synchronized BN).
+    # Weights, optimizer slots, step and, with --sync_batch_norm (statistics of the global
+    # batch), the batch-norm moving statistics agree bit for bit. Without it each worker's
+    # moving statistics follow its own half of the batch (0.9452 vs 0.9447 measured).
     moving = {n for n in chief if "moving_" in n}
-    assert moving and any(not np.array_equal(chief[n], other[n]) for n in moving)
-    assert_same_values({n: v for n, v in chief.items() if n not in moving},
-                       {n: v for n, v in other.items() if n not in moving},
-                       "chief vs worker 1 after 6 steps (without moving statistics)")
+    assert len(moving) == 2 * 45 and any(np.any(chief[n] != 0) for n in moving)
+    assert_same_values(chief, other, "chief vs worker 1 after 6 steps")
 
     resumed = tmp_path / "resumed"
     kill_after_checkpoint(train_command(resumed), tmp_path, "train_killed",

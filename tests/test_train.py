@@ -104,6 +104,21 @@ def test_bad_settings_fail_before_training(tmp_path):
         T.train(config(tmp_path, model="multi_mx"))
     with pytest.raises(ValueError, match="tpu"):
         T.make_strategy("tpu", None)
+    with pytest.raises(ValueError, match="--sync_batch_norm is for float training"):
+        T.train(config(tmp_path, qat=True, sync_batch_norm=True))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_sync_batch_norm_reaches_every_batch_norm():
+    import keras
+    import mhmodels
+    model = mhmodels.build("multi_max", 0.35, input_shape=(32, 32, 3), num_classes=10)
+    wrapper = keras.Sequential([model, keras.layers.Dense(3)])  # nested backbones count too
+    assert T.synchronize_batch_norm(wrapper) == 45  # stem, 2-3 per block, head, top
+    assert all(layer.synchronized for layer in model.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+    with pytest.raises(ValueError, match="no Keras 3 BatchNormalization"):
+        T.synchronize_batch_norm(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
 
 
 def test_eval_without_weights_is_an_error_not_a_random_model_score():
