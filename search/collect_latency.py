@@ -51,7 +51,7 @@ import numpy as np
 from absl import app, flags
 
 from .hardware import (NORMALIZER_MODEL, Hardware, LiteRTHardware, get_hardware,
-                             measure_all, parse_hardware_list, same_config)
+                             measure_all, parse_hardware_list, same_config, worker_init)
 
 BASE_COLUMNS = ("arch", "image_size", "madds_m", "params_m", "seconds")
 
@@ -197,13 +197,6 @@ def measure_key(key: str, hardware: Sequence[Hardware], image_size: int, overrid
     row = measure_model(model, hardware, image_size, overrides)
     row.update(arch=key, image_size=image_size, seconds=time.time() - t0)
     return row
-
-
-def _worker_init() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # one core per worker: N workers use N cores
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def _worker_measure(key, hardware_names, image_size, overrides, space_name) -> dict:
@@ -378,7 +371,7 @@ def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrid
     import multiprocessing
     names = [hw.name for hw in hardware]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init,
                                 max_tasks_per_child=50) as pool:
         pending = set()
         source = iter(keys)

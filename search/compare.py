@@ -2,16 +2,19 @@
 
 The search CLI prints this table after a run: every hardware of the search (LiteRT timings on
 this CPU, vela estimates for the NPUs), with one export per format per model
-(`search.hardware.measure_all`). Cost-model milliseconds of CPU hardware belong to the host
-they were fitted on; measured rows are therefore normalised by MobileNetV1 measured here.
+(`search.hardware.export_zoo_models`, in up to 2 processes; the timings run afterwards, one at
+a time). Cost-model milliseconds of CPU hardware belong to the host they were fitted on;
+measured rows are therefore normalised by MobileNetV1 measured here.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 import mhmodels
 from mhmodels.metrics import f_avg, f_max
-from .hardware import NORMALIZER_MODEL, get_hardware, measure_all
+from .hardware import NORMALIZER_MODEL, export_zoo_models, get_hardware
 from .space import get_space
 
 
@@ -20,25 +23,41 @@ def _ms(value: float, width: int) -> str:
     return f"{value:>{width}.2f}" if np.isfinite(value) else f"{'-':>{width}}"
 
 
-def measure_models(names, hardware, image_size: int) -> dict[str, list[float]]:
-    """{model name: [latency ms per hardware]} measured here (NaN where it failed)."""
+def _build_kwargs(name: str) -> dict:
+    return {"width": 1.0} if name == NORMALIZER_MODEL else {}
+
+
+def measure_models(names, hardware, image_size: int,
+                   workers: int | None = None) -> dict[str, list[float]]:
+    """{model name: [latency ms per hardware]} measured here (NaN where it failed).
+
+    The exports (one per format per model, the slow part) run in `workers` processes
+    (default: up to 2 cores); the CPU timings then run one at a time in this process.
+    """
     measurable = [hw for hw in hardware if hw.measurable]
+    formats = [hw.quantization for hw in measurable]
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    exports = export_zoo_models({name: _build_kwargs(name) for name in names}, formats,
+                                image_size, workers) if measurable else {}
     out = {}
     for name in names:
         values = {hw.name: float("nan") for hw in hardware}
-        if measurable:
-            try:
-                width = {"width": 1.0} if name == NORMALIZER_MODEL else {}
-                model = mhmodels.build(name, input_shape=(image_size, image_size, 3), **width)
-                results = measure_all(model, measurable, image_size)
-                for hw in measurable:
-                    values[hw.name] = hw.latency_ms(results[hw.name])
-                    cpu_ops = getattr(results[hw.name], "cpu_ops", 0)
-                    if cpu_ops:
-                        print(f"  ({name} on {hw.name}: {cpu_ops} op(s) left on the host CPU, "
-                              "not in the estimate)")
-            except Exception as err:  # keep going: one failing export is not fatal here
-                print(f"  ({name}: measurement failed: {err})")
+        exported = exports.get(name)
+        if isinstance(exported, Exception):
+            print(f"  ({name}: measurement failed: {exported})")
+        elif exported is not None:
+            for hw in measurable:
+                try:
+                    result = hw.measure_tflite(exported[hw.quantization])
+                except Exception as err:  # keep going: one failing hardware is not fatal
+                    print(f"  ({name} on {hw.name}: measurement failed: {err})")
+                    continue
+                values[hw.name] = hw.latency_ms(result)
+                cpu_ops = getattr(result, "cpu_ops", 0)
+                if cpu_ops:
+                    print(f"  ({name} on {hw.name}: {cpu_ops} op(s) left on the host CPU, "
+                          "not in the estimate)")
         out[name] = [values[hw.name] for hw in hardware]
     return out
 
@@ -64,15 +83,17 @@ def compare_latency(config, compare: list[str], image_size: int) -> None:
     # Measured rows are normalised by MobileNetV1 measured here too: the cost models'
     # milliseconds belong to the host they were fitted on, which may be faster or slower.
     measured_normalizers = list(normalizers or [])
+    todo = list(dict.fromkeys(([NORMALIZER_MODEL] if normalizers else []) + names))
+    print(f"(exporting and measuring {len(todo)} models ...)", flush=True)
+    measured_rows = measure_models(todo, hardware, image_size)
     if normalizers:
-        reference = measure_models([NORMALIZER_MODEL], hardware, image_size)[NORMALIZER_MODEL]
+        reference = measured_rows[NORMALIZER_MODEL]
         measured_normalizers = [m if np.isfinite(m) else c
                                 for m, c in zip(reference, normalizers)]
         print("normaliser C = MobileNetV1 (ms, measured / cost model): " + ", ".join(
             f"{hw} {m:.2f} / {c:.2f}" for hw, m, c in
             zip(config.hardware, measured_normalizers, normalizers)))
     print(header)
-    measured_rows = measure_models(names, hardware, image_size)
     for name in names:
         try:
             choices = space.choices_for(mhmodels.get_spec(name))
