@@ -230,8 +230,9 @@ def test_cli_resume_across_processes_and_build_loads_the_weights(tmp_path):
 
 @pytest.mark.slow
 def test_multi_max_learns_digits_well_above_chance(tmp_path, capsys):
-    """Multi-MAX 0.35, 32x32 digits, the paper's recipe, CPU: >= 70% top-1 (chance is 10%)."""
-    epochs = 30 if FULL else 20
+    """Multi-MAX 0.35, 32x32 digits, the paper's recipe, CPU: >= 70% top-1 (chance is 10%).
+    Measured here: 0.788 top-1 after 10 epochs, the CI size."""
+    epochs = 30 if FULL else 10
     start = time.time()
     result = T.train(config(tmp_path / "run", steps=None, epochs=epochs, batch_size=32,
                             mode="train_and_eval", eval_every_epoch=False))

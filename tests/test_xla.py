@@ -119,12 +119,15 @@ def _train(model_dir, **overrides):
 
 @pytest.fixture
 def float64():
-    """Keras' default float type set to float64 for one test, then back."""
+    """Keras' float type and dtype policy set to float64 for one test, then back (a policy
+    set earlier in the process, e.g. by a mixed-precision test, would override floatx)."""
     import keras
-    before = keras.config.floatx()
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(before)
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 @pytest.mark.slow
