@@ -269,6 +269,14 @@ def test_qat_int8_matches_qat_keras(trained_qat, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Every zoo model: float parity, QAT twin, one fit step, int8 with no float op.
 
+# Float parity in CI for the models that together hold every layer kind of the zoo
+# (depthwise-separable, plain and fused IBNs, ReLU6, 5x5 and 7x7 depthwise, squeeze-excite,
+# hard-swish; the others combine these); every model at full size (MHMODELS_TEST_SIZE=full).
+# The int8 / NPU half below runs for every model always.
+FLOAT_PARITY_CI = {"mobilenet_v1", "multi_max", "mobilenet_edgetpu", "mobilenet_v3_large",
+                   "proxylessnas_mobile"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", mhmodels.list_models())
 def test_every_zoo_model(name, digits, tmp_path):
@@ -278,9 +286,11 @@ def test_every_zoo_model(name, digits, tmp_path):
     times = {}
     start = time.perf_counter()
     model = mhmodels.build(name, WIDTH, input_shape=SHAPE, num_classes=10)
-    result = E.export_tflite(model, tmp_path / "f.tflite")
-    times["float export"] = result.seconds
-    assert rel(model.predict(x[:16], verbose=0), E.predict_tflite(result, x[:16])) <= FLOAT_RTOL
+    if FULL or name in FLOAT_PARITY_CI:
+        result = E.export_tflite(model, tmp_path / "f.tflite")
+        times["float export"] = result.seconds
+        assert rel(model.predict(x[:16], verbose=0),
+                   E.predict_tflite(result, x[:16])) <= FLOAT_RTOL
 
     t = time.perf_counter()
     qat = Q.quantize(model)
