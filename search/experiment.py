@@ -355,7 +355,7 @@ def measure_all_architectures(config: ExperimentConfig, todo: dict[str, tuple[st
     """
     import mhmodels
     from mhmodels.profile import profile
-    from .hardware import export_bytes
+    from .hardware import export_formats
     results = {d: _read_json(_measure_path(config, d), "measurement") for d in todo
                if _measure_path(config, d).is_file()}
     pending = {d: v for d, v in todo.items() if d not in results}
@@ -370,10 +370,8 @@ def measure_all_architectures(config: ExperimentConfig, todo: dict[str, tuple[st
         latency = {hw.name: float("nan") for hw in hardware}
         try:
             model = mhmodels.build(spec, 1.0, input_shape=(size, size, 3))
-            files = {}
+            files = export_formats(model, [hw.quantization for hw in hardware], size)
             for hw in hardware:
-                if hw.quantization not in files:
-                    files[hw.quantization] = export_bytes(model, hw.quantization, size)
                 if hw.deterministic:
                     latency[hw.name] = hw.latency_ms(hw.measure_tflite(files[hw.quantization]))
             exported[digest] = files

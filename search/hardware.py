@@ -254,17 +254,21 @@ def same_config(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> boo
     return strip(a) == strip(b)
 
 
+def export_formats(model, formats: Sequence[str], image_size: int | None = None
+                   ) -> dict[str, bytes]:
+    """{format: TFLite bytes} of a Keras model, one export per distinct format (one int8
+    export serves cpu_int8 and every NPU)."""
+    return {q: export_bytes(model, q, image_size) for q in dict.fromkeys(formats)}
+
+
 def measure_all(model, hardware: Sequence[Hardware], image_size: int | None = None,
                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """{hardware name: measure_tflite result}, exporting `model` once per format needed."""
-    exported: dict[str, bytes] = {}
-    results = {}
     for hw in hardware:
         hw._need_measurable()
-        if hw.quantization not in exported:
-            exported[hw.quantization] = export_bytes(model, hw.quantization, image_size)
-        results[hw.name] = hw.measure_tflite(exported[hw.quantization], **dict(overrides or {}))
-    return results
+    exported = export_formats(model, [hw.quantization for hw in hardware], image_size)
+    return {hw.name: hw.measure_tflite(exported[hw.quantization], **dict(overrides or {}))
+            for hw in hardware}
 
 
 def worker_init() -> None:
@@ -282,7 +286,7 @@ def _export_zoo_model(name: str, build_kwargs: Mapping[str, Any], formats: Seque
                       image_size: int) -> dict[str, bytes]:
     import mhmodels
     model = mhmodels.build(name, input_shape=(image_size, image_size, 3), **build_kwargs)
-    return {q: export_bytes(model, q, image_size) for q in formats}
+    return export_formats(model, formats, image_size)
 
 
 def export_zoo_models(models: Mapping[str, Mapping[str, Any]], formats: Sequence[str],
