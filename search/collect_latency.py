@@ -80,6 +80,12 @@ def read_config(output: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a hardware configuration file ({err})") from None
 
 
+def read_host(output: str | os.PathLike) -> dict | None:
+    """The host (`search.cost_model.current_host`) a collected CSV's CPU rows were timed on."""
+    path = config_path(output)
+    return json.loads(path.read_text()).get("host") if path.is_file() else None
+
+
 def read_space(output: str | os.PathLike) -> dict | None:
     """The search space ({name, decision_sizes}) recorded for a collected CSV, if any."""
     path = config_path(output)
@@ -99,6 +105,14 @@ def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh:
     record = {"hardware": {hw.name: hw.config() for hw in hardware}}
     if space is not None:
         record["space"] = space_record(space)
+    cpu = [hw for hw in hardware if isinstance(hw, LiteRTHardware)]
+    if cpu:  # CPU milliseconds belong to the host they were measured on
+        from .cost_model import current_host, host_id
+        record["host"] = current_host(cpu[0].threads)
+        known = read_host(output)
+        if recorded is not None and known and host_id(known) != host_id(record["host"]):
+            print(f"[collect] warning: {output} holds CPU timings of another host "
+                  f"({known.get('cpu_model')}); appending this host's", file=sys.stderr)
     if recorded is None:
         if not fresh:
             print(f"[collect] {output} has no {config_path(output).name}: its rows' hardware "

@@ -8,6 +8,7 @@ that the corrected command would then disagree with.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,8 +148,9 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
 
 
 def check_cost_models(config: SearchConfig) -> list:
-    """Load every hardware's cost model (a missing or unfitting one is a ValueError)."""
-    from .cost_model import load_cost_model
+    """Load every hardware's cost model (a missing or unfitting one is a ValueError); a CPU
+    model measured on another host is a one-line warning on stderr."""
+    from .cost_model import host_mismatch, load_cost_model
     from .space import get_space
     try:
         space = get_space(config.space)
@@ -160,6 +162,9 @@ def check_cost_models(config: SearchConfig) -> list:
             model = load_cost_model(hw, config.cost_model_dir, space=space)
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--hardware={hw}: {err}") from None
+        mismatch = host_mismatch(model)
+        if mismatch:
+            print(f"warning: --hardware={hw}: {mismatch}", file=sys.stderr)
         if not model.normalizer_ms or not float(model.normalizer_ms) > 0:
             raise ValueError(f"--hardware={hw}: the cost model {model.source} has no "
                              "normalizer_ms (its data had no mobilenet_v1 row): refit it")

@@ -54,6 +54,112 @@ class CostModelError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
+# The host a CPU cost model describes.
+
+# CPU features that change what LiteRT's XNNPACK kernels can do (x86: AVX2 / AVX-512 and the
+# int8 dot products VNNI / AMX; Arm: the dot-product and int8 matrix-multiply extensions).
+# An int8 model runs ~3x faster than float on an AVX-512 VNNI host and no faster on an
+# AVX2-only one (SPEC section 7): a CPU cost model is a description of one host.
+ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp",
+                "i8mm", "sve")
+UNKNOWN_CPU = "unknown"
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """(CPU model name, feature flags) from /proc/cpuinfo; (None, empty) where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, set()
+    name, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and name is None:
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:  # x86 "flags", Arm "Features"
+            flags = set(value.split())
+    return name, flags
+
+
+def current_host(threads: int = 1) -> dict:
+    """What CPU latencies measured here belong to: CPU model, the ISA features in
+    `ISA_FEATURES` it has, machine, LiteRT version and the number of threads timed."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    name, flags = _cpuinfo()
+    try:
+        litert = version("ai-edge-litert")
+    except PackageNotFoundError:
+        litert = None
+    return {"cpu_model": name or platform.processor() or UNKNOWN_CPU,
+            "machine": platform.machine(),
+            "isa": sorted(f for f in ISA_FEATURES if f in flags),
+            "litert_version": litert, "threads": int(threads)}
+
+
+def host_id(host: Mapping[str, Any]) -> str:
+    """A short stable id of a host record (the file-name suffix of calibrated cost models)."""
+    import hashlib
+    key = json.dumps({k: host.get(k) for k in ("cpu_model", "machine", "isa", "litert_version",
+                                               "threads")}, sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def describe_host(host: Mapping[str, Any] | None) -> str:
+    if not host:
+        return "an unrecorded host"
+    isa = "/".join(host.get("isa") or []) or "no listed ISA features"
+    return (f"{host.get('cpu_model')} ({host.get('machine')}, {isa}, LiteRT "
+            f"{host.get('litert_version') or '?'}, {host.get('threads')} thread(s))")
+
+
+def is_cpu_model(model: "LinearCostModel") -> bool:
+    """A cost model of this machine's CPU (LiteRT timings), whose numbers belong to a host."""
+    config = model.hardware_config or {}
+    if config.get("tool") == "litert":
+        return True
+    from .hardware import BUILTIN, LiteRTHardware
+    return isinstance(BUILTIN.get(model.hardware), LiteRTHardware)
+
+
+def host_mismatch(model: "LinearCostModel", host: Mapping[str, Any] | None = None
+                  ) -> str | None:
+    """One line saying how the host a CPU cost model was measured on differs from `host`
+    (default: this one), or None when it matches or the model is not of a CPU.
+
+    Compared: machine, ISA features, thread count, the CPU model when the record names one,
+    and the LiteRT version."""
+    if not is_cpu_model(model):
+        return None
+    threads = (model.hardware_config or {}).get("threads") or (model.host or {}).get("threads")
+    here = dict(host) if host is not None else current_host(threads or 1)
+    recorded = model.host
+    hint = (f"calibrate it here: python -m search.collect_latency --calibrate "
+            f"--hardware={model.hardware}")
+    where = getattr(model, "source", None) or model.hardware
+    if not recorded:
+        return (f"cost model {where} records no host; this host is {describe_host(here)}: "
+                f"its latencies may not hold here ({hint})")
+    known = not str(recorded.get("cpu_model", UNKNOWN_CPU)).startswith(UNKNOWN_CPU)
+    differ = [k for k in ("machine", "threads") if recorded.get(k) != here.get(k)]
+    isa, isa_here = set(recorded.get("isa") or ()), set(here.get("isa") or ())
+    # An unknown CPU's record lists the features known to have been there: a lower bound.
+    if (isa != isa_here) if known else not isa <= isa_here:
+        differ.append("isa")
+    if known and recorded.get("cpu_model") != here.get("cpu_model"):
+        differ.append("cpu_model")
+    if recorded.get("litert_version") and recorded.get("litert_version") != \
+            here.get("litert_version"):
+        differ.append("litert_version")
+    if not differ:
+        return None
+    return (f"cost model {where} was measured on {describe_host(recorded)}; this host is "
+            f"{describe_host(here)} (differs in {', '.join(differ)}): its latencies may not "
+            f"hold here ({hint})")
+
+
+# --------------------------------------------------------------------------------------------
 # Feature layout.
 
 @dataclass(frozen=True)
@@ -242,6 +348,9 @@ class LinearCostModel:
     # search.hardware config() of the measurements it was fitted on (tool, versions, vela
     # accelerator / system / memory mode, LiteRT settings); None for CSV / older files.
     hardware_config: dict | None = None
+    # current_host() of the machine a CPU model's latencies were measured on (None: unknown
+    # or not a CPU); see host_mismatch.
+    host: dict | None = None
 
     def __post_init__(self):
         from .space import get_space
@@ -332,6 +441,7 @@ class LinearCostModel:
             "image_size": self.image_size,
             "statistic": self.statistic,
             "hardware_config": self.hardware_config,
+            "host": self.host,
             "normalizer_ms": self.normalizer_ms,
             "num_features": self.num_features,
             "feature_spec": [{"name": s.name, "offset": s.offset, "size": s.size,
@@ -368,7 +478,8 @@ class LinearCostModel:
                         decision_sizes=tuple(space["decision_sizes"]),
                         statistic=data.get("statistic", "min_ms"),
                         metrics=dict(data.get("metrics", {})),
-                        hardware_config=data.get("hardware_config"))
+                        hardware_config=data.get("hardware_config"),
+                        host=data.get("host"))
         except CostModelError as err:
             raise CostModelError(f"{source}: {err}") from None
         except (KeyError, TypeError, ValueError) as err:
@@ -393,9 +504,21 @@ def cost_model_dirs(directory: str | os.PathLike | None = None) -> list[Path]:
     return [user_cost_model_dir(), Path(DEFAULT_DIR)]
 
 
+def calibrated_file_name(hardware: str, host: Mapping[str, Any] | None = None) -> str | None:
+    """`<hardware>@<host id>.json`: the name `calibrate_cost_model` gives a CPU hardware's
+    model calibrated on `host` (default: this one); None for hardware that is not this CPU."""
+    from .hardware import BUILTIN, LiteRTHardware
+    hw = BUILTIN.get(str(hardware))
+    if not isinstance(hw, LiteRTHardware):
+        return None
+    return f"{hw.name}@{host_id(host or current_host(hw.threads))}.json"
+
+
 def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
                     space=None) -> LinearCostModel:
-    """Load `<hardware>.json` from `cost_model_dirs(directory)` (the first that has it).
+    """Load `<hardware>.json` from `cost_model_dirs(directory)` (the first that has it); for
+    this machine's CPU hardware a model calibrated on this host (`calibrated_file_name`) in
+    any of those directories comes first.
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
     With `space` given, its name and decision sizes must match the file's. The file read is
@@ -405,7 +528,11 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
-        candidates = [d / f"{hardware_id(hardware)}.json" for d in cost_model_dirs(directory)]
+        names = [f"{hardware_id(hardware)}.json"]
+        calibrated = calibrated_file_name(hardware)
+        if calibrated:  # a model calibrated on this very host beats every other
+            names.insert(0, calibrated)
+        candidates = [d / n for n in names for d in cost_model_dirs(directory)]
         path = next((c for c in candidates if c.is_file()), candidates[-1])
     if not path.is_file():
         available = sorted({p.stem for d in cost_model_dirs(directory) if d.is_dir()
@@ -582,7 +709,7 @@ def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
     normaliser the search divides by: a file without one is an error.
     """
     column = f"{hardware}_ms"
-    choices, lat, normalizer, sizes = [], [], None, set()
+    choices, lat, normalizer, sizes, lines = [], [], None, set(), []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
@@ -611,6 +738,7 @@ def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
                 raise ValueError(f"{where}: architecture {row['arch']!r} is not a key of the "
                                  f"{space.name!r} space: {err}") from None
             lat.append(value)
+            lines.append(reader.line_num)
     if len(sizes) > 1:
         raise ValueError(f"{path} mixes image sizes {sorted(int(x) for x in sizes)}; fit one size")
     if not lat:
@@ -618,7 +746,38 @@ def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
     if normalizer is None:
         raise ValueError(f"{path} has no mobilenet_v1 row: the search normalises latencies by "
                          "MobileNetV1's (collect_latency measures it first)")
-    return np.asarray(choices), np.asarray(lat), normalizer
+    choices, lat = merge_duplicates(space, choices, lat, lines, path)
+    return choices, lat, normalizer
+
+
+# Repeated measurements of one architecture further apart than this are an error in the data
+# (another host, another configuration, a broken row), not timing noise (+-15% here).
+MAX_DUPLICATE_RATIO = 1.5
+
+
+def merge_duplicates(space, choices, latencies, lines, source) -> tuple[np.ndarray, np.ndarray]:
+    """One row per distinct architecture (`space.canonical`): repeated measurements that agree
+    within MAX_DUPLICATE_RATIO are averaged with a one-line warning; ones that do not are a
+    ValueError naming the lines. Keeps a repeated architecture from counting twice and from
+    sitting on both sides of a held-out split."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(choices):
+        groups.setdefault(space.encode(space.canonical(np.asarray(c))), []).append(i)
+    repeated = [g for g in groups.values() if len(g) > 1]
+    for g in repeated:
+        values = [latencies[i] for i in g]
+        if max(values) > MAX_DUPLICATE_RATIO * min(values):
+            raise ValueError(
+                f"{source}: lines {', '.join(str(lines[i]) for i in g)} measure the same "
+                f"architecture at {', '.join(f'{v:g}' for v in values)} ms (more than "
+                f"{MAX_DUPLICATE_RATIO}x apart): remove the wrong measurement")
+    if repeated:
+        print(f"warning: {source}: {sum(len(g) for g in repeated)} rows measure "
+              f"{len(repeated)} architectures more than once; fitting their mean "
+              f"({len(groups)} distinct architectures)", file=sys.stderr)
+    keep = [g[0] for g in groups.values()]
+    return (np.asarray([choices[i] for i in keep]),
+            np.asarray([float(np.mean([latencies[i] for i in g])) for g in groups.values()]))
 
 
 def image_size_of(path) -> int:
@@ -672,10 +831,14 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     except ValueError:
         statistic = "as measured (csv)"
     config = None if is_csv else (read_config(data) or {}).get(hardware)
+    host = None
+    if not is_csv and (config or {}).get("tool") == "litert":
+        from .collect_latency import read_host
+        host = read_host(data)
     return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
                            normalizer_ms=normalizer, image_size=image_size, version=version,
                            decision_sizes=tuple(space.num_choices), statistic=statistic,
-                           metrics=metrics, hardware_config=config)
+                           metrics=metrics, hardware_config=config, host=host)
 
 
 def scatter_plot(true, pred, path, title: str, cv=None) -> None:
