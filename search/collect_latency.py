@@ -411,6 +411,101 @@ def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrid
                 future.cancel()
 
 
+def calibration_keys(space, num_archs: int, seed: int = 0,
+                     anchors: Sequence[str] = ("multi_max", "multi_avg")) -> list[str]:
+    """The architectures a host calibration measures: the zoo `anchors`, then distinct samples,
+    alternately uniform and depthwise-heavy (`fused_prob=0.1`, where the zoo's and most
+    searched models live), `num_archs` in all."""
+    import mhmodels
+    keys: list[str] = []
+    for name in anchors[:num_archs]:
+        key = space.encode(space.canonical(space.choices_for(mhmodels.get_spec(name))))
+        if key not in keys:
+            keys.append(key)
+    rng = np.random.default_rng(seed)
+    for _ in range(100 * num_archs + 100):
+        if len(keys) >= num_archs:
+            break
+        key = space.encode(space.canonical(sample(space, rng, None if len(keys) % 2 else 0.1)))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], output,
+                        image_size: int = 224, rounds: int = 3, space_name: str = "multi_hw",
+                        overrides: dict | None = None, progress: bool = True) -> Path:
+    """Export MobileNetV1 and every architecture of `keys` once per format, then time them all
+    in `rounds` rounds, each in a new random order (interleaved: a slow spell on a shared host
+    hits every model alike), keeping each model's minimum; write the rows to `output` (the
+    collect CSV format, written atomically, with its `.hardware.json` and host record)."""
+    import mhmodels
+    from mhmodels.profile import count_layers
+    from .hardware import export_formats
+    from .space import get_space
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for hw in hardware:
+        if not hw.measurable:
+            raise ValueError(f"hardware {hw.name!r} cannot be measured here")
+    space = get_space(space_name)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    shape = (image_size, image_size, 3)
+    keys = [NORMALIZER_MODEL] + [k for k in keys if k != NORMALIZER_MODEL]
+    exported, rows = {}, {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(keys) * (1 + rounds), desc="export, then time", unit="model",
+                   dynamic_ncols=True, file=sys.stderr)
+    for i, key in enumerate(keys):
+        t0 = time.time()
+        model = mhmodels.build(NORMALIZER_MODEL, 1.0, input_shape=shape) \
+            if key == NORMALIZER_MODEL else mhmodels.build(space.decode(space.parse(key)),
+                                                           input_shape=shape)
+        counts = count_layers(model)
+        exported[key] = export_formats(model, [hw.quantization for hw in hardware], image_size)
+        rows[key] = {"arch": key, "image_size": image_size, "madds_m": counts.madds / 1e6,
+                     "params_m": counts.params / 1e6, "seconds": time.time() - t0}
+        if i % 20 == 19:
+            import keras
+            keras.backend.clear_session()
+        if bar is not None:
+            bar.update()
+    results: dict = {key: {hw.name: [] for hw in hardware} for key in keys}
+    rng = np.random.default_rng(0)
+    for _ in range(rounds):
+        for j in rng.permutation(len(keys)):
+            key = keys[j]
+            for hw in hardware:
+                results[key][hw.name].append(
+                    hw.measure_tflite(exported[key][hw.quantization], **overrides))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    columns = columns_for(hardware)
+    lines = [",".join(columns) + "\n"]
+    for key in keys:
+        row = rows[key]
+        for hw in hardware:
+            measured = results[key][hw.name]
+            best = min(measured, key=hw.latency_ms)
+            for suffix, value in hw.row_values(best).items():
+                row[f"{hw.name}_{suffix}"] = value
+            if "median_ms" in hw.column_suffixes():
+                row[f"{hw.name}_median_ms"] = float(np.median([r.median_ms for r in measured]))
+        lines.append(_format_row(columns, row))
+    from mhmodels.files import atomic_write
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, "".join(lines))
+    if config_path(output).exists():
+        config_path(output).unlink()
+    check_config(output, hardware, True, space)
+    return output
+
+
 def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
     """Combine collected CSVs (e.g. shards) into `output`; returns its architecture count.
 
@@ -517,6 +612,16 @@ def define_flags():
                          "into its own --output); combine them with --merge.", lower_bound=1)
     flags.DEFINE_bool("merge", False, "Merge the CSVs given as arguments into --output "
                       "(same hardware configuration, space and image size) and exit.")
+    flags.DEFINE_bool("calibrate", False, "Calibrate the CPU --hardware to this host: time "
+                      "--calibration_archs architectures + MobileNetV1 in --rounds interleaved "
+                      "rounds and write host-calibrated cost models to --cost_model_dir, which "
+                      "load_cost_model prefers on this host.")
+    flags.DEFINE_integer("calibration_archs", 48, "Architectures a --calibrate run measures.",
+                         lower_bound=10)
+    flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds of --calibrate (minimum kept).",
+                         lower_bound=1)
+    flags.DEFINE_string("cost_model_dir", None, "Where --calibrate writes; default "
+                        "$MHMODELS_HOME/cost_models (read before the shipped models).")
     flags.DEFINE_integer("workers", 1, "Processes that build, export and measure in parallel "
                          "(NPU estimates are deterministic; time CPU hardware with 1).",
                          lower_bound=1)
@@ -524,6 +629,18 @@ def define_flags():
 
 def main(argv):
     FLAGS = flags.FLAGS
+    if FLAGS.calibrate:
+        from .cost_model import calibrate_cost_models
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        paths = calibrate_cost_models(
+            FLAGS.hardware, num_archs=FLAGS.calibration_archs, image_size=FLAGS.image_size,
+            rounds=FLAGS.rounds, seed=FLAGS.seed, output_dir=FLAGS.cost_model_dir,
+            overrides={"runs": FLAGS.runs, "warmup": FLAGS.warmup})
+        for hw, path in paths.items():
+            print(f"{hw}: {path}")
+        return 0
     if FLAGS.merge:
         n = merge(argv[1:], FLAGS.output)
         print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")

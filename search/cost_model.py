@@ -897,6 +897,136 @@ def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = Non
     return model
 
 
+# --------------------------------------------------------------------------------------------
+# Host calibration.
+
+MIN_CALIBRATION_ARCHS = 10
+CALIBRATION_METHODS = ("rescale", "refit")
+
+
+def _rescale(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(scale, offset) minimising the squared relative error of scale * pred + offset."""
+    sw = 1.0 / np.square(y)
+    a = np.stack([pred, np.ones_like(pred)], 1) * np.sqrt(sw)[:, None]
+    scale, offset = np.linalg.lstsq(a, y * np.sqrt(sw), rcond=None)[0]
+    return float(scale), float(offset)
+
+
+def fit_calibration(choices: np.ndarray, y: np.ndarray, normalizer_ms: float, hardware: str,
+                    image_size: int, base: LinearCostModel | None = None,
+                    space_name: str = "multi_hw", folds: int = 5) -> LinearCostModel:
+    """A cost model of this host from a calibration set: the better, by `folds`-fold
+    cross-validated MAPE on the set's own architectures, of
+      * rescale: the `base` (shipped) model's weights and bias times s, plus an offset
+        (2 parameters: the host is faster or slower at everything alike);
+      * refit: a full fit (`fit_arrays`) of the calibration set alone.
+    The metrics record every candidate's held-out MAPE / Spearman, the base model unchanged
+    included, and the chosen method."""
+    from .space import get_space
+    space = get_space(space_name)
+    n = len(y)
+    if n < MIN_CALIBRATION_ARCHS:
+        raise ValueError(f"{hardware}: {n} calibration architectures; at least "
+                         f"{MIN_CALIBRATION_ARCHS} are needed")
+    layout = build_layout(space, image_size)
+    x = layout.design(choices)
+    usable_base = base is not None and base.image_size == image_size and \
+        base.space_name == space_name
+    order = np.random.default_rng(0).permutation(n)
+    folds = min(folds, n)
+    oof = {m: np.zeros(n) for m in CALIBRATION_METHODS}
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        w, b, _ = fit_arrays(layout, len(space.stages), choices[train], y[train])
+        oof["refit"][test] = x[test] @ w + b
+        if usable_base:
+            scale, offset = _rescale(base.predict(choices[train]), y[train])
+            oof["rescale"][test] = scale * base.predict(choices[test]) + offset
+    candidates = ("rescale", "refit") if usable_base else ("refit",)
+    report = {m: {"holdout_mape": round(mape(oof[m], y), 3),
+                  "holdout_spearman": round(spearman(oof[m], y), 4)} for m in candidates}
+    if usable_base:
+        shipped = base.predict(choices)
+        report["base_unchanged"] = {"holdout_mape": round(mape(shipped, y), 3),
+                                    "holdout_spearman": round(spearman(shipped, y), 4),
+                                    "source": getattr(base, "source", None)}
+    method = min(candidates, key=lambda m: report[m]["holdout_mape"])
+    if method == "rescale":
+        scale, offset = _rescale(base.predict(choices), y)
+        w, b = base.weights * scale, base.bias * scale + offset
+        report["rescale"].update(scale=round(scale, 5), offset_ms=round(offset, 5))
+    else:
+        w, b, _ = fit_arrays(layout, len(space.stages), choices, y)
+    metrics = {"num_archs": int(n), "method": method, "folds": folds, "calibration": report,
+               "holdout_mape": report[method]["holdout_mape"],
+               "holdout_spearman": report[method]["holdout_spearman"]}
+    from .hardware import get_hardware
+    hw = get_hardware(hardware)
+    return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
+                           normalizer_ms=float(normalizer_ms), image_size=image_size,
+                           version="calibrated", decision_sizes=tuple(space.num_choices),
+                           statistic=hw.statistic, metrics=metrics,
+                           hardware_config=hw.config(),
+                           host=current_host(getattr(hw, "threads", 1)))
+
+
+def calibrate_cost_models(hardware: Sequence[str] = ("cpu_float", "cpu_int8"),
+                          num_archs: int = 48, image_size: int = 224, rounds: int = 3,
+                          seed: int = 0, output_dir: str | os.PathLike | None = None,
+                          overrides: Mapping[str, Any] | None = None,
+                          space_name: str = "multi_hw", progress: bool = True
+                          ) -> dict[str, Path]:
+    """Measure a calibration set on this host and write `<hw>@<host id>.json` per CPU
+    hardware to `output_dir` (default `$MHMODELS_HOME/cost_models`, which `load_cost_model`
+    prefers on this host). MobileNetV1 (the normaliser) and `num_archs` architectures
+    (`collect_latency.calibration_keys`) are exported once and timed in `rounds` interleaved
+    rounds (minimum kept), so the normaliser and the architectures share one scale; the
+    measurements go to `<output_dir>/data/calibration_<host id>.csv`."""
+    from mhmodels.files import check_writable_dir, refuse_shipped, user_cost_model_dir
+    from .collect_latency import calibration_keys, measure_interleaved
+    from .hardware import LiteRTHardware, parse_hardware_list
+    from .space import get_space
+    hws = parse_hardware_list(hardware)
+    for hw in hws:
+        if not isinstance(hw, LiteRTHardware):
+            raise ValueError(f"--calibrate is for this machine's CPU (LiteRT hardware), not "
+                             f"{hw.name!r}: NPU estimates and CSV latencies do not depend on "
+                             "the host")
+    if num_archs < MIN_CALIBRATION_ARCHS:
+        raise ValueError(f"num_archs must be >= {MIN_CALIBRATION_ARCHS}, got {num_archs}")
+    out = Path(output_dir) if output_dir else user_cost_model_dir()
+    targets = {hw.name: out / calibrated_file_name(hw.name) for hw in hws}
+    for target in targets.values():
+        refuse_shipped(target, "--cost_model_dir")
+    check_writable_dir(out, "--cost_model_dir")
+    space = get_space(space_name)
+    host = current_host(hws[0].threads)
+    data = measure_interleaved(calibration_keys(space, num_archs, seed), hws,
+                               out / "data" / f"calibration_{host_id(host)}.csv", image_size,
+                               rounds, space_name, dict(overrides or {}), progress)
+    written = {}
+    for hw in hws:
+        choices, y, normalizer = read_dataset(data, hw.name, space)
+        try:
+            base = LinearCostModel.from_dict(
+                json.loads((Path(DEFAULT_DIR) / f"{hw.name}.json").read_text()),
+                source=str(Path(DEFAULT_DIR) / f"{hw.name}.json"))
+            base.source = str(Path(DEFAULT_DIR) / f"{hw.name}.json")
+        except (OSError, CostModelError):
+            base = None
+        model = fit_calibration(choices, y, normalizer, hw.name, image_size, base, space_name)
+        model.metrics["data"] = str(data)
+        model.metrics["rounds"] = int(rounds)
+        written[hw.name] = model.save(targets[hw.name])
+    return written
+
+
+def calibrate_cost_model(hardware: str, **kwargs) -> Path:
+    """`calibrate_cost_models` for one CPU hardware: the path of its calibrated model."""
+    return calibrate_cost_models([hardware], **kwargs)[hardware]
+
+
 def main(argv):
     from absl import flags
     from mhmodels.files import user_cost_model_dir
