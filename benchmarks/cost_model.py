@@ -38,11 +38,14 @@ def main(argv):
     del argv
     import numpy as np
 
-    from search.cost_model import load_cost_model
+    from search.cost_model import host_mismatch, load_cost_model
     from search.space import get_space
 
     space = get_space("multi_hw")
     model = load_cost_model(FLAGS.hardware)
+    mismatch = host_mismatch(model)
+    if mismatch:
+        print(f"warning: {mismatch}")
     rng = np.random.default_rng(0)
     batch = np.stack([space.sample(rng) for _ in range(FLAGS.batch)])
     single = batch[:FLAGS.single]

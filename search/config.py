@@ -162,12 +162,12 @@ def check_cost_models(config: SearchConfig) -> list:
             model = load_cost_model(hw, config.cost_model_dir, space=space)
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"--hardware={hw}: {err}") from None
-        mismatch = host_mismatch(model)
-        if mismatch:
-            print(f"warning: --hardware={hw}: {mismatch}", file=sys.stderr)
         if not model.normalizer_ms or not float(model.normalizer_ms) > 0:
             raise ValueError(f"--hardware={hw}: the cost model {model.source} has no "
                              "normalizer_ms (its data had no mobilenet_v1 row): refit it")
+        mismatch = host_mismatch(model)
+        if mismatch:
+            print(f"warning: --hardware={hw}: {mismatch}", file=sys.stderr)
         models.append(model)
     return models
 

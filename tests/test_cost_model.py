@@ -444,3 +444,107 @@ def test_a_cost_model_without_normaliser_stops_the_search_before_it_starts(tmp_p
     assert proc.returncode == 2 and proc.stderr.startswith("error: --hardware=cpu_float: the "
                                                            "cost model")
     assert "no normalizer_ms" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+# -- the host a CPU cost model describes, host calibration, repeated rows ---------------------
+
+def test_host_record_roundtrips_and_a_mismatch_is_one_line(tmp_path, space, capsys):
+    from search.config import check_cost_models
+    from search.cost_model import current_host, host_mismatch
+    from search.loop import SearchConfig
+    model = load_cost_model("cpu_int8", space=space)
+    assert model.host["isa"] == ["avx2", "avx512_vnni", "avx512f"]
+    assert model.host["cpu_model"].startswith("unknown")
+    here = current_host()
+    assert here["threads"] == 1 and here["machine"] and isinstance(here["isa"], list)
+    avx2_only = dict(here, isa=["avx2"], cpu_model="AMD EPYC 7B13")
+    message = host_mismatch(model, avx2_only)
+    assert message is not None and "\n" not in message
+    assert "differs in isa" in message and "--calibrate --hardware=cpu_int8" in message
+    vnni = dict(here, isa=sorted({"avx2", "avx512f", "avx512_vnni", "amx_int8"}))
+    assert host_mismatch(model, vnni) is None  # an unknown CPU's features are a lower bound
+    assert host_mismatch(load_cost_model("ethos_u85", space=space), avx2_only) is None
+    model.host = dict(here, cpu_model="Some Other CPU")  # a known host: compared exactly
+    model.save(tmp_path / "cpu_int8.json")
+    again = load_cost_model("cpu_int8", directory=tmp_path, space=space)
+    assert again.host == model.host
+    assert host_mismatch(again, here).count("differs in cpu_model") == 1
+    assert host_mismatch(again, dict(here, cpu_model="Some Other CPU")) is None
+    config = SearchConfig(model_dir=str(tmp_path / "run"), hardware=("cpu_int8",),
+                          metric="single", cost_model_dir=str(tmp_path), steps=2)
+    capsys.readouterr()
+    check_cost_models(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: --hardware=cpu_int8: cost model ")
+
+
+def test_the_loader_prefers_a_model_calibrated_on_this_host(tmp_path, space, monkeypatch):
+    from search.cost_model import calibrated_file_name, current_host, host_id
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    user = tmp_path / "cost_models"
+    model = load_cost_model("cpu_float", space=space)
+    model.bias = 123.0
+    model.save(user / "cpu_float.json")  # a plain user refit
+    other = dict(current_host(), cpu_model="Another CPU")
+    model.bias, model.host = 456.0, other
+    model.save(user / calibrated_file_name("cpu_float", other))
+    assert load_cost_model("cpu_float", space=space).bias == 123.0  # not another host's
+    model.bias, model.host = 789.0, current_host()
+    mine = model.save(user / f"cpu_float@{host_id(current_host())}.json")
+    loaded = load_cost_model("cpu_float", space=space)
+    assert loaded.bias == 789.0 and loaded.source == str(mine)
+    assert calibrated_file_name("ethos_u85") is None
+
+
+def test_calibration_fit_picks_rescale_for_a_uniformly_slower_host(space):
+    from search.cost_model import fit_calibration
+    base = load_cost_model("cpu_int8", space=space)
+    choices = random_choices(space, 40, seed=11)
+    noise = np.random.default_rng(1).uniform(0.98, 1.02, 40)
+    y = 3.5 * base.predict(choices) * noise  # an AVX2 host: int8 3.5x slower at everything
+    model = fit_calibration(choices, y, 14.6, "cpu_int8", 224, base)
+    report = model.metrics["calibration"]
+    assert model.metrics["method"] == "rescale"
+    assert report["rescale"]["scale"] == pytest.approx(3.5, rel=0.03)
+    assert report["rescale"]["holdout_mape"] < min(1.0, report["refit"]["holdout_mape"])
+    assert report["base_unchanged"]["holdout_mape"] > 70.0
+    assert mape(model.predict(choices), y) < 2.0 and model.normalizer_ms == 14.6
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_calibration(choices[:9], y[:9], 14.6, "cpu_int8", 224, base)
+
+
+def test_calibration_measures_this_host_and_the_loader_prefers_it(tmp_path, monkeypatch, space):
+    """Tiny mode: 10 architectures at 32x32, float only, 2 rounds of 3 runs."""
+    from search.cost_model import calibrate_cost_model, current_host, host_mismatch
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    path = calibrate_cost_model("cpu_float", num_archs=10, image_size=32, rounds=2,
+                                overrides={"runs": 3, "warmup": 1, "min_time_s": 0.01},
+                                progress=False)
+    assert path.parent == tmp_path / "cost_models" and path.name.startswith("cpu_float@")
+    model = load_cost_model("cpu_float", space=space)
+    assert model.source == str(path) and model.image_size == 32
+    assert model.host == current_host() and host_mismatch(model) is None
+    rows = list(csv.DictReader(open(model.metrics["data"])))
+    assert [r["arch"] for r in rows][0] == "mobilenet_v1" and len(rows) == 11
+    assert model.normalizer_ms == pytest.approx(float(rows[0]["cpu_float_ms"]))
+    assert all(float(r["madds_m"]) > 0 and float(r["cpu_float_ms"]) > 0 for r in rows)
+    assert model.metrics["num_archs"] == 10 and model.metrics["method"] == "refit"
+    assert 0 < model.metrics["holdout_mape"] < 100
+    with pytest.raises(ValueError, match="not 'ethos_u85'"):
+        calibrate_cost_model("ethos_u85", num_archs=10)
+
+
+def test_repeated_architectures_are_averaged_or_refused(tmp_path, space, capsys):
+    key = space.encode(space.canonical(random_choices(space, 1, seed=42)[0]))
+    data = _small_csv(tmp_path / "lat.csv", space, extra_rows=[f"{key},64,2.0", f"{key},64,2.2"])
+    model = fit(data, "cpu_float")
+    assert model.metrics["num_archs"] == 31  # 30 + one architecture measured twice
+    assert model.metrics["holdout_archs"] + model.metrics["train_archs"] == 31
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 rows measure 1 architectures more than once" in err[0]
+    from search.cost_model import read_dataset
+    choices, y, _ = read_dataset(data, "cpu_float", space)
+    assert y[[space.encode(c) for c in choices].index(key)] == pytest.approx(2.1)
+    bad = _small_csv(tmp_path / "bad.csv", space, extra_rows=[f"{key},64,2.0", f"{key},64,20"])
+    with pytest.raises(ValueError, match=r"lines 33, 34 measure the same architecture at 2, 20"):
+        fit(bad, "cpu_float")
