@@ -107,7 +107,7 @@ def check_config(output: str | os.PathLike, hardware: Sequence[Hardware], fresh:
         record["space"] = space_record(space)
     cpu = [hw for hw in hardware if isinstance(hw, LiteRTHardware)]
     if cpu:  # CPU milliseconds belong to the host they were measured on
-        from .cost_model import current_host, host_id
+        from .host import current_host, host_id
         record["host"] = current_host(cpu[0].threads)
         known = read_host(output)
         if recorded is not None and known and host_id(known) != host_id(record["host"]):
@@ -612,16 +612,6 @@ def define_flags():
                          "into its own --output); combine them with --merge.", lower_bound=1)
     flags.DEFINE_bool("merge", False, "Merge the CSVs given as arguments into --output "
                       "(same hardware configuration, space and image size) and exit.")
-    flags.DEFINE_bool("calibrate", False, "Calibrate the CPU --hardware to this host: time "
-                      "--calibration_archs architectures + MobileNetV1 in --rounds interleaved "
-                      "rounds and write host-calibrated cost models to --cost_model_dir, which "
-                      "load_cost_model prefers on this host.")
-    flags.DEFINE_integer("calibration_archs", 48, "Architectures a --calibrate run measures.",
-                         lower_bound=10)
-    flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds of --calibrate (minimum kept).",
-                         lower_bound=1)
-    flags.DEFINE_string("cost_model_dir", None, "Where --calibrate writes; default "
-                        "$MHMODELS_HOME/cost_models (read before the shipped models).")
     flags.DEFINE_integer("workers", 1, "Processes that build, export and measure in parallel "
                          "(NPU estimates are deterministic; time CPU hardware with 1).",
                          lower_bound=1)
@@ -629,18 +619,6 @@ def define_flags():
 
 def main(argv):
     FLAGS = flags.FLAGS
-    if FLAGS.calibrate:
-        from .cost_model import calibrate_cost_models
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments {argv[1:]}")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        paths = calibrate_cost_models(
-            FLAGS.hardware, num_archs=FLAGS.calibration_archs, image_size=FLAGS.image_size,
-            rounds=FLAGS.rounds, seed=FLAGS.seed, output_dir=FLAGS.cost_model_dir,
-            overrides={"runs": FLAGS.runs, "warmup": FLAGS.warmup})
-        for hw, path in paths.items():
-            print(f"{hw}: {path}")
-        return 0
     if FLAGS.merge:
         n = merge(argv[1:], FLAGS.output)
         print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")

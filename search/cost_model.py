@@ -56,54 +56,8 @@ class CostModelError(ValueError):
 # --------------------------------------------------------------------------------------------
 # The host a CPU cost model describes.
 
-# CPU features that change what LiteRT's XNNPACK kernels can do (x86: AVX2 / AVX-512 and the
-# int8 dot products VNNI / AMX; Arm: the dot-product and int8 matrix-multiply extensions).
-# An int8 model runs ~3x faster than float on an AVX-512 VNNI host and no faster on an
-# AVX2-only one (SPEC section 7): a CPU cost model is a description of one host.
-ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp",
-                "i8mm", "sve")
-UNKNOWN_CPU = "unknown"
-
-
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    """(CPU model name, feature flags) from /proc/cpuinfo; (None, empty) where there is none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None, set()
-    name, flags = None, set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and name is None:
-            name = value.strip()
-        elif key in ("flags", "features") and not flags:  # x86 "flags", Arm "Features"
-            flags = set(value.split())
-    return name, flags
-
-
-def current_host(threads: int = 1) -> dict:
-    """What CPU latencies measured here belong to: CPU model, the ISA features in
-    `ISA_FEATURES` it has, machine, LiteRT version and the number of threads timed."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-    name, flags = _cpuinfo()
-    try:
-        litert = version("ai-edge-litert")
-    except PackageNotFoundError:
-        litert = None
-    return {"cpu_model": name or platform.processor() or UNKNOWN_CPU,
-            "machine": platform.machine(),
-            "isa": sorted(f for f in ISA_FEATURES if f in flags),
-            "litert_version": litert, "threads": int(threads)}
-
-
-def host_id(host: Mapping[str, Any]) -> str:
-    """A short stable id of a host record (the file-name suffix of calibrated cost models)."""
-    import hashlib
-    key = json.dumps({k: host.get(k) for k in ("cpu_model", "machine", "isa", "litert_version",
-                                               "threads")}, sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:10]
+# The host record lives in search.host (no search imports: the collector uses it too).
+from .host import ISA_FEATURES, UNKNOWN_CPU, current_host, host_id  # noqa: E402,F401
 
 
 def describe_host(host: Mapping[str, Any] | None) -> str:
@@ -135,7 +89,7 @@ def host_mismatch(model: "LinearCostModel", host: Mapping[str, Any] | None = Non
     threads = (model.hardware_config or {}).get("threads") or (model.host or {}).get("threads")
     here = dict(host) if host is not None else current_host(threads or 1)
     recorded = model.host
-    hint = (f"calibrate it here: python -m search.collect_latency --calibrate "
+    hint = (f"calibrate it here: python -m search.cost_model --calibrate "
             f"--hardware={model.hardware}")
     where = getattr(model, "source", None) or model.hardware
     if not recorded:
@@ -1033,8 +987,22 @@ def main(argv):
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.calibrate:
+        hardware = FLAGS.hardware
+        if FLAGS["hardware"].using_default_value:  # the reference kernels: not by default
+            hardware = [h for h in hardware if h != "cpu_ref_float"]
+        paths = calibrate_cost_models(
+            hardware, num_archs=FLAGS.calibration_archs,
+            image_size=FLAGS.image_size, rounds=FLAGS.rounds, seed=FLAGS.seed,
+            output_dir=FLAGS.output_dir)
+        for hw, path in paths.items():
+            m = json.loads(path.read_text())["metrics"]
+            print(f"{hw}: {m['method']}, held-out MAPE {m['holdout_mape']}% Spearman "
+                  f"{m['holdout_spearman']} ({m['num_archs']} archs; every candidate in its "
+                  f"metrics.calibration) -> {path}")
+        return 0
     if not FLAGS.fit:
-        raise ValueError("nothing to do: pass --fit (see --help)")
+        raise ValueError("nothing to do: pass --fit or --calibrate (see --help)")
     output_dir = Path(FLAGS.output_dir or user_cost_model_dir())
     for hw in FLAGS.hardware:
         model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
@@ -1064,6 +1032,16 @@ def _define_flags():
                         "the search reads before the shipped models. Shipped files are never "
                         "overwritten.")
     flags.DEFINE_bool("plot", True, "Write a held-out predicted-vs-measured scatter PNG.")
+    flags.DEFINE_bool("calibrate", False, "Calibrate the CPU --hardware (default cpu_float, "
+                      "cpu_int8) to this host: time --calibration_archs architectures + "
+                      "MobileNetV1 in --rounds interleaved rounds and write <hw>@<host id>.json "
+                      "to --output_dir, which load_cost_model prefers on this host.")
+    flags.DEFINE_integer("calibration_archs", 48, "Architectures --calibrate measures.",
+                         lower_bound=10)
+    flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds of --calibrate (minimum "
+                         "kept).", lower_bound=1)
+    flags.DEFINE_integer("image_size", 224, "Input resolution --calibrate measures at.")
+    flags.DEFINE_integer("seed", 0, "Sampling seed of --calibrate's architectures.")
 
 
 if __name__ == "__main__":
