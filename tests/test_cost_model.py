@@ -548,3 +548,17 @@ def test_repeated_architectures_are_averaged_or_refused(tmp_path, space, capsys)
     bad = _small_csv(tmp_path / "bad.csv", space, extra_rows=[f"{key},64,2.0", f"{key},64,20"])
     with pytest.raises(ValueError, match=r"lines 33, 34 measure the same architecture at 2, 20"):
         fit(bad, "cpu_float")
+
+
+def test_ethos_u85_error_stays_where_it_was_measured(space):
+    """The U85 model's known limit (docs/hardware.md): held-out MAPE 7.0%, zoo models -12% /
+    +7% even though they are in its data. Bounds at today's values, so a regression fails;
+    the 4% goal of issue #24 is open."""
+    import mhmodels
+    model = load_cost_model("ethos_u85", space=space)
+    assert model.metrics["holdout_mape"] <= 7.5 and model.metrics["cv_mape"] <= 6.5
+    rows = {r["arch"]: r for r in csv.DictReader(open(DEFAULT_DIR / "data" / "npu_latency.csv"))}
+    for name, bound in (("multi_max", 13.0), ("multi_avg", 8.0)):
+        choices = space.canonical(space.choices_for(mhmodels.get_spec(name)))
+        true = float(rows[space.encode(choices)]["ethos_u85_ms"])
+        assert abs(model.predict(choices) / true - 1) * 100 <= bound
