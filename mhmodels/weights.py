@@ -740,7 +740,8 @@ class _Transfer:
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None and length.isdigit() else None
             self._check_announced(url, total)
-            self._stream(url, response.raw.read1, out, total)
+            # read1: whatever has arrived (urllib3 >= 2.3), so the bar and the rate see each read
+            self._stream(url, getattr(response.raw, "read1", response.raw.read), out, total)
 
     def _stream(self, url: str, read, out, total: int | None) -> None:
         received, failure = 0, None

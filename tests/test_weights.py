@@ -764,3 +764,26 @@ def test_checkpoint_formats_have_one_suffix_table_and_quantizations_one_definiti
 
     assert mhmodels.export.QUANTIZATIONS is W.QUANTIZATIONS
     assert not hasattr(W, "_sha256_file")  # dead code gone (hashing is pooch's and _digests)
+
+
+def test_weights_fetch_offline_is_one_error_line(tmp_path):
+    """Issue 23.5: `python -m mhmodels weights fetch` offline printed a 100-line traceback and
+    exited 1; it is one `error:` line and exit status 2, like the other commands."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: "offline"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"format_version": 1, "checkpoints": [
+        _entry("multi_max", 1.0, "tflite_int8", f"http://127.0.0.1:{port}/mm.tflite", b"x")]}))
+    env = {**os.environ, "MHMODELS_WEIGHTS_MANIFEST": str(manifest),
+           "MHMODELS_HOME": str(tmp_path / "cache"), "NO_PROXY": "127.0.0.1"}
+    run = subprocess.run([sys.executable, "-m", "mhmodels", "weights", "fetch", "multi_max",
+                          "--format=tflite_int8", "--noprogress"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not download "), lines
+    assert "Connection refused" in lines[0] and run.stdout == ""
+    assert not (tmp_path / "cache").exists() or cache_entries(tmp_path / "cache") == []
