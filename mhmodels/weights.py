@@ -218,92 +218,85 @@ def load_manifest(path: str | os.PathLike | None = None) -> list[Checkpoint]:
     return checkpoints
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _absolute_url(value: object) -> bool:
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    return parts is not None and parts.scheme in _URL_SCHEMES and (
+        parts.scheme == "file" or bool(parts.netloc))
+
+
+# Each manifest field: (accepts its value, what it must be); absent optional fields are None.
+_FIELD_RULES = {
+    "model": (lambda v: isinstance(v, str) and _NAME_RE.match(v), "must be a registry name"),
+    "width": (lambda v: _number(v) and v > 0, "must be a positive number"),
+    "format": (lambda v: v in FORMATS, f"must be one of {list(FORMATS)}"),
+    "dataset": (lambda v: isinstance(v, str) and _DATASET_RE.match(v),
+                "must be a name such as 'imagenet'"),
+    "url": (_absolute_url, f"must be an absolute URL with scheme {list(_URL_SCHEMES)}"),
+    "sha256": (lambda v: v is None or isinstance(v, str) and _SHA256_RE.match(v),
+               "must be 64 lowercase hex digits or null (none published)"),
+    "size": (lambda v: v is None or _positive_int(v),
+             "must be a positive integer (bytes) or null (unknown)"),
+    "md5": (lambda v: v is None or isinstance(v, str) and _MD5_RE.match(v),
+            "must be 32 lowercase hex digits or null"),
+    "resolution": (lambda v: v is None or _positive_int(v), "must be a positive integer or null"),
+    "classes": (lambda v: v is None or _positive_int(v), "must be a positive integer or null"),
+    "source": (lambda v: v in SOURCES, f"must be one of {list(SOURCES)}"),
+    "top1": (lambda v: v is None or _number(v) and 0 < v <= 100,
+             "must be a percentage in (0, 100] or null"),
+    "top1_source": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
+    "archive": (lambda v: v is None or v in ARCHIVES, f"must be null or one of {list(ARCHIVES)}"),
+    "input": (lambda v: v in INPUT_CONVENTIONS, f"must be one of {list(INPUT_CONVENTIONS)}"),
+}
+_FIELD_DEFAULTS = {"source": "mhmodels", "input": MINUS_ONE_ONE}  # input: trained on [-1, 1]
+
+
 def _parse_entry(entry: object, index: int, path: Path) -> Checkpoint:
     where = f"weights manifest {path}: checkpoints[{index}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where} must be an object")
     if isinstance(entry.get("model"), str):
         where += f" (model {entry['model']!r})"
+    unknown = sorted(set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}")
+    missing = [field for field in _REQUIRED_FIELDS if field not in entry]
+    if missing:
+        raise ValueError(f"{where}: missing required field {missing[0]!r}")
+    values = {**_FIELD_DEFAULTS, **entry}
 
     def bad(field: str, why: str) -> ValueError:
         return ValueError(f"{where}: field {field!r} {why}, got {entry.get(field)!r}")
 
-    unknown = sorted(set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}")
-    for field in _REQUIRED_FIELDS:
-        if field not in entry:
-            raise ValueError(f"{where}: missing required field {field!r}")
-
-    model = entry["model"]
-    if not isinstance(model, str) or not _NAME_RE.match(model):
-        raise bad("model", "must be a registry name")
-    width = entry["width"]
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
-            math.isfinite(width) and width > 0):
-        raise bad("width", "must be a positive number")
-    fmt = entry["format"]
-    if fmt not in FORMATS:
-        raise bad("format", f"must be one of {list(FORMATS)}")
-    dataset = entry["dataset"]
-    if not isinstance(dataset, str) or not _DATASET_RE.match(dataset):
-        raise bad("dataset", "must be a name such as 'imagenet'")
-    url = entry["url"]
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in _URL_SCHEMES or (
-            urllib.parse.urlsplit(url).scheme != "file" and not urllib.parse.urlsplit(url).netloc):
-        raise bad("url", f"must be an absolute URL with scheme {list(_URL_SCHEMES)}")
-    sha = entry["sha256"]
-    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
-        raise bad("sha256", "must be 64 lowercase hex digits or null (none published)")
-    size = entry["size"]
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise bad("size", "must be a positive integer (bytes) or null (unknown)")
-    md5 = entry.get("md5")
-    if md5 is not None and (not isinstance(md5, str) or not _MD5_RE.match(md5)):
-        raise bad("md5", "must be 32 lowercase hex digits or null")
-    for field in ("resolution", "classes"):
-        value = entry.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value <= 0):
-            raise bad(field, "must be a positive integer or null")
-    source = entry.get("source", "mhmodels")
-    if source not in SOURCES:
-        raise bad("source", f"must be one of {list(SOURCES)}")
-    top1 = entry.get("top1")
-    if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))
-                             or not 0 < top1 <= 100):
-        raise bad("top1", "must be a percentage in (0, 100] or null")
-    top1_source = entry.get("top1_source")
-    if top1_source is not None and not isinstance(top1_source, str):
-        raise bad("top1_source", "must be a string or null")
-    archive = entry.get("archive")
-    if archive is not None and archive not in ARCHIVES:
-        raise bad("archive", f"must be null or one of {list(ARCHIVES)}")
-    member = entry.get("member")
-    suffix = SUFFIXES[fmt]
+    for field, (accepts, why) in _FIELD_RULES.items():
+        if not accepts(values.get(field)):
+            raise bad(field, why)
+    fmt, archive, member = values["format"], values.get("archive"), values.get("member")
     if fmt == "tf_checkpoint" and archive is None:
         raise bad("archive", "must name the archive kind of a TF checkpoint")
-    if archive is None:
-        if member is not None:
-            raise bad("member", "is only allowed together with 'archive'")
-    else:
+    if archive is None and member is not None:
+        raise bad("member", "is only allowed together with 'archive'")
+    if archive is not None:
         if not isinstance(member, str) or not member:
             raise bad("member", "must name the file inside the archive")
         try:
             _safe_relpath(member)
         except ValueError:
             raise bad("member", "must be a relative path inside the archive") from None
-        if not member.endswith(suffix):
-            raise bad("member", f"must end with {suffix!r} for format {fmt!r}")
-    convention = entry.get("input", MINUS_ONE_ONE)  # absent: trained on [-1, 1]
-    if convention not in INPUT_CONVENTIONS:
-        raise bad("input", f"must be one of {list(INPUT_CONVENTIONS)}")
-    return Checkpoint(model=model, width=float(width), format=fmt, dataset=dataset, url=url,
-                      sha256=sha, size=size, archive=archive, member=member,
-                      resolution=entry.get("resolution"), classes=entry.get("classes"),
-                      source=source, md5=md5, input=convention,
-                      top1=None if top1 is None else float(top1),
-                      top1_source=top1_source)
+        if not member.endswith(SUFFIXES[fmt]):
+            raise bad("member", f"must end with {SUFFIXES[fmt]!r} for format {fmt!r}")
+    values["width"] = float(values["width"])
+    if values.get("top1") is not None:
+        values["top1"] = float(values["top1"])
+    return Checkpoint(**{f.name: values[f.name] for f in dataclasses.fields(Checkpoint)
+                         if f.name in values})
 
 
 def find_checkpoint(model: str, width: float, fmt: str | Sequence[str], dataset: str = "imagenet",
