@@ -1008,7 +1008,8 @@ def download_tflite(model: str, width: float = 1.0, quantization: str = "float",
                     dataset: str = "imagenet", resolution: int | None = None,
                     progress: bool = True) -> Path:
     """Download a published `.tflite` file (float | dynamic | int8 | uint8) for a zoo model,
-    for users who only need the on-device artefact and not TensorFlow."""
+    for users who only need the on-device artefact: neither this nor `import mhmodels` loads
+    TensorFlow or Keras (the package still needs a TensorFlow installed to import)."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, "
                          f"got {quantization!r}")
