@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 from mhmodels.cli import filtered_native_stderr
 
-QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
+from mhmodels.weights import QUANTIZATIONS  # one definition, on the low floor
 # Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
 INTEGER_DTYPES = frozenset({"int8", "int32"})
 DEFAULT_CALIBRATION_SAMPLES = 200

@@ -98,12 +98,13 @@ def main(argv: list[str]) -> None:
         return
     if len(args) != 2:
         raise app.UsageError("fetch needs exactly one model name; " + USAGE)
+    from mhmodels.weights import DownloadError
+
     try:
         path = fetch_file(args[1], FLAGS.width, FLAGS.format, FLAGS.resolution,
                           progress=FLAGS.progress)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except DownloadError as err:  # offline, HTTP error: one `error:` line from mhmodels.cli
+        raise ValueError(str(err)) from None
     note = published_input_note(args[1], FLAGS.width, FLAGS.format, FLAGS.resolution)
     if note:
         print(note, file=sys.stderr)

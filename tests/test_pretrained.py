@@ -324,7 +324,7 @@ def test_cli_fetches_a_published_tflite_file(published):
     assert path.read_bytes()[4:8] == b"TFL3" and "unpinned" in done.stderr
     assert "takes imagenet_mean_std input" in done.stderr  # the Model Garden's convention
     missing = _cli("fetch", "multi_max", "--format=tflite_int8", "--noprogress")
-    assert missing.returncode == 1 and "no checkpoints for 'multi_max'" in missing.stderr
+    assert missing.returncode == 2 and "no checkpoints for 'multi_max'" in missing.stderr
 
 
 def test_fetch_exports_a_tflite_from_converted_weights_once(published):
