@@ -102,6 +102,19 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     names (not when the caller brings its own cost models). Cost models are checked by
     `check_cost_models`.
     """
+    _check_hardware_and_reward(config, check_hardware)
+    _check_schedule(config)
+    if config.entry_name is not None:
+        from mhmodels.registry import NAME_PATTERN
+        _check(bool(NAME_PATTERN.match(config.entry_name)), "entry_name", config.entry_name,
+               f"must match {NAME_PATTERN.pattern} (lower case letters, digits, underscores; "
+               "a letter first)")
+    _check(bool(config.model_dir), "model_dir", config.model_dir, "is required")
+    if check_files:
+        _check_outside(config)
+
+
+def _check_hardware_and_reward(config: SearchConfig, check_hardware: bool) -> None:
     from . import reward as reward_lib
     from .hardware import get_hardware
     hardware = list(config.hardware)
@@ -120,14 +133,18 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     _check(config.beta is None or config.beta <= 0, "beta", config.beta,
            "must be <= 0 (a latency penalty)")
     _check(config.target > 0, "target", config.target, "must be > 0")
+    _check(0 <= config.target_tolerance < 1, "target_tolerance", config.target_tolerance,
+           "must be in [0, 1) (a relative distance to --target)")
+    _check(config.final in FINAL_CHOICES, "final", config.final,
+           f"must be one of {', '.join(FINAL_CHOICES)}")
+
+
+def _check_schedule(config: SearchConfig) -> None:
+    """Data, steps, optimizers and the run's cadence."""
     _check(config.image_size >= 8, "image_size", config.image_size, "must be >= 8")
     _check(config.batch_size >= 1, "batch_size", config.batch_size, "must be >= 1")
     _check(config.valid_batch_size is None or config.valid_batch_size >= 1, "valid_batch_size",
            config.valid_batch_size, "must be >= 1")
-    _check(config.final in FINAL_CHOICES, "final", config.final,
-           f"must be one of {', '.join(FINAL_CHOICES)}")
-    _check(0 <= config.target_tolerance < 1, "target_tolerance", config.target_tolerance,
-           "must be in [0, 1) (a relative distance to --target)")
     if config.steps is not None and config.epochs is not None:
         raise ValueError("pass --steps or --epochs, not both")
     if config.steps is not None:
@@ -152,14 +169,10 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
            "keep_checkpoints", config.keep_checkpoints, "must be an integer >= 0")
     if config.max_steps is not None:
         _check(config.max_steps >= 1, "max_steps", config.max_steps, "must be >= 1")
-    if config.entry_name is not None:
-        from mhmodels.registry import NAME_PATTERN
-        _check(bool(NAME_PATTERN.match(config.entry_name)), "entry_name", config.entry_name,
-               f"must match {NAME_PATTERN.pattern} (lower case letters, digits, underscores; "
-               "a letter first)")
-    _check(bool(config.model_dir), "model_dir", config.model_dir, "is required")
-    if not check_files:
-        return
+
+
+def _check_outside(config: SearchConfig) -> None:
+    """What lies outside the config: the dataset folder, writable model and zoo dirs."""
     from mhmodels.files import check_writable_dir
     if config.dataset.startswith("folder"):
         path = config.dataset.split(":", 1)[1] if ":" in config.dataset else ""

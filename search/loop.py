@@ -210,6 +210,7 @@ class _Run:
     normalizers: list[float]
     steps: int
     entry_path: Path | None
+    num_classes: int
     supernet: Any = None
     controller: Any = None
     optimizer: Any = None
@@ -248,7 +249,7 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
                          write_entry, start_time)
     if done is not None:
         return done
-    _build_state(run, num_classes_of(config, num_classes))
+    _build_state(run)
     train_iter, valid_iter = _input_iterators(run, datasets)
     train_loop = _make_train_loop(run)
     _run_steps(run, train_loop, train_iter, valid_iter, on_step)
@@ -281,7 +282,7 @@ def _prepare(config, strategy, cost_models, space, num_classes, datasets, write_
     record = _read_state(os.path.join(model_dir, RESULT_JSON), "search result")
     if config.entry_name is None and saved_config and saved_config.get("entry_name"):
         config.entry_name = saved_config["entry_name"]  # a resumed search keeps its name
-    num_classes_of(config, num_classes)
+    num_classes = num_classes_of(config, num_classes)
     config.num_replicas = strategy.num_replicas_in_sync
     steps = total_steps(config, config.batch_size * config.num_replicas)
     config.steps, config.epochs = steps, None
@@ -308,15 +309,16 @@ def _prepare(config, strategy, cost_models, space, num_classes, datasets, write_
     normalizers = [float(cm.normalizer_ms) for cm in cost_models]
     tf.io.gfile.makedirs(model_dir)
     return _Run(config=config, space=space, strategy=strategy, cost_models=cost_models,
-                normalizers=normalizers, steps=steps, entry_path=entry_path), None
+                normalizers=normalizers, steps=steps, entry_path=entry_path,
+                num_classes=num_classes), None
 
 
-def _build_state(run: _Run, num_classes: int) -> None:
+def _build_state(run: _Run) -> None:
     """Supernet, controller, optimizer and step under the strategy; restore the latest
     checkpoint (and the history up to it); the chief records the config."""
     config, strategy = run.config, run.strategy
     with strategy.scope():
-        run.supernet = Supernet(run.space, num_classes, width=config.supernet_width,
+        run.supernet = Supernet(run.space, run.num_classes, width=config.supernet_width,
                                 seed=config.seed)
         run.controller = Controller(run.space.num_choices, learning_rate=config.rl_learning_rate,
                                     rl_delay_steps=int(round(config.rl_delay_fraction
