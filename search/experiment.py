@@ -259,7 +259,8 @@ def _run_units(config: ExperimentConfig, work: list[tuple[str, dict]], jobs: int
     start = time.time()
 
     def report(i: int, record: dict) -> None:
-        extra = (f"predicted f_max {record['predicted_f_max']:.3f}" if record["kind"] == "search"
+        extra = (f"predicted f ({record['metric']}) {record['predicted_f_metric']:.3f}"
+                 if record["kind"] == "search"
                  else f"top-1 {record['top1']:.4f}")
         print(f"  [{done + i}/{len(work)}] {record['kind']} seed {record['seed']} "
               f"{record['label']}: {record['wall_s']:.0f} s, {extra}  "
