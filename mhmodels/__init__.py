@@ -24,9 +24,11 @@ if _importlib_util.find_spec("tensorflow") is None:
 
 from mhmodels.builder import build_model
 from mhmodels.export import ExportError, ExportResult, export_tflite, tflite_ops
+from mhmodels.factory import build
+from mhmodels.features import feature_extractor
 from mhmodels.profile import Profile, profile
 from mhmodels.qat import QuantizeError, calibrate, quantize, quantize_scope
-from mhmodels.registry import build, get_entry, get_spec, list_models, register, unregister
+from mhmodels.registry import get_entry, get_spec, list_models, register, unregister
 from mhmodels.spec import LayerSpec, ModelSpec, SpecError
 from mhmodels.weights import download_tflite
 from mhmodels.preprocessing import decode_predictions, preprocess_input
@@ -34,7 +36,7 @@ from mhmodels.preprocessing import decode_predictions, preprocess_input
 __version__ = "0.1.0"
 
 __all__ = [
-    "build", "build_model", "get_entry", "get_spec", "list_models", "register", "unregister",
+    "build", "build_model", "feature_extractor", "get_entry", "get_spec", "list_models", "register", "unregister",
     "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError", "download_tflite",
     "quantize", "calibrate", "quantize_scope", "QuantizeError",
     "export_tflite", "tflite_ops", "ExportResult", "ExportError",

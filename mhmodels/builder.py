@@ -10,7 +10,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mhmodels import layers as L
 from mhmodels.spec import LayerSpec, ModelSpec, round8, scale_filters
@@ -290,9 +290,9 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         x = k.layers.GlobalMaxPooling2D(name="pool")(x)
     model = k.Model(inputs, x, name=name or default_model_name(spec, float(width), shape))
     # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
-    model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
+    setattr(model, BUILD_ARGS_ATTR, BuildArgs(spec, float(width), shape, num_classes, include_top,
                                            pooling, float(dropout), classifier_activation,
-                                           input_normalization)
+                                           input_normalization))
     return model
 
 
@@ -311,7 +311,12 @@ class BuildArgs:
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def kwargs(self) -> dict:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in BUILD_ARG_KEYS}
+
+
+# The attribute `build_model` records a model's BuildArgs in (read by QAT, export, features).
+BUILD_ARGS_ATTR = "_mhmodels_build_args"
+BUILD_ARG_KEYS = tuple(BuildArgs.__dataclass_fields__)
 
 
 def build_args(model) -> BuildArgs | None:
@@ -320,7 +325,51 @@ def build_args(model) -> BuildArgs | None:
     The record does not survive `model.save()`; `mhmodels.quantize` then falls back on the
     default model name (`parse_model_name`) and the model's layers.
     """
-    return getattr(model, "_mhmodels_build_args", None)
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    return recorded if isinstance(recorded, BuildArgs) else None
+
+
+def recorded_build_args(model) -> dict[str, Any]:
+    """The build record of `model` as a dict ({} if absent).
+
+    Accepts the builder's `BuildArgs` or a plain mapping (a record written by hand).
+
+    Raises:
+      TypeError: the attribute holds something else.
+    """
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    if recorded is None:
+        return {}
+    if isinstance(recorded, BuildArgs):
+        return recorded.kwargs()
+    if isinstance(recorded, Mapping):
+        return dict(recorded)
+    raise TypeError(f"model.{BUILD_ARGS_ATTR} is a {type(recorded).__name__}; expected the "
+                    "builder's BuildArgs or a dict")
+
+
+def builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `build_model` (besides spec and width) among `args`, with
+    dropout 0 when unset (a rebuilt twin never needs a random dropout)."""
+    out = {k: args[k] for k in BUILD_ARG_KEYS[2:] if args.get(k) is not None}
+    out.setdefault("dropout", 0.0)
+    return out
+
+
+def frontend_of(model) -> str:
+    """'keras' (Keras 3) or 'tf_keras' (Keras 2), from the model's class: the one front-end
+    check of the package.
+
+    Raises:
+      TypeError: `model` is not a Keras model.
+    """
+    for cls in type(model).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
+            return "tf_keras"
+        if module.startswith("keras"):
+            return "keras"
+    raise TypeError(f"expected a Keras model, got {type(model).__name__}")
 
 
 def _low_precision_layers(model) -> list[str]:
@@ -366,5 +415,5 @@ def float32_copy(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     if build_args(model) is not None:
-        copy._mhmodels_build_args = build_args(model)
+        setattr(copy, BUILD_ARGS_ATTR, build_args(model))
     return copy

@@ -308,7 +308,7 @@ def _configure(converter, quantization: str, qat: bool, representative, input_sh
 
 
 def _frontend_and_qat(model) -> tuple[str, bool]:
-    from mhmodels.qat import frontend_of
+    from mhmodels.builder import frontend_of
     frontend = frontend_of(model)
     qat = False
     if frontend == "tf_keras":

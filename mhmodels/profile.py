@@ -103,7 +103,11 @@ def profile(model_or_name: Any, width: float = 1.0, *,
     """
     if hasattr(model_or_name, "layers"):
         return count_layers(model_or_name)
-    from mhmodels.registry import build
-    model = build(model_or_name, width, input_shape=input_shape, num_classes=num_classes,
-                  include_top=include_top)
+    from mhmodels.builder import build_model
+    from mhmodels.registry import get_spec
+    from mhmodels.spec import ModelSpec
+
+    spec = model_or_name if isinstance(model_or_name, ModelSpec) else get_spec(model_or_name)
+    model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
+                        include_top=include_top)
     return count_layers(model)

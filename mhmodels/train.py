@@ -354,10 +354,9 @@ def _make_optimizer(k, cfg: TrainConfig, peak: float, total_steps: int):
 
 
 def _keras_module_of(model):
-    from mhmodels.qat import frontend_of
-    import importlib
+    from mhmodels.builder import frontend_of, keras_module
 
-    return importlib.import_module(frontend_of(model))
+    return keras_module(frontend_of(model))
 
 
 def _eval_split(cfg: TrainConfig, info) -> str:

@@ -25,6 +25,7 @@ import pytest
 
 import mhmodels
 from mhmodels import pretrained as P
+from mhmodels.features import endpoint_blocks
 from mhmodels import weights as W
 from mhmodels.images import sample_photos
 
@@ -396,11 +397,11 @@ def test_a_background_first_checkpoint_fills_a_1000_class_model(tmp_path):
 @pytest.mark.parametrize("name", ["multi_avg", "mobilenet_v3_small", "mobilenet_v1"])
 def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
     model = mhmodels.build(name, 0.5, input_shape=(64, 64, 3), num_classes=10)
-    features = P.feature_extractor(model)
+    features = mhmodels.feature_extractor(model)
     x = photos({"input_size": 64})
     maps = [m.numpy() for m in features(x, training=False)]
     assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
-    ends = P.endpoint_blocks(mhmodels.get_spec(name))
+    ends = endpoint_blocks(mhmodels.get_spec(name))
     spec = mhmodels.get_spec(name)
     for stride, got in zip((4, 8, 16, 32), maps):
         index = int(ends[stride][len("block"):])  # last block at that stride
@@ -412,13 +413,13 @@ def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
         np.testing.assert_array_equal(got, probe(x, training=False).numpy())
     assert features.get_layer("stem").kernel is model.get_layer("stem").kernel  # shared
     with pytest.raises(ValueError, match="strides"):
-        P.feature_extractor(model, strides=(64,))
+        mhmodels.feature_extractor(model, strides=(64,))
 
 
 def test_feature_extractor_on_pretrained_weights(files):
     model = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3),
                            weights=str(files["mobilenet_v2"]), include_top=False)
-    c4, c8, c16, c32 = P.feature_extractor(model).output_shape
+    c4, c8, c16, c32 = mhmodels.feature_extractor(model).output_shape
     assert (c4[1:3], c8[1:3], c16[1:3], c32[1:3]) == ((24, 24), (12, 12), (6, 6), (3, 3))
     assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
 
