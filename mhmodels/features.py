@@ -32,7 +32,18 @@ def feature_extractor(model, strides: Sequence[int] = (4, 8, 16, 32), *,
                       name: str | None = None):
     """A model (same layers, same weights) from `model`'s input to its feature maps at the
     given output strides, in that order: e.g. the stride 4/8/16/32 endpoints of an SSD / FPN
-    backbone. `model` is any mhmodels model (either front-end, pretrained or not)."""
+    backbone.
+
+    Args:
+      model: a model `mhmodels.build` made (either front-end, pretrained or not, with or
+        without its top).
+      strides: output strides of the maps, each one of `feature_strides(spec)`.
+      name: the new model's name; default `<model name>_features`.
+    Returns:
+      A functional model of the same front-end whose outputs are the list of maps.
+    Raises:
+      ValueError: `model` was not built by mhmodels, or a stride the network lacks.
+    """
     args = build_args(model)
     if args is None:
         raise ValueError("feature_extractor needs a model built by mhmodels.build / build_model")

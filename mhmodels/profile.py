@@ -100,6 +100,20 @@ def profile(model_or_name: Any, width: float = 1.0, *,
     """Params / MAdds / per-layer rows of a model, a registered name, or a `ModelSpec`.
 
     Defaults match the paper's Table 1: 224x224 input and a 1001-class ImageNet head.
+    Params count conv / dense kernels and biases (batch norm excluded); MAdds count conv,
+    depthwise and dense multiply-adds.
+
+    Args:
+      model_or_name: a built Keras model (counted as it is; the other arguments are then
+        ignored), a zoo name (`list_models()`) or a `ModelSpec`.
+      width: width multiplier of the network built from a name or spec.
+      input_shape: (height, width, 3) of that network.
+      num_classes: its classifier outputs.
+      include_top: count the classifier (and the layers after pooling) too.
+    Returns:
+      A `Profile` (`params_m`, `madds_m`, per-layer rows).
+    Raises:
+      ValueError: an unknown model name or bad build arguments (see `mhmodels.build`).
     """
     if hasattr(model_or_name, "layers"):
         return count_layers(model_or_name)

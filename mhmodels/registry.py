@@ -111,9 +111,10 @@ def list_models() -> list[str]:
     """Every buildable name: built-in, emitted by the search, or registered.
 
     Returns:
-      The sorted names. Never raises for a bad zoo: a missing $MHMODELS_ZOO_PATH directory,
-      a malformed entry or a name defined twice is left out with a warning (building that
-      name raises the error).
+      The sorted names.
+    Raises:
+      Nothing for a bad zoo: a missing $MHMODELS_ZOO_PATH directory, a malformed entry or a
+      name defined twice is left out with a warning (building that name raises the error).
     """
     return sorted(entries())
 

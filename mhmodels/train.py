@@ -252,6 +252,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.model_dir and "://" in cfg.model_dir:
+        raise ValueError(f"--model_dir={cfg.model_dir}: training writes a local directory "
+                         "(checkpoints, TensorBoard logs, final weights); give a local or "
+                         "mounted path (gs:// is for the search's --model_dir)")
     if cfg.mode != "eval" and not cfg.model_dir:
         raise ValueError("training needs --model_dir (checkpoints, logs and weights go there)")
     if cfg.mode == "eval" and not cfg.model_dir and not cfg.init_weights:
@@ -310,7 +314,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
         except WeightsMismatchError as err:
             # Another head (an ImageNet 1001-class checkpoint fine-tuned here) keeps the body;
             # another width or architecture would load nothing: that is an error.
-            if cfg.mode == "eval" or "another" in str(err):
+            if cfg.mode == "eval" or not err.head_only:
                 raise
             logging.warning("%s; training a new classifier on the checkpoint's body", err)
             model.load_weights(str(path), skip_mismatch=True)
@@ -479,9 +483,9 @@ def _scalar(tf, name: str, value: float) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from mhmodels.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _run_record(cfg: TrainConfig, **extra) -> dict:

@@ -145,10 +145,6 @@ def system_configs(family: str | None = None) -> list[str]:
     return [n for n in names if family is None or f"_{family.upper()}_" in n]
 
 
-def memory_modes() -> list[str]:
-    return list(_ini_sections()["Memory_Mode"])
-
-
 def estimate_tflite(model: bytes | str | os.PathLike, config: VelaConfig) -> VelaEstimate:
     """Compile a full-integer TFLite model with vela for `config`; its performance estimate.
 

@@ -424,6 +424,41 @@ def test_feature_extractor_on_pretrained_weights(files):
     assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
 
 
+def test_build_features_only_gives_the_classifiers_tensors_with_pretrained_weights(files):
+    """build(features_only=True, weights=...): the stride 4/8/16/32 maps are the tensors the
+    pretrained classifier computes at the end of each stride, to the last bit."""
+    shape = (96, 96, 3)
+    classifier = mhmodels.build("mobilenet_v2", 0.35, input_shape=shape,
+                                weights=str(files["mobilenet_v2"]))
+    backbone = mhmodels.build("mobilenet_v2", 0.35, input_shape=shape, features_only=True,
+                              weights=str(files["mobilenet_v2"]))
+    x = photos({"input_size": 96})
+    maps = [m.numpy() for m in backbone(x, training=False)]
+    assert [m.shape for m in maps] == [(4, 24, 24, 8), (4, 12, 12, 16), (4, 6, 6, 32),
+                                       (4, 3, 3, 112)]
+    ends = endpoint_blocks(mhmodels.get_spec("mobilenet_v2"))
+    taps = [[l for l in classifier.layers if l.name.split("_")[0] == ends[s]][-1].output
+            for s in (4, 8, 16, 32)]
+    expected = type(classifier)(classifier.inputs[0], taps)(x, training=False)
+    for got, want in zip(maps, expected):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert np.abs(maps[-1]).mean() > 0.01  # real activations, not zeros
+    stride8, stride32 = mhmodels.build("mobilenet_v2", 0.35, input_shape=(None, None, 3),
+                                       features_only=True, out_indices=(2, -1)).output_shape
+    assert (stride8, stride32) == ((None, None, None, 16), (None, None, None, 112))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"out_indices": (1, 2)}, "features_only=True"),
+    ({"features_only": True, "out_indices": (5,)}, "out_indices must be"),
+    ({"features_only": True, "out_indices": (1, 1)}, "out_indices must be"),
+    ({"features_only": True, "pooling": "avg"}, "pooling does not apply"),
+])
+def test_build_features_only_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mhmodels.build("multi_max", 0.5, input_shape=(64, 64, 3), **kwargs)
+
+
 # --------------------------------------------------------------------------------------------
 # TF Model Garden checkpoints (fixtures: tools/make_model_garden_fixtures.sh, a side venv)
 # --------------------------------------------------------------------------------------------
