@@ -36,7 +36,8 @@ from mhmodels.preprocessing import decode_predictions, preprocess_input
 __version__ = "0.1.0"
 
 __all__ = [
-    "build", "build_model", "feature_extractor", "get_entry", "get_spec", "list_models", "register", "unregister",
+    "build", "build_model", "feature_extractor", "get_entry", "get_spec", "list_models",
+    "register", "unregister",
     "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError", "download_tflite",
     "quantize", "calibrate", "quantize_scope", "QuantizeError",
     "export_tflite", "tflite_ops", "ExportResult", "ExportError",

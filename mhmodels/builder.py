@@ -232,15 +232,7 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     """
     k = keras_module(frontend)
     check_data_format(k)
-    if input_tensor is not None:
-        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
-        if input_shape is not None and tuple(input_shape) != tensor_shape:
-            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
-                             f"shape {tensor_shape}; pass one of them")
-        input_shape = tensor_shape
-    elif input_shape is None:
-        input_shape = DEFAULT_INPUT_SHAPE
-    shape = check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+    shape = _input_shape_of(spec, input_shape, input_tensor, include_top)
     if include_top:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -250,15 +242,7 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
     resolved = resolve(spec, width, in_channels=shape[2])
-    if input_tensor is None:
-        inputs = image = k.Input(shape=shape, name="image")
-    elif k.backend.is_keras_tensor(input_tensor):
-        image = input_tensor
-        sources = k.utils.get_source_inputs(input_tensor)
-        inputs = sources[0] if len(sources) == 1 else sources
-    else:  # a backend tensor: wrap it (keras.applications does the same)
-        inputs = image = k.Input(tensor=input_tensor, name="image")
-    x = image
+    inputs, x = _inputs(k, shape, input_tensor)
     if input_normalization is not None:
         scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
         if len(scale) != shape[2] or len(offset) != shape[2]:
@@ -294,6 +278,33 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
                                            pooling, float(dropout), classifier_activation,
                                            input_normalization))
     return model
+
+
+def _input_shape_of(spec: ModelSpec, input_shape, input_tensor, include_top: bool) -> tuple:
+    """The checked (height, width, 3): `input_shape`, else `input_tensor`'s, else 224x224."""
+    if input_tensor is not None:
+        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
+                             f"shape {tensor_shape}; pass one of them")
+        input_shape = tensor_shape
+    elif input_shape is None:
+        input_shape = DEFAULT_INPUT_SHAPE
+    return check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+
+
+def _inputs(k: ModuleType, shape: tuple, input_tensor):
+    """(the model's inputs, the image tensor the network starts from): a new Input, or
+    `input_tensor` (a Keras tensor's source inputs; a backend tensor wrapped as
+    keras.applications does)."""
+    if input_tensor is None:
+        image = k.Input(shape=shape, name="image")
+        return image, image
+    if k.backend.is_keras_tensor(input_tensor):
+        sources = k.utils.get_source_inputs(input_tensor)
+        return (sources[0] if len(sources) == 1 else sources), input_tensor
+    image = k.Input(tensor=input_tensor, name="image")
+    return image, image
 
 
 @dataclass(frozen=True)

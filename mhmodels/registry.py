@@ -1,4 +1,4 @@
-"""Names -> specs (and nothing else): the built-in zoo, entries the search emitted, and the user's own.
+"""Names -> specs, nothing else: the built-in zoo, entries the search emitted, and the user's own.
 
 Entries are JSON files named `<name>.json` (a spec plus optional `provenance`) found in
   1. the built-in zoo (`zoo/models/` of the checkout, `mhmodels/zoo/models/` when installed),
