@@ -33,7 +33,6 @@ import contextlib
 import io
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings

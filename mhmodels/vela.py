@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 import re
 import tempfile
