@@ -1,6 +1,7 @@
 """mhmodels: multi-hardware mobile models (Multi-AVG, Multi-MAX, MobileNet baselines).
 
     model = mhmodels.build('multi_max', width=1.0)
+    backbone = mhmodels.build('multi_max', features_only=True)   # stride 4/8/16/32 maps
     mhmodels.profile('multi_avg').madds_m
     qat = mhmodels.quantize(model)                          # fake-quant twin (tf_keras)
     mhmodels.export_tflite(qat, 'multi_max.tflite', quantization='int8')
