@@ -10,7 +10,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mhmodels import layers as L
 from mhmodels.spec import LayerSpec, ModelSpec, round8, scale_filters
@@ -232,15 +232,7 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     """
     k = keras_module(frontend)
     check_data_format(k)
-    if input_tensor is not None:
-        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
-        if input_shape is not None and tuple(input_shape) != tensor_shape:
-            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
-                             f"shape {tensor_shape}; pass one of them")
-        input_shape = tensor_shape
-    elif input_shape is None:
-        input_shape = DEFAULT_INPUT_SHAPE
-    shape = check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+    shape = _input_shape_of(spec, input_shape, input_tensor, include_top)
     if include_top:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -250,15 +242,7 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
     resolved = resolve(spec, width, in_channels=shape[2])
-    if input_tensor is None:
-        inputs = image = k.Input(shape=shape, name="image")
-    elif k.backend.is_keras_tensor(input_tensor):
-        image = input_tensor
-        sources = k.utils.get_source_inputs(input_tensor)
-        inputs = sources[0] if len(sources) == 1 else sources
-    else:  # a backend tensor: wrap it (keras.applications does the same)
-        inputs = image = k.Input(tensor=input_tensor, name="image")
-    x = image
+    inputs, x = _inputs(k, shape, input_tensor)
     if input_normalization is not None:
         scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
         if len(scale) != shape[2] or len(offset) != shape[2]:
@@ -290,10 +274,37 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         x = k.layers.GlobalMaxPooling2D(name="pool")(x)
     model = k.Model(inputs, x, name=name or default_model_name(spec, float(width), shape))
     # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
-    model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
+    setattr(model, BUILD_ARGS_ATTR, BuildArgs(spec, float(width), shape, num_classes, include_top,
                                            pooling, float(dropout), classifier_activation,
-                                           input_normalization)
+                                           input_normalization))
     return model
+
+
+def _input_shape_of(spec: ModelSpec, input_shape, input_tensor, include_top: bool) -> tuple:
+    """The checked (height, width, 3): `input_shape`, else `input_tensor`'s, else 224x224."""
+    if input_tensor is not None:
+        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
+                             f"shape {tensor_shape}; pass one of them")
+        input_shape = tensor_shape
+    elif input_shape is None:
+        input_shape = DEFAULT_INPUT_SHAPE
+    return check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+
+
+def _inputs(k: ModuleType, shape: tuple, input_tensor):
+    """(the model's inputs, the image tensor the network starts from): a new Input, or
+    `input_tensor` (a Keras tensor's source inputs; a backend tensor wrapped as
+    keras.applications does)."""
+    if input_tensor is None:
+        image = k.Input(shape=shape, name="image")
+        return image, image
+    if k.backend.is_keras_tensor(input_tensor):
+        sources = k.utils.get_source_inputs(input_tensor)
+        return (sources[0] if len(sources) == 1 else sources), input_tensor
+    image = k.Input(tensor=input_tensor, name="image")
+    return image, image
 
 
 @dataclass(frozen=True)
@@ -311,7 +322,12 @@ class BuildArgs:
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def kwargs(self) -> dict:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in BUILD_ARG_KEYS}
+
+
+# The attribute `build_model` records a model's BuildArgs in (read by QAT, export, features).
+BUILD_ARGS_ATTR = "_mhmodels_build_args"
+BUILD_ARG_KEYS = tuple(BuildArgs.__dataclass_fields__)
 
 
 def build_args(model) -> BuildArgs | None:
@@ -320,7 +336,51 @@ def build_args(model) -> BuildArgs | None:
     The record does not survive `model.save()`; `mhmodels.quantize` then falls back on the
     default model name (`parse_model_name`) and the model's layers.
     """
-    return getattr(model, "_mhmodels_build_args", None)
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    return recorded if isinstance(recorded, BuildArgs) else None
+
+
+def recorded_build_args(model) -> dict[str, Any]:
+    """The build record of `model` as a dict ({} if absent).
+
+    Accepts the builder's `BuildArgs` or a plain mapping (a record written by hand).
+
+    Raises:
+      TypeError: the attribute holds something else.
+    """
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    if recorded is None:
+        return {}
+    if isinstance(recorded, BuildArgs):
+        return recorded.kwargs()
+    if isinstance(recorded, Mapping):
+        return dict(recorded)
+    raise TypeError(f"model.{BUILD_ARGS_ATTR} is a {type(recorded).__name__}; expected the "
+                    "builder's BuildArgs or a dict")
+
+
+def builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `build_model` (besides spec and width) among `args`, with
+    dropout 0 when unset (a rebuilt twin never needs a random dropout)."""
+    out = {k: args[k] for k in BUILD_ARG_KEYS[2:] if args.get(k) is not None}
+    out.setdefault("dropout", 0.0)
+    return out
+
+
+def frontend_of(model) -> str:
+    """'keras' (Keras 3) or 'tf_keras' (Keras 2), from the model's class: the one front-end
+    check of the package.
+
+    Raises:
+      TypeError: `model` is not a Keras model.
+    """
+    for cls in type(model).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
+            return "tf_keras"
+        if module.startswith("keras"):
+            return "keras"
+    raise TypeError(f"expected a Keras model, got {type(model).__name__}")
 
 
 def _low_precision_layers(model) -> list[str]:
@@ -366,5 +426,5 @@ def float32_copy(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     if build_args(model) is not None:
-        copy._mhmodels_build_args = build_args(model)
+        setattr(copy, BUILD_ARGS_ATTR, build_args(model))
     return copy

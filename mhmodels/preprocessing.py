@@ -96,7 +96,7 @@ def preprocess_input(images: Any, value_range: tuple[float, float] = (0.0, 255.0
 def imagenet_classes() -> tuple[tuple[str, str], ...]:
     """The 1000 ImageNet-1k classes in index order as (WordNet synset, short name), read from
     the package's `zoo/imagenet_classes.json` (see tools/make_imagenet_classes.py)."""
-    from mhmodels.registry import builtin_zoo_dir
+    from mhmodels.files import builtin_zoo_dir
 
     path = builtin_zoo_dir() / "imagenet_classes.json"
     data = json.loads(path.read_text(encoding="utf-8"))

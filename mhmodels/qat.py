@@ -42,12 +42,12 @@ import importlib.util
 import os
 from typing import Any, Mapping, Sequence
 
+from mhmodels.builder import (BUILD_ARG_KEYS, BUILD_ARGS_ATTR, builder_kwargs, build_model,
+                              frontend_of, parse_model_name, recorded_build_args)
+from mhmodels.registry import get_spec, list_models
 from mhmodels.spec import ModelSpec
 
-BUILD_ARGS_ATTR = "_mhmodels_build_args"
 QAT_ATTR = "_mhmodels_qat"
-BUILD_ARG_KEYS = ("spec", "width", "input_shape", "num_classes", "include_top", "pooling",
-                  "dropout", "classifier_activation", "input_normalization")
 
 # Layer types the default 8-bit scheme leaves unquantized on purpose (no arithmetic).
 PASS_THROUGH = ("InputLayer", "Dropout", "Flatten", "Reshape", "GlobalMaxPooling2D")
@@ -271,17 +271,6 @@ def quantize_scope():
 # --------------------------------------------------------------------------------------------
 # Front-end detection and build arguments.
 
-def frontend_of(model) -> str:
-    """'keras' (Keras 3) or 'tf_keras' (Keras 2), from the model's class."""
-    for cls in type(model).__mro__:
-        module = cls.__module__ or ""
-        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
-            return "tf_keras"
-        if module.startswith("keras"):
-            return "keras"
-    raise TypeError(f"expected a Keras model, got {type(model).__name__}")
-
-
 def is_qat_model(model) -> bool:
     """True for a model made by `quantize` (or any tfmot-quantized tf_keras model)."""
     if getattr(model, QAT_ATTR, False):
@@ -296,31 +285,11 @@ def _as_spec(spec) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     if isinstance(spec, str):
-        from mhmodels.registry import get_spec
         return get_spec(spec)
     if isinstance(spec, Mapping):
         return ModelSpec.from_dict(spec, source="build args")
     raise QuantizeError(f"spec must be a ModelSpec, a zoo model name or a spec dict, got "
                         f"{type(spec).__name__}")
-
-
-def recorded_build_args(model) -> dict[str, Any]:
-    """`model._mhmodels_build_args` as a dict ({} if absent).
-
-    Accepts the builder's `BuildArgs` (anything with a `kwargs()` method or dataclass fields)
-    or a plain mapping.
-    """
-    recorded = getattr(model, BUILD_ARGS_ATTR, None)
-    if recorded is None:
-        return {}
-    if hasattr(recorded, "kwargs") and callable(recorded.kwargs):
-        return dict(recorded.kwargs())
-    if isinstance(recorded, Mapping):
-        return dict(recorded)
-    if hasattr(recorded, "__dataclass_fields__"):
-        return {f: getattr(recorded, f) for f in recorded.__dataclass_fields__}
-    raise QuantizeError(f"model.{BUILD_ARGS_ATTR} is a {type(recorded).__name__}; expected "
-                        "the builder's BuildArgs or a dict")
 
 
 def build_args_of(model, **explicit) -> dict[str, Any]:
@@ -340,7 +309,10 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
       TypeError: an unknown build argument.
       QuantizeError: spec or width cannot be found.
     """
-    args = recorded_build_args(model)
+    try:
+        args = recorded_build_args(model)
+    except TypeError as err:
+        raise QuantizeError(str(err)) from None
     for key, value in explicit.items():
         if key not in BUILD_ARG_KEYS:
             raise TypeError(f"unknown build argument {key!r}; expected one of {BUILD_ARG_KEYS}")
@@ -349,8 +321,6 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
     if args.get("spec") is None or args.get("width") is None:
         # A reloaded model (keras.models.load_model) lost the record; its default name
         # ('multi_max_0.75_224') still says what it is. copy_weights checks the guess.
-        from mhmodels.builder import parse_model_name
-        from mhmodels.registry import list_models
         parsed = parse_model_name(model.name, list_models())
         if parsed is not None:
             if args.get("spec") is None:
@@ -394,14 +364,6 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
             kind = type(model.get_layer("pool")).__name__
             args["pooling"] = "max" if "Max" in kind else "avg"
     return args
-
-
-def _builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: args[k] for k in ("input_shape", "num_classes", "include_top", "pooling",
-                                "dropout", "classifier_activation", "input_normalization")
-           if args.get(k) is not None}
-    out.setdefault("dropout", 0.0)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,7 +644,6 @@ def _flat_tf_keras_twin(model):
     """
     import tf_keras
 
-    from mhmodels.builder import build_model
 
     sources = {}  # tf_keras layer name -> the Keras 3 layer whose weights it takes
     backbones = []
@@ -694,7 +655,7 @@ def _flat_tf_keras_twin(model):
 
             def inline(x, **_):
                 built = build_model(args["spec"], args["width"], frontend="tf_keras",
-                                    input_tensor=x, **_builder_kwargs(args))
+                                    input_tensor=x, **builder_kwargs(args))
                 for layer in operation.layers:
                     sources[layer.name] = layer
                 return built.output
@@ -768,7 +729,6 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     if is_qat_model(model):
         raise QuantizeError(f"model {model.name!r} is already quantization-aware")
     load_tfmot()
-    from mhmodels.builder import build_model
 
     if frontend == "tf_keras" and not any(v is not None for v in (spec, width)):
         float_twin = model
@@ -780,7 +740,7 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     else:
         args = build_args_of(model, **explicit)
         float_twin = build_model(args["spec"], args["width"], frontend="tf_keras",
-                                 name=model.name, **_builder_kwargs(args))
+                                 name=model.name, **builder_kwargs(args))
         if copy:
             copy_weights(model, float_twin)
     qat = quantize_tf_keras(float_twin)

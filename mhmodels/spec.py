@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -63,11 +64,12 @@ class LayerSpec:
             fail("kind", f"is {self.kind!r}; expected one of {', '.join(BLOCK_KINDS)}")
         if not isinstance(self.filters, int) or isinstance(self.filters, bool) or self.filters <= 0:
             fail("filters", f"must be a positive integer, got {self.filters!r}")
-        if self.kernel not in (1, 3, 5, 7):
+        if not _is_integer(self.kernel) or self.kernel not in (1, 3, 5, 7):  # JSON true == 1
             fail("kernel", f"must be 1, 3, 5 or 7, got {self.kernel!r}")
-        if self.stride not in (1, 2):
+        if not _is_integer(self.stride) or self.stride not in (1, 2):
             fail("stride", f"must be 1 or 2, got {self.stride!r}")
-        if not isinstance(self.expansion, (int, float)) or self.expansion < 1:
+        if (isinstance(self.expansion, bool) or not isinstance(self.expansion, (int, float))
+                or self.expansion < 1):
             fail("expansion", f"must be a number >= 1, got {self.expansion!r}")
         if self.expansion != 1 and self.kind not in ("ibn", "fused_ibn"):
             fail("expansion", f"only applies to ibn/fused_ibn blocks, not {self.kind}")
@@ -233,6 +235,11 @@ def dumps_entry(data: Mapping[str, Any]) -> str:
             lines.append(f"  {json.dumps(key)}: {text}{comma}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer that is not a bool (JSON `true` equals 1 in Python and must not pass as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def round8(value: float, divisor: int = 8) -> int:

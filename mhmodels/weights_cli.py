@@ -7,7 +7,7 @@ ready for an app.
 
 `fetch` prints the path of the cached file. tflite_<q>: the published TFLite file when
 zoo/weights.json lists one, else exported once from the converted ImageNet weights (int8 /
-uint8 calibrated on `mhmodels.pretrained.default_calibration_images`). keras_h5: the published
+uint8 calibrated on `mhmodels.tflite_cache.default_calibration_images`). keras_h5: the published
 keras.applications file as downloaded. keras: our own `.weights.h5`, converted once, which
 `mhmodels.build(name, weights=<path>)` loads with no conversion.
 """
@@ -56,12 +56,12 @@ def list_table(model: str | None = None) -> str:
 def fetch_file(model: str, width: float, fmt: str, resolution: int | None,
                progress: bool = True):
     """The local path of `fmt` for (model, width, resolution); see the module docstring."""
-    from mhmodels import pretrained
     from mhmodels import weights as W
+    from mhmodels.tflite_cache import pretrained_tflite
 
     if fmt.startswith("tflite_"):
-        return pretrained.pretrained_tflite(model, width, fmt[len("tflite_"):],
-                                            resolution=resolution, progress=progress)
+        return pretrained_tflite(model, width, fmt[len("tflite_"):],
+                                 resolution=resolution, progress=progress)
     ckpt = W.find_checkpoint(model, width, W.LOADABLE_FORMATS, resolution=resolution)
     if fmt == "keras_h5":
         if ckpt.format != "keras_h5":

@@ -2,7 +2,7 @@
 
 Real images: scikit-learn's digits (upscaled, RGB in [-1, 1]) and its two sample photos.
 Relative error: rel(a, b) = max|a - b| / max|a|, a the Keras reference.
-Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5, 64x64, plus
+Sizes: small by default (width 0.35, 32x32); MHMODELS_TEST_FULL=1: full (width 0.5, 64x64, plus
 the 224x224 int8 conversion timing). Tests marked slow cover every zoo model and the trained
 QAT parity.
 """
@@ -18,7 +18,8 @@ from mhmodels import images
 from mhmodels import export as E
 from mhmodels import qat as Q
 
-FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
+from conftest import FULL  # the one size switch, MHMODELS_TEST_FULL=1
+
 WIDTH = 0.5 if FULL else 0.35
 SIZE = 64 if FULL else 32
 SHAPE = (SIZE, SIZE, 3)
@@ -271,7 +272,7 @@ def test_qat_int8_matches_qat_keras(trained_qat, tmp_path):
 
 # Float parity in CI for the models that together hold every layer kind of the zoo
 # (depthwise-separable, plain and fused IBNs, ReLU6, 5x5 and 7x7 depthwise, squeeze-excite,
-# hard-swish; the others combine these); every model at full size (MHMODELS_TEST_SIZE=full).
+# hard-swish; the others combine these); every model at full size (MHMODELS_TEST_FULL=1).
 # The int8 / NPU half below runs for every model always.
 FLOAT_PARITY_CI = {"mobilenet_v1", "multi_max", "mobilenet_edgetpu", "mobilenet_v3_large",
                    "proxylessnas_mobile"}
@@ -325,7 +326,7 @@ def test_every_zoo_model(name, digits, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="224x224 timing runs with MHMODELS_TEST_SIZE=full")
+@pytest.mark.skipif(not FULL, reason="224x224 timing runs with MHMODELS_TEST_FULL=1")
 def test_224_qat_int8_conversion_time(tmp_path):
     model = mhmodels.build("multi_avg", 1.0, input_shape=(224, 224, 3))
     qat = Q.quantize(model)

@@ -1,6 +1,6 @@
 """mhmodels.quantize (mhmodels/qat.py): the QAT twin built with tfmot on the tf_keras build.
 
-Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5, 64x64).
+Sizes: small by default (width 0.35, 32x32); MHMODELS_TEST_FULL=1: full (width 0.5, 64x64).
 Per-model coverage (twin + one fit step for every zoo model) is in test_export.py, where the
 same QAT twin is also exported; here: the twin's structure, weight transfer, calibration,
 build-argument handling, and Keras 3 + tfmot in one process.
@@ -18,7 +18,8 @@ from mhmodels import images
 
 from mhmodels import qat as Q
 
-FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
+from conftest import FULL  # the one size switch, MHMODELS_TEST_FULL=1
+
 WIDTH = 0.5 if FULL else 0.35
 SIZE = 64 if FULL else 32
 SHAPE = (SIZE, SIZE, 3)

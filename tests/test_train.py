@@ -106,7 +106,29 @@ def test_bad_settings_fail_before_training(tmp_path):
         T.make_strategy("tpu", None)
     with pytest.raises(ValueError, match="--sync_batch_norm is for float training"):
         T.train(config(tmp_path, qat=True, sync_batch_norm=True))
+    # a bucket URL is not silently turned into a local 'gs:/b/run' directory
+    with pytest.raises(ValueError, match="--model_dir=gs://b/run: training writes a local"):
+        T.train(config("gs://b/run"))
     assert not any(tmp_path.iterdir())  # refused before anything was written
+    assert not (Path.cwd() / "gs:").exists()
+
+
+def test_run_files_are_written_atomically(tmp_path):
+    """Run files go through files.atomic_write (a unique temporary name, fsync, rename), not
+    a fixed '<name>.tmp' that a second writer or a leftover of a crash would collide with."""
+    path = tmp_path / "run.json"
+    (tmp_path / "run.json.tmp").mkdir()  # the old fixed temporary name, taken
+    T._write_json(path, {"step": 1})
+    T._write_json(path, {"step": 2})
+    assert json.loads(path.read_text()) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "run.json.tmp"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_sync_batch_norm_reaches_every_batch_norm():
@@ -150,14 +172,16 @@ def test_mismatched_checkpoint_says_which_and_why(tmp_path):
                        weights=str(path))
     assert str(path) in str(err.value) and "num_classes=10" in str(err.value)
     assert len(str(err.value)) < 400
+    assert err.value.head_only  # what training may replace (a new classifier), and only that
     with pytest.raises(WeightsMismatchError, match="another width") as err:
         mhmodels.build("multi_max", 0.5, input_shape=(32, 32, 3), num_classes=10,
                        weights=str(path))
-    assert len(str(err.value)) < 400
+    assert len(str(err.value)) < 400 and not err.value.head_only
     with pytest.raises(WeightsMismatchError, match="another architecture") as err:
         mhmodels.build("multi_avg", 0.25, input_shape=(32, 32, 3), num_classes=10,
                        weights=str(path))
     assert "'multi_avg_0.25_32'" in str(err.value) and len(str(err.value)) < 400
+    assert not err.value.head_only
     # the matching build still loads
     mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10,
                    weights=str(path), include_top=False)
