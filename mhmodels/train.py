@@ -65,6 +65,7 @@ from absl import app, flags
 logging = _logging.getLogger("mhmodels.train")
 
 from mhmodels.distribute import STRATEGIES, configure_cpu_devices, is_chief, make_strategy
+from mhmodels.locking import check_unlocked, is_chief_task, run_lock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -588,7 +589,16 @@ def _show_progress(cfg: TrainConfig) -> bool:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir."""
+    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir.
+
+    Holds model_dir's single-writer lock (the chief only): a second training there refuses.
+    """
+    with run_lock(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                  flag="--model_dir"):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     start_time = time.time()
     tf, data, strategy, info, spec = _setup(cfg)
     import keras
@@ -971,6 +981,9 @@ def main(argv: Sequence[str]) -> None:
     # Flags are validated before TensorFlow loads; errors read as errors, not tracebacks.
     try:
         _check_config(cfg)
+        if cfg.mode != "eval":  # a second training on one model_dir: refused before TF loads
+            check_unlocked(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                           flag="--model_dir")
         if cfg.mode == "eval":
             result = evaluate(cfg)
         else:

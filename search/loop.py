@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mhmodels.locking import run_lock
+
 from . import distribute
 from . import reward as reward_lib
 from . import space as space_lib
@@ -190,9 +192,20 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
       write_entry: write the zoo entry at the end.
       on_step: called as ``on_step(step, values)`` after every step with numpy per-replica
         values (choices, reward, accuracy, latencies, baseline, mean_reward, ...).
+
+    Holds ``config.model_dir``'s single-writer lock (the chief only; mhmodels.locking).
     """
-    start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
+    with run_lock(config.model_dir, "search", chief=distribute.is_chief(strategy),
+                  flag="--model_dir"):
+        return _run_search(config, strategy=strategy, cost_models=cost_models, space=space,
+                           num_classes=num_classes, datasets=datasets,
+                           write_entry=write_entry, on_step=on_step)
+
+
+def _run_search(config: SearchConfig, *, strategy, cost_models, space, num_classes, datasets,
+                write_entry, on_step) -> SearchResult:
+    start_time = time.time()
     validate_config(config, check_files=datasets is None,  # before anything is written
                     check_hardware=cost_models is None)
     space = space or space_lib.get_space(config.space)
