@@ -333,6 +333,8 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     frontend, qat = _frontend_and_qat(model)
+    from mhmodels.builder import build_args
+    takes_minus_one_one = build_args(model) is not None  # built by mhmodels: the input rule
     if frontend == "keras":  # a mixed-precision model converts from its float32 copy
         from mhmodels.builder import float32_copy
         model = float32_copy(model)
@@ -370,6 +372,9 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     if representative_data is not None:
         representative_data = [s[0] for s in representative_dataset(
             representative_data, input_shape, calibration_samples)()]
+        if takes_minus_one_one:
+            from mhmodels.preprocessing import check_calibration_range
+            check_calibration_range(representative_data)
 
     start = time.perf_counter()
     workdir = tempfile.mkdtemp(prefix="mhmodels_export_")
