@@ -142,7 +142,7 @@ class TrainResult:
     steps_per_epoch: int
     losses: list  # (step, cross-entropy loss) of every step run in this call
     learning_rates: list  # (step, learning rate) of every step run in this call
-    metrics: dict  # last evaluation: top1, top5, loss, count, split
+    metrics: dict  # last evaluation: top1, top5 (more than 5 classes only), loss, count, split
     seconds: float
     resumed_from: int  # 0 for a fresh start
     weights_path: str | None = None
@@ -452,7 +452,18 @@ def _make_eval_step(tf, strategy, model, num_classes: int):
     return eval_step
 
 
-def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
+TOP_K = 5  # top-k is reported only where it says something: more than k classes
+
+
+def format_metrics(metrics: dict) -> str:
+    """'top-1 0.9120  top-5 0.9910  loss 0.3012' (top-5 only when it was measured)."""
+    top_k = f"  top-{TOP_K} {metrics['top5']:.4f}" if "top5" in metrics else ""
+    return f"top-1 {metrics['top1']:.4f}{top_k}  loss {metrics['loss']:.4f}"
+
+
+def _run_eval(strategy, eval_step, dataset, split: str, num_classes: int) -> dict:
+    """Sums the eval step over `dataset`; top-5 is left out with TOP_K classes or fewer (it
+    would be 1.0 by construction)."""
     totals = None
     for batch in strategy.experimental_distribute_dataset(dataset):
         sums = eval_step(batch).numpy()
@@ -460,8 +471,11 @@ def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
     if totals is None or totals[3] == 0:
         raise ValueError(f"evaluation split {split!r} is empty")
     loss, top1, top5, count = (float(x) for x in totals)
-    return {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
-            "count": int(count)}
+    metrics = {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
+               "count": int(count)}
+    if num_classes <= TOP_K:
+        del metrics["top5"]
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,7 +572,9 @@ def save_final(cfg: TrainConfig, model_dir: Path, float_model, trained, spec, nu
         info["qat_weights"] = FINAL_QAT_WEIGHTS
     if metrics:
         info.update({"eval_split": metrics["split"], "top1": metrics["top1"],
-                     "top5": metrics["top5"], "eval_loss": metrics["loss"]})
+                     "eval_loss": metrics["loss"]})
+        if "top5" in metrics:
+            info["top5"] = metrics["top5"]
     _write_json(model_dir / FINAL_JSON, info)
     return path
 
@@ -699,13 +715,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
     eval_step = _make_eval_step(tf, strategy, model, num_classes) if do_eval else None
 
     def evaluate_now() -> dict:
-        result = _run_eval(strategy, eval_step, eval_ds, eval_split)
+        result = _run_eval(strategy, eval_step, eval_ds, eval_split, num_classes)
         with eval_writer.as_default(step=step):
             for key in ("top1", "top5", "loss"):
-                _scalar(tf, key, result[key])
-        logging.info("step %d (epoch %.2f): %s top-1 %.4f top-5 %.4f loss %.4f", step,
-                     step / steps_per_epoch, eval_split, result["top1"], result["top5"],
-                     result["loss"])
+                if key in result:
+                    _scalar(tf, key, result[key])
+        logging.info("step %d (epoch %.2f): %s %s", step, step / steps_per_epoch, eval_split,
+                     format_metrics(result))
         return result
 
     # SIGINT / SIGTERM (Ctrl-C, preemption) finish the current step, checkpoint and stop, so
@@ -849,7 +865,7 @@ def evaluate(cfg: TrainConfig) -> TrainResult:
     ds = data.make_dataset(cfg.dataset, split, image_size=image_size,
                            batch_size=cfg.batch_size, training=False, data_dir=cfg.data_dir)
     metrics = _run_eval(strategy, _make_eval_step(tf, strategy, model, info.num_classes), ds,
-                        split)
+                        split, info.num_classes)
     if model_dir is not None:
         model_dir.mkdir(parents=True, exist_ok=True)
         _write_json(model_dir / f"eval_{split}.json", _eval_record(cfg, spec, metrics, step))
@@ -993,8 +1009,7 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
     m = result.metrics
     if m:
-        print(f"{m['split']}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss "
-              f"{m['loss']:.4f}  ({m['count']} images)")
+        print(f"{m['split']}: {format_metrics(m)}  ({m['count']} images)")
     if cfg.mode != "eval":
         print(f"step {result.step}/{result.total_steps} in {result.seconds:.1f}s"
               + (f"; weights: {result.weights_path}" if result.weights_path else

@@ -210,7 +210,7 @@ def run_train_unit(config: ExperimentConfig, seed: int, label: str, model: str,
         checkpoint_every=max(10, config.train_steps // 3), keep_checkpoints=1, progress=False,
         log_every=max(1, config.train_steps)))
     record = {"kind": "train", "seed": seed, "label": label, "model": model,
-              "top1": float(result.metrics["top1"]), "top5": float(result.metrics["top5"]),
+              "top1": float(result.metrics["top1"]), "top5": result.metrics.get("top5"),
               "eval_count": int(result.metrics["count"]), "steps": int(result.step),
               "wall_s": time.time() - start}
     _write_json(done_path, record)
