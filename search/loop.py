@@ -196,6 +196,8 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
     Holds ``config.model_dir``'s single-writer lock (the chief only; mhmodels.locking).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    validate_config(config, check_files=datasets is None,  # before anything is written
+                    check_hardware=cost_models is None)
     with run_lock(config.model_dir, "search", chief=distribute.is_chief(strategy),
                   flag="--model_dir"):
         return _run_search(config, strategy=strategy, cost_models=cost_models, space=space,
@@ -206,8 +208,6 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
 def _run_search(config: SearchConfig, *, strategy, cost_models, space, num_classes, datasets,
                 write_entry, on_step) -> SearchResult:
     start_time = time.time()
-    validate_config(config, check_files=datasets is None,  # before anything is written
-                    check_hardware=cost_models is None)
     space = space or space_lib.get_space(config.space)
     config.space = space.name
     config.hardware = tuple(config.hardware)
