@@ -268,7 +268,7 @@ def test_a_running_search_holds_its_model_dir(tmp_path):
     result = run_tiny(run_dir, steps=2, checkpoint_every=2, on_step=second_search)
     (holder, other, seconds), = seen
     assert holder["pid"] == os.getpid() and holder["what"] == "search"
-    assert other.returncode == 2 and seconds < 1.5
+    assert other.returncode == 2 and seconds < 4.0  # before TensorFlow loads (see test_cli)
     assert other.stderr.startswith(f"error: --model_dir={run_dir} is in use by search on host "
                                    f"{socket.gethostname()}, pid {os.getpid()}, started ")
     assert result.finished and not (run_dir / LOCK_NAME).exists()  # released at the end
