@@ -160,8 +160,24 @@ def is_chief_task(strategy: str = "multi_worker", tf_config: str | None = None) 
 
 
 class _LocalStore:
+    def __init__(self):
+        self.created: list[str] = []  # directories makedirs made, deepest first
+
     def makedirs(self, directory: str) -> None:
+        missing = directory
+        while missing and not os.path.lexists(missing):
+            self.created.append(missing)
+            missing = os.path.dirname(missing)
         os.makedirs(directory, exist_ok=True)
+
+    def remove_created_dirs(self) -> None:
+        """Directories made for the lock and still empty: a command that failed before
+        writing anything leaves nothing behind."""
+        for directory in self.created:
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty: the command wrote there
+                return
 
     def create(self, path: str, data: bytes, token: str) -> bool:
         tmp = f"{path}.{token}.tmp"
@@ -323,6 +339,8 @@ class _Lease:
         current = _parse(self.store.read(self.path))
         if current and current.get("token") == self.holder["token"]:
             self.store.delete(self.path)
+            if hasattr(self.store, "remove_created_dirs"):
+                self.store.remove_created_dirs()
 
 
 def _refusal(target: str, path: str, holder: dict, flag: str | None) -> RunLockedError:

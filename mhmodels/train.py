@@ -609,6 +609,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     Holds model_dir's single-writer lock (the chief only): a second training there refuses.
     """
+    _check_config(cfg)  # bad settings: refused before the lock (and anything) is written
     with run_lock(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
                   flag="--model_dir"):
         return _train(cfg)
