@@ -527,7 +527,8 @@ def define_flags():
 def main(argv):
     FLAGS = flags.FLAGS
     if FLAGS.merge:
-        n = merge(argv[1:], FLAGS.output)
+        with output_lock(FLAGS.output):
+            n = merge(argv[1:], FLAGS.output)
         print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")
         return 0
     if len(argv) > 1:
