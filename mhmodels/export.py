@@ -351,6 +351,8 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
       ExportError: the converter failed, or an int8 graph kept float ops (`check`).
     """
     frontend, qat = _frontend_and_qat(model)
+    from mhmodels.builder import build_args
+    takes_minus_one_one = build_args(model) is not None  # built by mhmodels: the input rule
     if frontend == "keras":  # a mixed-precision model converts from its float32 copy
         from mhmodels.builder import float32_copy
         model = float32_copy(model)
@@ -360,6 +362,9 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     if representative_data is not None:  # checked now, not after seconds of conversion
         representative_data = [s[0] for s in representative_dataset(
             representative_data, input_shape, calibration_samples)()]
+        if takes_minus_one_one:
+            from mhmodels.preprocessing import check_calibration_range
+            check_calibration_range(representative_data)
     start = time.perf_counter()
     flatbuffer = _convert(model, frontend, qat, quantization, representative_data, batch_size)
     if quantization in ("int8", "uint8") and check:

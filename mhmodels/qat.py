@@ -551,7 +551,7 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     Returns:
       The number of moving-average ranges set.
     Raises:
-      ValueError: `data` is empty.
+      ValueError: `data` is empty, or lies outside [-1.5, 1.5] (not [-1, 1] input).
       QuantizeError: `qat` has no moving-average quantizers (not a model from `quantize`).
     """
     import numpy as np
@@ -560,6 +560,8 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     batches = list(_batches(data, batch_size, max_samples))
     if not batches:
         raise ValueError("calibration data is empty")
+    from mhmodels.preprocessing import check_calibration_range
+    check_calibration_range(batches, "calibration data")  # the models of quantize: [-1, 1]
     pairs, range_vars = _range_variables(qat)
     if not pairs:
         raise QuantizeError(f"model {qat.name!r} has no moving-average quantizers: is it a QAT "

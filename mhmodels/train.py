@@ -66,6 +66,7 @@ from absl import app, flags
 logging = _logging.getLogger("mhmodels.train")
 
 from mhmodels.distribute import STRATEGIES, configure_cpu_devices, is_chief, make_strategy
+from mhmodels.locking import check_unlocked, is_chief_task, run_lock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -142,7 +143,7 @@ class TrainResult:
     steps_per_epoch: int
     losses: list  # (step, cross-entropy loss) of every step run in this call
     learning_rates: list  # (step, learning rate) of every step run in this call
-    metrics: dict  # last evaluation: top1, top5, loss, count, split
+    metrics: dict  # last evaluation: top1, top5 (more than 5 classes only), loss, count, split
     seconds: float
     resumed_from: int  # 0 for a fresh start
     weights_path: str | None = None
@@ -455,7 +456,18 @@ def _make_eval_step(tf, strategy, model, num_classes: int):
     return eval_step
 
 
-def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
+TOP_K = 5  # top-k is reported only where it says something: more than k classes
+
+
+def format_metrics(metrics: dict) -> str:
+    """'top-1 0.9120  top-5 0.9910  loss 0.3012' (top-5 only when it was measured)."""
+    top_k = f"  top-{TOP_K} {metrics['top5']:.4f}" if "top5" in metrics else ""
+    return f"top-1 {metrics['top1']:.4f}{top_k}  loss {metrics['loss']:.4f}"
+
+
+def _run_eval(strategy, eval_step, dataset, split: str, num_classes: int) -> dict:
+    """Sums the eval step over `dataset`; top-5 is left out with TOP_K classes or fewer (it
+    would be 1.0 by construction)."""
     totals = None
     for batch in strategy.experimental_distribute_dataset(dataset):
         sums = eval_step(batch).numpy()
@@ -463,8 +475,11 @@ def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
     if totals is None or totals[3] == 0:
         raise ValueError(f"evaluation split {split!r} is empty")
     loss, top1, top5, count = (float(x) for x in totals)
-    return {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
-            "count": int(count)}
+    metrics = {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
+               "count": int(count)}
+    if num_classes <= TOP_K:
+        del metrics["top5"]
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +576,9 @@ def save_final(cfg: TrainConfig, model_dir: Path, float_model, trained, spec, nu
         info["qat_weights"] = FINAL_QAT_WEIGHTS
     if metrics:
         info.update({"eval_split": metrics["split"], "top1": metrics["top1"],
-                     "top5": metrics["top5"], "eval_loss": metrics["loss"]})
+                     "eval_loss": metrics["loss"]})
+        if "top5" in metrics:
+            info["top5"] = metrics["top5"]
     _write_json(model_dir / FINAL_JSON, info)
     return path
 
@@ -808,7 +825,17 @@ def _run_steps(cfg: TrainConfig, plan: _Plan, session: _Session, log: _TrainLog,
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir."""
+    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir.
+
+    Holds model_dir's single-writer lock (the chief only): a second training there refuses.
+    """
+    _check_config(cfg)  # bad settings: refused before the lock (and anything) is written
+    with run_lock(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                  flag="--model_dir"):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     start_time = time.time()
     tf, data, strategy, info, spec = _setup(cfg)
     import keras
@@ -828,13 +855,13 @@ def train(cfg: TrainConfig) -> TrainResult:
                  if plan.eval_split is not None else None)
 
     def evaluate_now(step: int) -> dict:
-        result = _run_eval(strategy, eval_step, eval_ds, plan.eval_split)
+        result = _run_eval(strategy, eval_step, eval_ds, plan.eval_split, plan.num_classes)
         with eval_writer.as_default(step=step):
             for key in ("top1", "top5", "loss"):
-                _scalar(tf, key, result[key])
-        logging.info("step %d (epoch %.2f): %s top-1 %.4f top-5 %.4f loss %.4f", step,
-                     step / plan.steps_per_epoch, plan.eval_split, result["top1"],
-                     result["top5"], result["loss"])
+                if key in result:
+                    _scalar(tf, key, result[key])
+        logging.info("step %d (epoch %.2f): %s %s", step, step / plan.steps_per_epoch,
+                     plan.eval_split, format_metrics(result))
         return result
 
     bar = None
@@ -928,7 +955,7 @@ def evaluate(cfg: TrainConfig) -> TrainResult:
     ds = data.make_dataset(cfg.dataset, split, image_size=image_size,
                            batch_size=cfg.batch_size, training=False, data_dir=cfg.data_dir)
     metrics = _run_eval(strategy, _make_eval_step(tf, strategy, model, info.num_classes), ds,
-                        split)
+                        split, info.num_classes)
     if model_dir is not None:
         model_dir.mkdir(parents=True, exist_ok=True)
         _write_json(model_dir / f"eval_{split}.json", _eval_record(cfg, spec, metrics, step))
@@ -1074,6 +1101,9 @@ def main(argv: Sequence[str]) -> None:
     # Flags are validated before TensorFlow loads; errors read as errors, not tracebacks.
     try:
         _check_config(cfg)
+        if cfg.mode != "eval":  # a second training on one model_dir: refused before TF loads
+            check_unlocked(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                           flag="--model_dir")
         if cfg.mode == "eval":
             result = evaluate(cfg)
         else:
@@ -1083,8 +1113,7 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
     m = result.metrics
     if m:
-        print(f"{m['split']}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss "
-              f"{m['loss']:.4f}  ({m['count']} images)")
+        print(f"{m['split']}: {format_metrics(m)}  ({m['count']} images)")
     if cfg.mode != "eval":
         print(f"step {result.step}/{result.total_steps} in {result.seconds:.1f}s"
               + (f"; weights: {result.weights_path}" if result.weights_path else

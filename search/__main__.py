@@ -24,6 +24,7 @@ import time
 from absl import flags
 
 from mhmodels import cli
+from mhmodels.locking import check_unlocked, is_chief_task
 
 FLAGS = flags.FLAGS
 DEFAULT_STEPS = 2000
@@ -160,6 +161,8 @@ def check_flags():
                                validate_config)
     config = config_from_flags()
     validate_config(config)
+    check_unlocked(config.model_dir, "search", chief=is_chief_task(FLAGS.strategy),
+                   flag="--model_dir")  # a second search on one model_dir: refused now
     check_cost_models(config)
     if config.entry_name and finished_entry_name(config.model_dir) != config.entry_name:
         check_entry_name(config.entry_name, config.zoo_dir)  # a clash: before any work

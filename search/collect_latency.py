@@ -236,7 +236,23 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
     file gets positions shard, shard + num_shards, ... of the first `num_archs` distinct
     architectures of the seed's sequence (anchors on shard 0 only, the normaliser on every
     shard), so N hosts or processes collect disjoint sets into their own files; `merge`
-    combines them."""
+    combines them.
+
+    Holds the single-writer lock of `output` (`<output>.lock`, mhmodels.locking): a second
+    collection into the same file refuses."""
+    with output_lock(output):
+        return _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
+                        max_seconds, progress, fused_prob, anchors, workers, shard, num_shards)
+
+
+def output_lock(output: str | os.PathLike):
+    """The single-writer lock of one output CSV (`<output>.lock` beside it)."""
+    from mhmodels.locking import run_lock
+    return run_lock(output, "latency collection", file=True, flag="--output")
+
+
+def _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
+             max_seconds, progress, fused_prob, anchors, workers, shard, num_shards) -> int:
     import mhmodels
     from .space import get_space
 
@@ -511,13 +527,16 @@ def define_flags():
 def main(argv):
     FLAGS = flags.FLAGS
     if FLAGS.merge:
-        n = merge(argv[1:], FLAGS.output)
+        with output_lock(FLAGS.output):
+            n = merge(argv[1:], FLAGS.output)
         print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")
         return 0
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]} (input CSVs go with --merge)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     hardware = parse_hardware_list(FLAGS.hardware)
+    from mhmodels.locking import check_unlocked
+    check_unlocked(FLAGS.output, "latency collection", file=True, flag="--output")
     overrides = {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
     n = collect(hardware, FLAGS.num_archs, FLAGS.output, FLAGS.space, FLAGS.image_size,
                 FLAGS.seed, overrides,

@@ -452,7 +452,15 @@ def check_settings(config: ExperimentConfig) -> None:
 
 
 def run_experiment(config: ExperimentConfig, jobs: int = 1) -> dict:
-    """Run (or resume) the experiment; returns {'rows', 'paths'}."""
+    """Run (or resume) the experiment; returns {'rows', 'paths'}. Holds --output_dir's
+    single-writer lock (mhmodels.locking): a second experiment there refuses."""
+    from mhmodels.locking import run_lock
+    validate(config)
+    with run_lock(config.output_dir, "experiment", flag="--output_dir"):
+        return _run_experiment(config, jobs)
+
+
+def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     from mhmodels.files import check_writable_dir
     from mhmodels.registry import read_entry
     from .hardware import get_hardware
@@ -638,6 +646,8 @@ def main(argv):
         raise ValueError(f"--jobs={FLAGS.jobs}: must be >= 1")
     config = config_from_flags()
     validate(config)
+    from mhmodels.locking import check_unlocked
+    check_unlocked(config.output_dir, "experiment", flag="--output_dir")  # before TF loads
     start = time.time()
     run_experiment(config, jobs=FLAGS.jobs)
     print(f"total wall time {time.time() - start:.0f} s")

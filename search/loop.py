@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mhmodels.locking import run_lock
+
 from . import distribute
 from . import reward as reward_lib
 from . import space as space_lib
@@ -242,18 +244,24 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
       write_entry: write the zoo entry at the end.
       on_step: called as ``on_step(step, values)`` after every step with numpy per-replica
         values (choices, reward, accuracy, latencies, baseline, mean_reward, ...).
+
+    Holds ``config.model_dir``'s single-writer lock (the chief only; mhmodels.locking).
     """
-    start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
-    run, done = _prepare(config, strategy, cost_models, space, num_classes, datasets,
-                         write_entry, start_time)
-    if done is not None:
-        return done
-    _build_state(run)
-    train_iter, valid_iter = _input_iterators(run, datasets)
-    train_loop = _make_train_loop(run)
-    _run_steps(run, train_loop, train_iter, valid_iter, on_step)
-    return _finish(run, write_entry, start_time)
+    validate_config(config, check_files=datasets is None,  # before anything is written
+                    check_hardware=cost_models is None)
+    with run_lock(config.model_dir, "search", chief=distribute.is_chief(strategy),
+                  flag="--model_dir"):
+        start_time = time.time()
+        run, done = _prepare(config, strategy, cost_models, space, num_classes, datasets,
+                             write_entry, start_time)
+        if done is not None:
+            return done
+        _build_state(run)
+        train_iter, valid_iter = _input_iterators(run, datasets)
+        train_loop = _make_train_loop(run)
+        _run_steps(run, train_loop, train_iter, valid_iter, on_step)
+        return _finish(run, write_entry, start_time)
 
 
 def num_classes_of(config: SearchConfig, num_classes: int | None) -> int:
@@ -268,10 +276,8 @@ def num_classes_of(config: SearchConfig, num_classes: int | None) -> int:
 
 def _prepare(config, strategy, cost_models, space, num_classes, datasets, write_entry,
              start_time) -> tuple[_Run | None, SearchResult | None]:
-    """Validate, resolve defaults, check the model_dir's state; a finished search returns its
-    result, and nothing is written before every check has passed."""
-    validate_config(config, check_files=datasets is None,  # before anything is written
-                    check_hardware=cost_models is None)
+    """Resolve defaults, check the model_dir's state (settings already validated); a finished
+    search returns its result, and nothing is written before every check has passed."""
     resolve_reward_settings(config)
     space = space or space_lib.get_space(config.space)
     config.space = space.name

@@ -215,6 +215,31 @@ def test_unwritable_dir_and_bad_calibration_data_fail_before_converting(v3_small
     assert result.size_bytes > 0 and sorted(os.listdir(tmp_path)) == ["q.tflite"]
 
 
+def test_raw_pixel_calibration_is_refused_for_mhmodels_models(v3_small, digits, tmp_path):
+    """Raw [0, 255] pixels would make the int8 input scale ~1.0: three levels for [-1, 1]."""
+    import time
+
+    import keras
+    x, _ = digits
+    raw = np.round((x[:16] + 1.0) * 127.5)  # the same digits as uint8 pixel values
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"representative_data spans \[0, 255\], but mhmodels "
+                       r"models take RGB in \[-1, 1\] \(raw \[0, 255\] pixels\? map images "
+                       r"with mhmodels.preprocess_input\(images\)\)"):
+        E.export_tflite(v3_small, tmp_path / "raw.tflite", quantization="int8",
+                        representative_data=raw)
+    assert time.perf_counter() - start < 1.5 and not os.listdir(tmp_path)  # before converting
+    with pytest.raises(ValueError, match=r"spans \[-2.1\d*, 2.6\d*\]"):  # ImageNet mean/std
+        E.export_tflite(v3_small, tmp_path / "std.tflite", quantization="int8",
+                        representative_data=np.clip(x[:16] * 2.6, -2.1, 2.6))
+    # A model that is not mhmodels' own has its own input rule: [0, 255] is its business.
+    inp = keras.Input((8, 8, 3))
+    own = keras.Model(inp, keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 127.5, -1)(inp)))
+    result = E.export_tflite(own, tmp_path / "own.tflite", quantization="int8",
+                             representative_data=raw[:, :8, :8])
+    assert result.size_bytes > 0
+
+
 # --------------------------------------------------------------------------------------------
 # QAT: trained briefly on digits so the logits mean something, then converted to int8.
 

@@ -149,6 +149,9 @@ def test_calibrate_sets_ranges_from_data(v3_small, digits):
     # the input quantizer covers exactly the data's range
     (quant_input,) = [l for l in qat.layers if type(l).__name__ == "QuantizeLayer"]
     assert float(quant_input.quantizer_vars["min_var"].numpy()) == pytest.approx(x[:64].min())
+    with pytest.raises(ValueError, match=r"calibration data spans \[0, 255\].*"
+                       r"mhmodels.preprocess_input\(images\)"):
+        Q.calibrate(qat, np.round((x[:16] + 1.0) * 127.5))
     assert float(quant_input.quantizer_vars["max_var"].numpy()) == pytest.approx(x[:64].max())
     # the logits' range is the range of training-mode logits on that data (up to the small
     # change from refined upstream ranges between the two passes)

@@ -247,6 +247,33 @@ def test_keep_checkpoints(tmp_path, monkeypatch):
     assert again.already_finished and again.entry_path == done.entry_path
 
 
+def test_a_running_search_holds_its_model_dir(tmp_path):
+    """While run_search works, a second search on its --model_dir stops at once, naming it."""
+    import socket
+    import time
+    from mhmodels.locking import LOCK_NAME
+    run_dir = tmp_path / "run"
+    seen = []
+
+    def second_search(step, values):
+        if seen:
+            return
+        holder = json.loads((run_dir / LOCK_NAME).read_text())
+        start = time.perf_counter()
+        other = subprocess.run([sys.executable, "-m", "search", f"--model_dir={run_dir}",
+                                "--nomeasure"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        seen.append((holder, other, time.perf_counter() - start))
+
+    result = run_tiny(run_dir, steps=2, checkpoint_every=2, on_step=second_search)
+    (holder, other, seconds), = seen
+    assert holder["pid"] == os.getpid() and holder["what"] == "search"
+    assert other.returncode == 2 and seconds < 4.0  # before TensorFlow loads (see test_cli)
+    assert other.stderr.startswith(f"error: --model_dir={run_dir} is in use by search on host "
+                                   f"{socket.gethostname()}, pid {os.getpid()}, started ")
+    assert result.finished and not (run_dir / LOCK_NAME).exists()  # released at the end
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     """Run 8 steps killed after step 5 (checkpoints every 4), resume to 8 in a new process:
     same controller logits and reward history as one uninterrupted 8-step run."""

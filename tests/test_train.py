@@ -357,3 +357,30 @@ def test_qat_fine_tunes_the_fake_quant_twin(tmp_path):
     start = mhmodels.build("multi_max", 0.35, input_shape=(32, 32, 3), num_classes=10,
                            weights=base.weights_path)
     assert not np.array_equal(start.get_layer("stem").get_weights()[0], kernel)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+def test_top5_is_reported_only_with_more_than_5_classes(num_classes):
+    """On 2 classes every label is in the top 5: a 1.0 that says nothing is not reported."""
+    import keras
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(32, 4)).astype(np.float32)
+    labels = rng.integers(0, num_classes, 32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(num_classes)])
+    strategy = tf.distribute.get_strategy()
+    step = T._make_eval_step(tf, strategy, model, num_classes)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    metrics = T._run_eval(strategy, step, ds, "validation", num_classes)
+    logits = model(images).numpy()
+    assert metrics["top1"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert metrics["count"] == 32
+    text = T.format_metrics(metrics)
+    if num_classes > 5:
+        in_top5 = (np.argsort(-logits, 1)[:, :5] == labels[:, None]).any(1)
+        assert metrics["top5"] == pytest.approx(in_top5.mean()) and metrics["top5"] < 1.0
+        assert "top-5" in text
+    else:
+        assert "top5" not in metrics and "top-5" not in text
+        assert text.startswith(f"top-1 {metrics['top1']:.4f}  loss ")
