@@ -124,10 +124,20 @@ class GraphWriter:
         self.inputs.append(index)
         return index
 
-    def _weights(self, name: str, shape: tuple[int, ...], channel_axis: int, fan_in: int) -> int:
-        """Random He-normal weights; int8: quantized per output channel (symmetric, zero
-        point 0) so that every channel spans [-127, 127] as a converter export does."""
-        w = np.clip(self.rng.standard_normal(shape, dtype=np.float32), -2.0, 2.0)
+    def _weights(self, name: str, shape: tuple[int, ...], channel_axis: int, fan_in: int,
+                 uniform: bool = False) -> int:
+        """Random weights drawn as `mhmodels.layers` initialises them (truncated normal for
+        convolutions, uniform for the classifier); int8: quantized per output channel
+        (symmetric, zero point 0), every channel spanning [-127, 127] as in a converter
+        export. The value distribution matters: vela compresses the weight stream."""
+        if uniform:
+            w = self.rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+        else:  # a normal truncated at 2 sigma, as Keras' TruncatedNormal
+            w = self.rng.standard_normal(shape, dtype=np.float32)
+            outside = np.abs(w) > 2.0
+            while outside.any():
+                w[outside] = self.rng.standard_normal(int(outside.sum()), dtype=np.float32)
+                outside = np.abs(w) > 2.0
         w *= np.float32(np.sqrt(2.0 / max(fan_in, 1)))
         if not self.int8:
             return self._add(_Tensor(name, shape, "float32", w.tobytes()))
@@ -227,7 +237,7 @@ class GraphWriter:
     def fully_connected(self, x: int, units: int, name: str) -> int:
         """FULLY_CONNECTED over the last dimension (a [1, 1, 1, C] input is flattened)."""
         cin = self.shape(x)[-1]
-        wt = self._weights(f"{name}/weights", (units, cin), 0, cin)
+        wt = self._weights(f"{name}/weights", (units, cin), 0, cin, uniform=True)
         b = self._bias(f"{name}/bias", x, wt, units)
         out = self.activation(name, (self.shape(x)[0], units), "logits")
         return self._op("FULLY_CONNECTED", [x, wt, b], [out], "FullyConnectedOptions",
