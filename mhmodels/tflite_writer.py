@@ -98,6 +98,22 @@ class GraphWriter:
         self.ops: list[tuple[str, list[int], list[int], str, dict]] = []
         self.inputs: list[int] = []
         self.outputs: list[int] = []
+        self.params = 0  # as mhmodels.profile counts them (kernels + Keras biases, no BN)
+        self.madds = 0
+
+    @property
+    def profile(self):
+        """Params and MAdds of the network written (`mhmodels.profile`'s convention: kernels
+        plus the biases the Keras layers have; batch norm, folded into biases here, not
+        counted); equal to `mhmodels.profile` of the built model (tested)."""
+        from mhmodels.profile import Profile
+        return Profile(self.params, self.madds)
+
+    def _count(self, weights: int, output: int, keras_bias: bool) -> None:
+        kernel = int(np.prod(self.shape(weights)))
+        spatial = int(np.prod(self.shape(output)[1:-1])) if len(self.shape(output)) > 2 else 1
+        self.params += kernel + (self.shape(output)[-1] if keras_bias else 0)
+        self.madds += kernel * spatial
 
     @property
     def int8(self) -> bool:
@@ -181,8 +197,9 @@ class GraphWriter:
     # -- ops -------------------------------------------------------------------------------
     def conv(self, x: int, filters: int, kernel: int, stride: int, act: str, name: str,
              bias: bool = True, bias_offset: float = 0.0, groups: int = 1,
-             padding: str = "SAME") -> int:
-        """CONV_2D, the activation fused (hard_swish: a HARD_SWISH op after).
+             padding: str = "SAME", keras_bias: bool = False) -> int:
+        """CONV_2D, the activation fused (hard_swish: a HARD_SWISH op after). `keras_bias`:
+        the Keras layer has a bias of its own (counted as params), not a folded batch norm.
 
         `groups` > 1 is a grouped convolution: the filter's input depth is in / groups
         (TFLite's CONV_2D infers the groups from it)."""
@@ -196,6 +213,7 @@ class GraphWriter:
         out = self.activation(name, (n, -(-h // stride), -(-w // stride), filters),
                               "relu6" if act == "relu6" else
                               "relu" if act == "relu" else "linear")
+        self._count(wt, out, keras_bias)
         self._op("CONV_2D", [x, wt, b], [out], "Conv2DOptions", Padding=padding,
                  StrideW=stride, StrideH=stride, FusedActivationFunction=_FUSED[act],
                  DilationWFactor=1, DilationHFactor=1)
@@ -209,6 +227,7 @@ class GraphWriter:
         out = self.activation(name, (n, -(-h // stride), -(-w // stride), c),
                               "relu6" if act == "relu6" else
                               "relu" if act == "relu" else "linear")
+        self._count(wt, out, False)
         self._op("DEPTHWISE_CONV_2D", [x, wt, b], [out], "DepthwiseConv2DOptions",
                  Padding="SAME", StrideW=stride, StrideH=stride, DepthMultiplier=1,
                  FusedActivationFunction=_FUSED[act], DilationWFactor=1, DilationHFactor=1)
@@ -240,6 +259,7 @@ class GraphWriter:
         wt = self._weights(f"{name}/weights", (units, cin), 0, cin, uniform=True)
         b = self._bias(f"{name}/bias", x, wt, units)
         out = self.activation(name, (self.shape(x)[0], units), "logits")
+        self._count(wt, out, True)
         return self._op("FULLY_CONNECTED", [x, wt, b], [out], "FullyConnectedOptions",
                         FusedActivationFunction="NONE", WeightsFormat="DEFAULT",
                         KeepNumDims=False)
@@ -248,10 +268,11 @@ class GraphWriter:
     def squeeze_excite(self, x: int, squeeze: int, name: str) -> int:
         s = self.mean(x, True, f"{name}/pool")
         # Keras' default padding (VALID) there, as in mhmodels.layers.squeeze_excite.
-        s = self.conv(s, squeeze, 1, 1, "relu", f"{name}/reduce", padding="VALID")
+        s = self.conv(s, squeeze, 1, 1, "relu", f"{name}/reduce", padding="VALID",
+                      keras_bias=True)
         # relu6(x + 3) / 6: the converter folds + 3 into the bias and fuses the ReLU6.
         s = self.conv(s, self.shape(x)[-1], 1, 1, "relu6", f"{name}/expand", bias_offset=3.0,
-                      padding="VALID")
+                      padding="VALID", keras_bias=True)
         sixth = self._constant(f"{name}/sixth", np.array(1.0 / 6.0, np.float32), "gate")
         s = self.mul(s, sixth, f"{name}/gate", "gate")
         return self.mul(x, s, f"{name}/scale", "linear")
@@ -260,7 +281,7 @@ class GraphWriter:
         layer, name = r.layer, r.name
         if layer.kind == "conv":
             return self.conv(x, r.filters, layer.kernel, layer.stride, layer.activation, name,
-                             bias=layer.use_bias or layer.batch_norm)
+                             bias=layer.use_bias or layer.batch_norm, keras_bias=layer.use_bias)
         if layer.kind == "ds":
             x = self.depthwise(x, layer.kernel, layer.stride, layer.activation, f"{name}/dw")
             return self.conv(x, r.filters, 1, 1, layer.activation, f"{name}/pw")
@@ -410,6 +431,28 @@ class GraphWriter:
         return bytes(b.Output())
 
 
+def write_graph(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int8",
+                input_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1001,
+                seed: int = 0) -> GraphWriter:
+    """The graph of `spec` (see `write_tflite`), before serialisation: `.profile` gives its
+    params and MAdds without building a Keras model, `.to_bytes()` the file."""
+    shape = check_input_shape(spec, input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    g = GraphWriter(quantization, seed)
+    x = g.input((1, *shape))
+    layers = resolve(spec, width, in_channels=shape[2])
+    for r in layers:
+        if not r.name.startswith("top"):
+            x = g.block(x, r)
+    x = g.mean(x, bool(spec.top), "pool")
+    for r in layers:
+        if r.name.startswith("top"):
+            x = g.block(x, r)
+    g.outputs.append(g.fully_connected(x, num_classes, "classifier"))
+    return g
+
+
 def write_tflite(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int8",
                  input_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1001,
                  seed: int = 0) -> bytes:
@@ -429,23 +472,8 @@ def write_tflite(spec: ModelSpec, width: float = 1.0, *, quantization: str = "in
     Raises:
       ValueError: a bad quantization, width, input shape or num_classes.
     """
-    shape = check_input_shape(spec, input_shape)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    g = GraphWriter(quantization, seed)
-    x = g.input((1, *shape))
-    layers = resolve(spec, width, in_channels=shape[2])
-    for r in layers:
-        if r.name.startswith("top"):
-            continue
-        x = g.block(x, r)
-    x = g.mean(x, bool(spec.top), "pool")
-    for r in layers:
-        if r.name.startswith("top"):
-            x = g.block(x, r)
-    x = g.fully_connected(x, num_classes, "classifier")
-    g.outputs.append(x)
-    return g.to_bytes()
+    return write_graph(spec, width, quantization=quantization, input_shape=input_shape,
+                       num_classes=num_classes, seed=seed).to_bytes()
 
 
 def write_tflite_file(spec: ModelSpec, path: str | os.PathLike, **kwargs) -> str:

@@ -14,7 +14,8 @@ import pytest
 from conftest import FULL
 
 import mhmodels
-from mhmodels.tflite_writer import tflite_structure, write_tflite
+from mhmodels.profile import count_layers
+from mhmodels.tflite_writer import tflite_structure, write_graph, write_tflite
 
 SIZE = 96 if FULL else 48
 WIDTH = 0.5
@@ -57,6 +58,7 @@ def trained_like(model, seed: int = 0):
 
 
 _CONVERTED: dict = {}
+_PROFILES: dict = {}
 
 
 def converted(name: str, quantization: str) -> bytes:
@@ -68,6 +70,7 @@ def converted(name: str, quantization: str) -> bytes:
         model = trained_like(build_model(spec_of(name), WIDTH, input_shape=(SIZE, SIZE, 3),
                                          num_classes=CLASSES))
         _CONVERTED[key] = export_bytes(model, quantization, SIZE)
+        _PROFILES[name] = count_layers(model)
     return _CONVERTED[key]
 
 
@@ -83,6 +86,10 @@ def test_structure_equals_the_converters(name, quantization):
     assert [op.name for op in ours] == [op.name for op in theirs]
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert a == b, f"op {i} ({a.name}) differs:\n ours   {a}\ntheirs {b}"
+    graph = write_graph(spec_of(name), WIDTH, quantization=quantization,
+                        input_shape=(SIZE, SIZE, 3), num_classes=CLASSES)
+    assert (graph.profile.params, graph.profile.madds) == \
+        (_PROFILES[name].params, _PROFILES[name].madds)
     if quantization == "int8":  # the quantization layout the issue names, spelled out
         convs = [op for op in ours if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
         assert convs and all(op.inputs[1].quantization.startswith("per_channel")
