@@ -70,6 +70,28 @@ def _enum(name: str) -> dict[str, int]:
     return {k: v for k, v in vars(cls).items() if not k.startswith("_")}
 
 
+_POOLS: dict[str, np.ndarray] = {}
+
+
+def _pool(kind: str, n: int) -> np.ndarray:
+    """At least `n` float32 draws of 'normal' (truncated at 2 sigma, as Keras'
+    TruncatedNormal) or 'uniform' ([-1, 1]), drawn once per process."""
+    pool = _POOLS.get(kind)
+    if pool is None or pool.size < n:
+        rng = np.random.default_rng(len(kind) + n)
+        size = max(n, 1 << 23)
+        if kind == "uniform":
+            pool = rng.uniform(-1.0, 1.0, size).astype(np.float32)
+        else:
+            pool = rng.standard_normal(size, dtype=np.float32)
+            outside = np.abs(pool) > 2.0
+            while outside.any():
+                pool[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+                outside = np.abs(pool) > 2.0
+        _POOLS[kind] = pool
+    return pool
+
+
 @dataclass
 class _Tensor:
     name: str
@@ -146,15 +168,8 @@ class GraphWriter:
         convolutions, uniform for the classifier); int8: quantized per output channel
         (symmetric, zero point 0), every channel spanning [-127, 127] as in a converter
         export. The value distribution matters: vela compresses the weight stream."""
-        if uniform:
-            w = self.rng.uniform(-1.0, 1.0, shape).astype(np.float32)
-        else:  # a normal truncated at 2 sigma, as Keras' TruncatedNormal
-            w = self.rng.standard_normal(shape, dtype=np.float32)
-            outside = np.abs(w) > 2.0
-            while outside.any():
-                w[outside] = self.rng.standard_normal(int(outside.sum()), dtype=np.float32)
-                outside = np.abs(w) > 2.0
-        w *= np.float32(np.sqrt(2.0 / max(fan_in, 1)))
+        w = self._draw(int(np.prod(shape)), uniform).reshape(shape)
+        w = w * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
         if not self.int8:
             return self._add(_Tensor(name, shape, "float32", w.tobytes()))
         axes = tuple(a for a in range(len(shape)) if a != channel_axis)
@@ -165,6 +180,13 @@ class GraphWriter:
         q = np.round(w / scale.reshape(bshape)).astype(np.int8)
         return self._add(_Tensor(name, shape, "int8", q.tobytes(), scale,
                                  np.zeros(len(scale), np.int64), channel_axis))
+
+    def _draw(self, n: int, uniform: bool) -> np.ndarray:
+        """`n` independent draws: a window at a random offset of a pool drawn once per process
+        (drawing ~10 M truncated normals per network took most of the writing time)."""
+        pool = _pool("uniform" if uniform else "normal", n)
+        start = int(self.rng.integers(0, pool.size - n + 1))
+        return pool[start:start + n]
 
     def _bias(self, name: str, x: int, weights: int, n: int, offset: float = 0.0) -> int:
         """`n` biases of a conv / fully connected op; int8: int32 of scale input x weight
@@ -342,17 +364,15 @@ class GraphWriter:
         for i, t in enumerate(self.tensors):
             quant = None
             if t.scale is not None:
-                scale = vector(Q.QuantizationParametersStartScaleVector, list(t.scale),
-                               b.PrependFloat32)
-                zero = vector(Q.QuantizationParametersStartZeroPointVector, list(t.zero_point),
-                              b.PrependInt64)
+                scale = b.CreateNumpyVector(np.asarray(t.scale, np.float32))
+                zero = b.CreateNumpyVector(np.asarray(t.zero_point, np.int64))
                 Q.QuantizationParametersStart(b)
                 Q.QuantizationParametersAddScale(b, scale)
                 Q.QuantizationParametersAddZeroPoint(b, zero)
                 Q.QuantizationParametersAddQuantizedDimension(b, t.quantized_dimension)
                 quant = Q.QuantizationParametersEnd(b)
             name = b.CreateString(t.name)
-            shape = vector(T.TensorStartShapeVector, list(t.shape), b.PrependInt32)
+            shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
             T.TensorStart(b)
             T.TensorAddShape(b, shape)
             T.TensorAddType(b, ttype[t.dtype.upper()])
@@ -380,8 +400,8 @@ class GraphWriter:
                         value = fc_format[value]
                     getattr(module, f"{options_type}Add{key}")(b, value)
                 opts = getattr(module, f"{options_type}End")(b)
-            ins = vector(Op.OperatorStartInputsVector, inputs, b.PrependInt32)
-            outs = vector(Op.OperatorStartOutputsVector, outputs, b.PrependInt32)
+            ins = b.CreateNumpyVector(np.asarray(inputs, np.int32))
+            outs = b.CreateNumpyVector(np.asarray(outputs, np.int32))
             Op.OperatorStart(b)
             Op.OperatorAddOpcodeIndex(b, opcodes.index(name))
             Op.OperatorAddInputs(b, ins)
@@ -393,8 +413,8 @@ class GraphWriter:
 
         SG = _schema("SubGraph")
         tensors = table_vector(SG.SubGraphStartTensorsVector, tensor_offsets)
-        sg_inputs = vector(SG.SubGraphStartInputsVector, self.inputs, b.PrependInt32)
-        sg_outputs = vector(SG.SubGraphStartOutputsVector, self.outputs, b.PrependInt32)
+        sg_inputs = b.CreateNumpyVector(np.asarray(self.inputs, np.int32))
+        sg_outputs = b.CreateNumpyVector(np.asarray(self.outputs, np.int32))
         operators = table_vector(SG.SubGraphStartOperatorsVector, op_offsets)
         sg_name = b.CreateString("main")
         SG.SubGraphStart(b)
