@@ -1,9 +1,11 @@
 """Which blocks each hardware likes, from end-to-end latencies only (block profiling).
 
-    python -m search.profile_blocks --hardware=cpu_int8,ethos_u55,ethos_u85 --samples=2000 \
-        --output_dir=runs/profile                     # measures, then reports
-    python -m search.profile_blocks --hardware=ethos_u55 --samples=40 --image_size=64 \
-        --output_dir=/tmp/p                           # small mode: well under a minute
+    python -m search.profile_blocks --hardware=cpu_int8,ethos_u55,ethos_u85 \\
+        --samples=2000 --output_dir=runs/profile      # measures, then reports
+    python -m search.profile_blocks --hardware=ethos_u55 --samples=16 --image_size=32 \\
+        --output_dir=/tmp/p                           # small mode (the test): ~20 s CPU
+    python -m search.profile_blocks --hardware=ethos_u55 --data=latency.csv \\
+        --output_dir=/tmp/p                           # profile collected data
 
 The method of Mills et al., "Profiling Neural Blocks and Design Spaces for Mobile Neural
 Architecture Search" (CIKM 2021), on this project's search space (`search.space`) and hardware
