@@ -145,3 +145,21 @@ def test_bad_input_is_one_clear_error():
         write_tflite(spec, input_shape=(16, 16, 3))
     with pytest.raises(ValueError, match="num_classes"):
         write_tflite(spec, num_classes=0)
+
+
+def test_collection_rows_equal_with_either_export():
+    """collect_latency's direct path gives the converter path's row: the same vela estimate
+    (within 1%), MAdds and params, for the normaliser and a space architecture."""
+    from search.collect_latency import measure_key, measure_key_direct
+    from search.hardware import get_hardware
+    from search.space import get_space
+    space = get_space()
+    hw = [get_hardware("ethos_u55")]
+    arch = space.encode(space.canonical(space.sample(np.random.default_rng(5))))
+    for key in ("mobilenet_v1", arch):
+        slow = measure_key(key, hw, 32, {}, space)
+        fast = measure_key_direct(key, hw, 32, {}, space)
+        assert fast["madds_m"] == pytest.approx(slow["madds_m"], abs=1e-9)
+        assert fast["params_m"] == pytest.approx(slow["params_m"], abs=1e-9)
+        assert fast["ethos_u55_ms"] == pytest.approx(slow["ethos_u55_ms"], rel=0.01)
+        assert fast["ethos_u55_cpu_ops"] == slow["ethos_u55_cpu_ops"] == 0
