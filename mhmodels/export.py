@@ -320,7 +320,7 @@ def _frontend_and_qat(model) -> tuple[str, bool]:
 def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
                   representative_data: Any = None, *, check: bool = True,
                   calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                  batch_size: int | None = 1) -> ExportResult:
+                  batch_size: int | None = 1, grouped_conv: str | None = None) -> ExportResult:
     """Convert `model` to a TFLite flatbuffer at `path`; returns an `ExportResult` (a path).
 
     `model`: a float Keras 3 model, a float tf_keras model, or a QAT twin from
@@ -328,11 +328,17 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     batches for calibration, see `representative_dataset`. `check`: for 'int8'/'uint8', fail
     (writing nothing) if any op is left with a float tensor. `batch_size`: the graph's static
     batch (default 1, what on-device interpreters and NPU compilers want); None leaves it
-    dynamic (shape ops then stay in the graph).
+    dynamic (shape ops then stay in the graph). `grouped_conv`: write the grouped convolutions
+    of a float mhmodels model 'native' (one CONV_2D) or 'split' (SPLIT -> CONV_2D per group ->
+    CONCATENATION); None keeps the model's form. `grouped_conv_form(target)` says which form
+    runs faster where. A QAT model keeps the form it was quantized in (quantize
+    `mhmodels.with_grouped_conv(model, form)` for the other one).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     frontend, qat = _frontend_and_qat(model)
+    if grouped_conv is not None:
+        model = _in_grouped_form(model, grouped_conv, qat)
     if frontend == "keras":  # a mixed-precision model converts from its float32 copy
         from mhmodels.builder import float32_copy
         model = float32_copy(model)
@@ -402,6 +408,48 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     return ExportResult(path=str(path), quantization=quantization, from_qat=qat,
                         size_bytes=len(flatbuffer), seconds=seconds,
                         op_counts=op_counts(flatbuffer))
+
+
+# Which form of grouped convolution each target runs faster (measured: docs/grouped.md).
+# XNNPACK on this CPU: float native and split alike, int8 split about 2x faster (the native
+# int8 grouped conv is not delegated and runs in the reference kernel); vela rewrites a native
+# grouped CONV_2D into split/conv/concat itself but leaves the fused ReLU as a separate pass
+# after the concat (~1.5x slower on U55/U65/U85).
+GROUPED_CONV_BY_TARGET = {"cpu_float": "native", "cpu_int8": "split", "ethos-u": "split"}
+
+
+def grouped_conv_form(target: str) -> str:
+    """'native' or 'split': the faster form of a grouped conv on `target`.
+
+    Args:
+      target: 'cpu_float', 'cpu_int8', or a hardware name starting 'ethos-u' / 'ethos_u' /
+        'u55' / 'u65' / 'u85' (an Arm NPU compiled by vela); other names get 'split', which
+        is never slower where measured.
+    """
+    name = target.lower().replace("_", "-")
+    if name.startswith(("ethos-u", "u55", "u65", "u85")):
+        return GROUPED_CONV_BY_TARGET["ethos-u"]
+    return GROUPED_CONV_BY_TARGET.get(name.replace("-", "_"), "split")
+
+
+def _in_grouped_form(model, form: str, qat: bool):
+    """`model` in grouped-conv `form` (see `export_tflite`)."""
+    from mhmodels.builder import GROUPED_CONV_FORMS, build_args, with_grouped_conv
+
+    if form not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {form!r}")
+    if qat:
+        from mhmodels.qat import recorded_build_args
+        recorded = recorded_build_args(model).get("grouped_conv", "native")
+        if recorded != form:
+            raise ValueError(f"QAT model {model.name!r} holds its grouped convs in the "
+                             f"{recorded!r} form; quantize mhmodels.with_grouped_conv(model, "
+                             f"{form!r}) to export the {form!r} form")
+        return model
+    if build_args(model) is None:
+        raise ValueError(f"grouped_conv={form!r} needs a model built by mhmodels in this "
+                         f"process (model {model.name!r} has no build record)")
+    return with_grouped_conv(model, form)
 
 
 # Lines the converter's native code prints on every full-integer conversion, whatever the
