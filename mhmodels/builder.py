@@ -185,6 +185,9 @@ def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[R
 
     out = []
     cin = in_channels
+    # Group counts of grouped convs come from width 1.0 (see LayerSpec.group_size).
+    width_one = resolve(spec, 1.0, in_channels) if width != 1.0 and any(
+        b.group_size for b in spec.blocks) else None
     named = [(spec.stem, "stem")]
     named += [(b, f"block{i}") for i, b in enumerate(spec.blocks)]
     named += [(h, f"head{i}") for i, h in enumerate(spec.head)]
@@ -195,7 +198,9 @@ def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[R
         if layer.kind in ("ibn", "fused_ibn") and layer.expansion != 1:
             hidden = rounded(layer.expansion * cin)
         squeeze = rounded(hidden * layer.se_ratio) if layer.se_ratio else None
-        groups = group_count(layer, cin, hidden, f"spec {spec.name!r} {name} at width {width:g}")
+        groups = group_count(layer, cin, hidden, f"spec {spec.name!r} {name}",
+                             None if width == 1.0 or layer.group_size is None
+                             else width_one[len(out)].groups)
         out.append(ResolvedLayer(layer, name, cin, filters, hidden, squeeze, groups))
         cin = filters
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -47,9 +48,10 @@ class LayerSpec:
         grouped convolution of `group_size` output channels per group, i.e. hidden /
         group_size groups (Akin, Gupta et al. 2022, "ibn_grouped": 1x1 expand -> grouped KxK
         instead of depthwise -> 1x1 project; "ibn_fused_grouped": grouped KxK expand -> 1x1
-        project). It tunes cost between depthwise (group_size 1) and full conv. Fixed in
-        channels: a width multiplier changes the group count, not the group size; the
-        channel counts at the built width must divide (checked by `builder.resolve`).
+        project). It tunes cost between depthwise (group_size 1) and full conv. It must
+        divide the channel counts at width 1.0 (checked by `builder.resolve`: a clear error).
+        At another width the group count of width 1.0 is kept where it divides the rounded
+        channel counts, else the largest count that does (their gcd), so every width builds.
     """
 
     kind: str
@@ -271,20 +273,26 @@ def scale_filters(filters: int, width: float, rounding: str, shrink: bool = True
     return round8(filters * width)
 
 
-def group_count(layer: LayerSpec, in_filters: int, hidden: int, where: str) -> int | None:
+def group_count(layer: LayerSpec, in_filters: int, hidden: int, where: str,
+                width_one_groups: int | None = None) -> int | None:
     """Groups of `layer`'s grouped KxK conv at resolved channel counts; None if not grouped.
 
     The grouped conv maps `in_filters` (fused_ibn) or `hidden` (ibn) channels to `hidden`
-    channels in hidden / group_size groups: both sides must split evenly.
+    channels in hidden / group_size groups: both sides must split evenly, else SpecError.
+    `width_one_groups`: the count at width 1.0, for another width (see `LayerSpec`).
     """
     if layer.group_size is None:
         return None
     conv_in = in_filters if layer.kind == "fused_ibn" else hidden
-    if hidden % layer.group_size:
-        raise SpecError(f"{where}: group_size {layer.group_size} does not divide the block's "
-                        f"{hidden} expanded channels")
-    groups = hidden // layer.group_size
+    if width_one_groups is not None:
+        return math.gcd(width_one_groups, hidden, conv_in)
+    size = layer.group_size
+    conv_in = in_filters if layer.kind == "fused_ibn" else hidden
+    if hidden % size:
+        raise SpecError(f"{where}: group_size {size} does not divide the block's {hidden} "
+                        "expanded channels (another width may fit)")
+    groups = hidden // size
     if conv_in % groups:
-        raise SpecError(f"{where}: group_size {layer.group_size} gives {groups} groups, which "
-                        f"do not divide the grouped conv's {conv_in} input channels")
+        raise SpecError(f"{where}: group_size {size} gives {groups} groups, which do not "
+                        f"divide the grouped conv's {conv_in} input channels")
     return groups
