@@ -23,7 +23,7 @@ or install any TensorFlow distribution yourself (pip install tensorflow)."""
 if _importlib_util.find_spec("tensorflow") is None:
     raise ImportError(NO_TENSORFLOW_MESSAGE)
 
-from mhmodels.builder import build_model
+from mhmodels.builder import build_model, with_grouped_conv
 from mhmodels.export import ExportError, ExportResult, export_tflite, tflite_ops
 from mhmodels.factory import build
 from mhmodels.features import feature_extractor
@@ -37,8 +37,8 @@ from mhmodels.preprocessing import decode_predictions, preprocess_input
 __version__ = "0.1.0"
 
 __all__ = [
-    "build", "build_model", "feature_extractor", "get_entry", "get_spec", "list_models",
-    "register", "unregister",
+    "build", "build_model", "feature_extractor", "with_grouped_conv", "get_entry", "get_spec",
+    "list_models", "register", "unregister",
     "profile", "Profile", "LayerSpec", "ModelSpec", "SpecError", "download_tflite",
     "quantize", "calibrate", "quantize_scope", "QuantizeError",
     "export_tflite", "tflite_ops", "ExportResult", "ExportError",

@@ -326,7 +326,7 @@ def _frontend_and_qat(model) -> tuple[str, bool]:
 def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
                   representative_data: Any = None, *, check: bool = True,
                   calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                  batch_size: int | None = 1) -> ExportResult:
+                  batch_size: int | None = 1, grouped_conv: str | None = None) -> ExportResult:
     """Convert `model` to a TFLite flatbuffer at `path` (written atomically).
 
     Args:
@@ -342,6 +342,11 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
       calibration_samples: at most this many calibration images are used.
       batch_size: the graph's static batch (default 1, what on-device interpreters and NPU
         compilers want); None leaves it dynamic (shape ops then stay in the graph).
+      grouped_conv: write the grouped convolutions of a float mhmodels model 'native' (one
+        CONV_2D) or 'split' (SPLIT -> CONV_2D per group -> CONCATENATION); None keeps the
+        model's form. `grouped_conv_form(target)` says which form runs faster where. A QAT
+        model keeps the form it was quantized in (quantize `mhmodels.with_grouped_conv(model,
+        form)` for the other one).
     Returns:
       An `ExportResult`: usable as the path, with size, seconds and op counts.
     Raises:
@@ -353,6 +358,8 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
     frontend, qat = _frontend_and_qat(model)
     from mhmodels.builder import build_args
     takes_minus_one_one = build_args(model) is not None  # built by mhmodels: the input rule
+    if grouped_conv is not None:
+        model = _in_grouped_form(model, grouped_conv, qat)
     if frontend == "keras":  # a mixed-precision model converts from its float32 copy
         from mhmodels.builder import float32_copy
         model = float32_copy(model)
@@ -438,6 +445,48 @@ def _convert(model, frontend: str, qat: bool, quantization: str, representative_
                                   f"failed: {err}") from err
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# Which form of grouped convolution each target runs faster, measured on the
+# MobileNet-EdgeTPU-V2 models at 224 (docs/grouped.md): vela's estimate is 3-8% lower for the
+# split form on U55 / U65 / U85 (a native grouped CONV_2D is split by vela itself, its fused
+# ReLU left as a separate pass after the concat); LiteRT/XNNPACK on the CPU runs the native
+# form as fast or faster (float and int8: within noise to 10%), with fewer ops.
+GROUPED_CONV_BY_TARGET = {"cpu_float": "native", "cpu_int8": "native", "ethos-u": "split"}
+
+
+def grouped_conv_form(target: str) -> str:
+    """'native' or 'split': the faster form of a grouped conv on `target`.
+
+    Args:
+      target: 'cpu_float', 'cpu_int8', or a hardware name starting 'ethos-u' / 'ethos_u' /
+        'u55' / 'u65' / 'u85' (an Arm NPU compiled by vela); other names get 'native'
+        (one op: what the converter writes for a Keras grouped Conv2D).
+    """
+    name = target.lower().replace("_", "-")
+    if name.startswith(("ethos-u", "u55", "u65", "u85")):
+        return GROUPED_CONV_BY_TARGET["ethos-u"]
+    return GROUPED_CONV_BY_TARGET.get(name.replace("-", "_"), "native")
+
+
+def _in_grouped_form(model, form: str, qat: bool):
+    """`model` in grouped-conv `form` (see `export_tflite`)."""
+    from mhmodels.builder import GROUPED_CONV_FORMS, build_args, with_grouped_conv
+
+    if form not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {form!r}")
+    if qat:
+        from mhmodels.qat import recorded_build_args
+        recorded = recorded_build_args(model).get("grouped_conv", "native")
+        if recorded != form:
+            raise ValueError(f"QAT model {model.name!r} holds its grouped convs in the "
+                             f"{recorded!r} form; quantize mhmodels.with_grouped_conv(model, "
+                             f"{form!r}) to export the {form!r} form")
+        return model
+    if build_args(model) is None:
+        raise ValueError(f"grouped_conv={form!r} needs a model built by mhmodels in this "
+                         f"process (model {model.name!r} has no build record)")
+    return with_grouped_conv(model, form)
 
 
 # Lines the converter's native code prints on every full-integer conversion, whatever the

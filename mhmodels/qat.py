@@ -55,6 +55,9 @@ PASS_THROUGH = ("InputLayer", "Dropout", "Flatten", "Reshape", "GlobalMaxPooling
 WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense")
 # Layer types given an output-only config by this module.
 OUTPUT_ONLY = ("Multiply", "Rescaling")
+# Layer types given no quantization at all: the channel split of a grouped conv written in
+# the 'split' form (`layers.grouped_conv_bn`) only moves values; its input's range holds.
+NO_QUANTIZATION = ("ChannelSplit",)
 
 
 class QuantizeError(ValueError):
@@ -408,6 +411,10 @@ def _annotate(float_model):
         kind = type(layer).__name__
         if kind in OUTPUT_ONLY:
             return qk.quantize_annotate_layer(layer, quantize_config=output_only())
+        if kind in NO_QUANTIZATION:
+            from tensorflow_model_optimization.python.core.quantization.keras.default_8bit \
+                import default_8bit_quantize_configs as configs
+            return qk.quantize_annotate_layer(layer, quantize_config=configs.NoOpQuantizeConfig())
         return qk.quantize_annotate_layer(layer)
 
     clone = tf_keras.models.clone_model(float_model, clone_function=annotate)
