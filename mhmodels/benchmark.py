@@ -88,10 +88,7 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
     `npu`: Ethos-U presets (`mhmodels.vela.PRESETS`) priced by vela on the int8 export (one
     deterministic estimate each; ops vela leaves on the host CPU are reported as `cpu_ops`)."""
     import mhmodels
-    from mhmodels.export import export_tflite
-    from mhmodels.latency import measure_tflite
-    from mhmodels.metrics import mn_norm
-    from mhmodels.profile import count_layers
+    from mhmodels import vela
 
     widths = [float(w) for w in widths]
     for q in quantizations:
@@ -99,7 +96,6 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
             raise ValueError(f"unknown quantization {q!r}")
     xnn_modes = {"both": [True, False], "on": [True], "off": [False]}[xnnpack]
     hardware = [(hardware_name(q, x), q, x) for x in xnn_modes for q in quantizations]
-    from mhmodels import vela
     npus = {name: vela.preset(name) for name in npu}  # bad names / no vela: fail up front
     exports = list(quantizations) + (["int8"] if npus and "int8" not in quantizations else [])
     entries = [(m, w) for m in models for w in widths]
@@ -112,84 +108,22 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
     tmp = tempfile.TemporaryDirectory(prefix="mhmodels_bench_")
     tflite_dir = out / "tflite" if keep_tflite else Path(tmp.name)
     tflite_dir.mkdir(parents=True, exist_ok=True)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(entries) * (1 + rounds * len(hardware) + len(npus)),
-                   desc="benchmark",
-                   unit="step", dynamic_ncols=True, file=sys.stderr)
-    rows: dict = {}
-    files: dict = {}
-    export_seconds: dict = {}
+    bar = _Progress(len(entries) * (1 + rounds * len(hardware) + len(npus)), progress)
     try:
-        for name, width in entries:
-            model = mhmodels.build(name, width, input_shape=(image_size, image_size, 3),
-                                   num_classes=num_classes)
-            counts = count_layers(model)
-            ref = mhmodels.get_entry(name).spec
-            reference = getattr(ref, "reference", None) or {}
-            if not isinstance(reference, dict):
-                reference = dict(reference) if reference else {}
-            top1 = reference.get("imagenet_top1") if reference.get("width") == width else None
-            rows[(name, width)] = {"model": name, "width": width,
-                                   "params_m": round(counts.params / 1e6, 4),
-                                   "madds_m": round(counts.madds / 1e6, 2),
-                                   "imagenet_top1": top1, "latency": {}}
-            for q in exports:
-                path = tflite_dir / f"{name}_{width:g}_{q}.tflite"
-                kwargs = {"representative_data": _representative(image_size)} \
-                    if q in ("int8", "uint8") else {}
-                t0 = time.perf_counter()
-                export_tflite(model, path, quantization=q, **kwargs)
-                export_seconds[f"{name}_{width:g}_{q}"] = round(time.perf_counter() - t0, 2)
-                files[(name, width, q)] = str(path)
-            del model
-            if bar is not None:
-                bar.set_postfix(model=f"{name}@{width:g}")
-                bar.update(1)
-        samples: dict = {}
-        for r in range(rounds):
-            for name, width in entries:
-                for hw, q, x in hardware:
-                    res = measure_tflite(files[(name, width, q)], threads=threads,
-                                         use_xnnpack=x, warmup=warmup, runs=runs, seed=r)
-                    samples.setdefault((name, width, hw), []).extend(res.samples_ms)
-                    if bar is not None:
-                        bar.set_postfix(model=f"{name}@{width:g}", hw=hw)
-                        bar.update(1)
-        estimates: dict = {}
+        rows, files, export_seconds = _profile_and_export(entries, exports, image_size,
+                                                          num_classes, tflite_dir, bar)
+        samples = _measure(entries, hardware, files, rounds, threads, warmup, runs, bar)
+        estimates = {}
         for name, width in entries:
             for hw, config in npus.items():
-                estimates[(name, width, hw)] = vela.estimate_tflite(files[(name, width, "int8")],
-                                                                    config)
-                if bar is not None:
-                    bar.set_postfix(model=f"{name}@{width:g}", hw=hw)
-                    bar.update(1)
+                estimates[(name, width, hw)] = vela.estimate_tflite(
+                    files[(name, width, "int8")], config)
+                bar.step(model=f"{name}@{width:g}", hw=hw)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         tmp.cleanup()
-
-    import numpy as np
-    for (name, width, hw), s in samples.items():
-        a = np.asarray(s)
-        rows[(name, width)]["latency"][hw] = {
-            "median_ms": round(float(np.median(a)), 4),
-            "p10_ms": round(float(np.percentile(a, 10)), 4),
-            "p90_ms": round(float(np.percentile(a, 90)), 4),
-            "runs": int(a.size)}
-    for (name, width, hw), est in estimates.items():
-        ms = round(est.latency_ms, 4)
-        rows[(name, width)]["latency"][hw] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms,
-                                              "runs": 1, "cpu_ops": est.cpu_ops}
     names = [h for h, _, _ in hardware] + list(npus)
-    normalizers = {h: rows[NORMALIZER]["latency"][h]["median_ms"] for h in names}
-    for row in rows.values():
-        lat = [row["latency"][h]["median_ms"] for h in names]
-        avg, mx = mn_norm(lat, [normalizers[h] for h in names])
-        row["mn_norm_avg"], row["mn_norm_max"] = round(avg, 4), round(mx, 4)
-        row["normalizer"] = (row["model"], row["width"]) == NORMALIZER
+    normalizers = _summarise(rows, samples, estimates, names)
     result = {
         "config": {"models": list(models), "widths": widths, "quantization": list(quantizations),
                    "threads": threads, "image_size": image_size, "xnnpack": xnnpack,
@@ -204,6 +138,105 @@ def run_benchmark(models, widths, quantizations=("float", "int8"), *, threads=1,
     }
     _write(out, result, names, plot)
     return result
+
+
+class _Progress:
+    """A tqdm bar on stderr, or nothing (progress=False)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc="benchmark", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def step(self, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**postfix)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _profile_and_export(entries, exports, image_size: int, num_classes: int, tflite_dir: Path,
+                        bar: _Progress) -> tuple[dict, dict, dict]:
+    """Build each (model, width) once: its row (params, MAdds, published top-1) and its TFLite
+    files, one per quantization. Returns (rows, files, export seconds)."""
+    import mhmodels
+    from mhmodels.export import export_tflite
+    from mhmodels.profile import count_layers
+
+    rows: dict = {}
+    files: dict = {}
+    export_seconds: dict = {}
+    for name, width in entries:
+        model = mhmodels.build(name, width, input_shape=(image_size, image_size, 3),
+                               num_classes=num_classes)
+        counts = count_layers(model)
+        reference = getattr(mhmodels.get_entry(name).spec, "reference", None) or {}
+        if not isinstance(reference, dict):
+            reference = dict(reference) if reference else {}
+        top1 = reference.get("imagenet_top1") if reference.get("width") == width else None
+        rows[(name, width)] = {"model": name, "width": width,
+                               "params_m": round(counts.params / 1e6, 4),
+                               "madds_m": round(counts.madds / 1e6, 2),
+                               "imagenet_top1": top1, "latency": {}}
+        for q in exports:
+            path = tflite_dir / f"{name}_{width:g}_{q}.tflite"
+            kwargs = {"representative_data": _representative(image_size)} \
+                if q in ("int8", "uint8") else {}
+            t0 = time.perf_counter()
+            export_tflite(model, path, quantization=q, **kwargs)
+            export_seconds[f"{name}_{width:g}_{q}"] = round(time.perf_counter() - t0, 2)
+            files[(name, width, q)] = str(path)
+        del model
+        bar.step(model=f"{name}@{width:g}")
+    return rows, files, export_seconds
+
+
+def _measure(entries, hardware, files: dict, rounds: int, threads: int, warmup: int, runs: int,
+             bar: _Progress) -> dict:
+    """LiteRT latency samples per (model, width, hardware), rounds interleaved across models
+    (run-to-run noise then spreads over all of them alike)."""
+    from mhmodels.latency import measure_tflite
+
+    samples: dict = {}
+    for r in range(rounds):
+        for name, width in entries:
+            for hw, q, x in hardware:
+                res = measure_tflite(files[(name, width, q)], threads=threads, use_xnnpack=x,
+                                     warmup=warmup, runs=runs, seed=r)
+                samples.setdefault((name, width, hw), []).extend(res.samples_ms)
+                bar.step(model=f"{name}@{width:g}", hw=hw)
+    return samples
+
+
+def _summarise(rows: dict, samples: dict, estimates: dict, names) -> dict:
+    """Fill each row's latency statistics and MN-Norm avg / max; returns the normalizers."""
+    import numpy as np
+
+    from mhmodels.metrics import mn_norm
+
+    for (name, width, hw), s in samples.items():
+        a = np.asarray(s)
+        rows[(name, width)]["latency"][hw] = {
+            "median_ms": round(float(np.median(a)), 4),
+            "p10_ms": round(float(np.percentile(a, 10)), 4),
+            "p90_ms": round(float(np.percentile(a, 90)), 4),
+            "runs": int(a.size)}
+    for (name, width, hw), est in estimates.items():
+        ms = round(est.latency_ms, 4)
+        rows[(name, width)]["latency"][hw] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms,
+                                              "runs": 1, "cpu_ops": est.cpu_ops}
+    normalizers = {h: rows[NORMALIZER]["latency"][h]["median_ms"] for h in names}
+    for row in rows.values():
+        lat = [row["latency"][h]["median_ms"] for h in names]
+        avg, mx = mn_norm(lat, [normalizers[h] for h in names])
+        row["mn_norm_avg"], row["mn_norm_max"] = round(avg, 4), round(mx, 4)
+        row["normalizer"] = (row["model"], row["width"]) == NORMALIZER
+    return normalizers
 
 
 def _write(out: Path, result: dict, names, plot: bool) -> None:

@@ -10,12 +10,16 @@ import importlib
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mhmodels import layers as L
-from mhmodels.spec import LayerSpec, ModelSpec, round8, scale_filters
+from mhmodels.spec import LayerSpec, ModelSpec, group_count, round8, scale_filters
 
 FRONTENDS = ("keras", "tf_keras")
+# How a grouped convolution is written: one Conv2D(groups=g) ('native', one CONV_2D in
+# TFLite) or split -> g convs -> concat ('split'); which runs faster depends on the hardware
+# (see `mhmodels.export.grouped_conv_form`).
+GROUPED_CONV_FORMS = ("native", "split")
 POOLINGS = (None, "avg", "max")
 DEFAULT_INPUT_SHAPE = (224, 224, 3)
 
@@ -30,6 +34,7 @@ class ResolvedLayer:
     filters: int
     hidden: int  # expanded channels of ibn / fused_ibn, else == in_filters
     se_squeeze: int | None
+    groups: int | None = None  # of the grouped KxK conv (LayerSpec.group_size), else None
 
 
 def keras_module(frontend: str) -> ModuleType:
@@ -180,6 +185,9 @@ def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[R
 
     out = []
     cin = in_channels
+    # Group counts of grouped convs come from width 1.0 (see LayerSpec.group_size).
+    width_one = resolve(spec, 1.0, in_channels) if width != 1.0 and any(
+        b.group_size for b in spec.blocks) else None
     named = [(spec.stem, "stem")]
     named += [(b, f"block{i}") for i, b in enumerate(spec.blocks)]
     named += [(h, f"head{i}") for i, h in enumerate(spec.head)]
@@ -190,7 +198,10 @@ def resolve(spec: ModelSpec, width: float = 1.0, in_channels: int = 3) -> list[R
         if layer.kind in ("ibn", "fused_ibn") and layer.expansion != 1:
             hidden = rounded(layer.expansion * cin)
         squeeze = rounded(hidden * layer.se_ratio) if layer.se_ratio else None
-        out.append(ResolvedLayer(layer, name, cin, filters, hidden, squeeze))
+        groups = group_count(layer, cin, hidden, f"spec {spec.name!r} {name}",
+                             None if width == 1.0 or layer.group_size is None
+                             else width_one[len(out)].groups)
+        out.append(ResolvedLayer(layer, name, cin, filters, hidden, squeeze, groups))
         cin = filters
     return out
 
@@ -200,7 +211,8 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
                 include_top: bool = True, pooling: str | None = None, dropout: float = 0.2,
                 classifier_activation: str | None = None, frontend: str = "keras",
                 name: str | None = None, input_tensor=None,
-                input_normalization: tuple[Sequence[float], Sequence[float]] | None = None):
+                input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                grouped_conv: str = "native"):
     """Decode `spec` at `width` into a Keras model of the chosen front-end.
 
     Args:
@@ -223,6 +235,9 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
       input_normalization: (scale, offset) per RGB channel of a fixed `Rescaling` layer
         ('input_normalization') before the stem: a checkpoint trained on another input than
         our [-1, 1] (see `mhmodels.preprocessing.input_normalization`). None: no such layer.
+      grouped_conv: 'native' (one grouped Conv2D) or 'split' (split -> one conv per group ->
+        concat) for the grouped convs of blocks with `group_size`; the same function either
+        way (`split_grouped_weights` maps native weights to the split form).
     Returns:
       A functional model of the front-end; `build_args(model)` tells how it was built.
     Raises:
@@ -232,15 +247,7 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     """
     k = keras_module(frontend)
     check_data_format(k)
-    if input_tensor is not None:
-        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
-        if input_shape is not None and tuple(input_shape) != tensor_shape:
-            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
-                             f"shape {tensor_shape}; pass one of them")
-        input_shape = tensor_shape
-    elif input_shape is None:
-        input_shape = DEFAULT_INPUT_SHAPE
-    shape = check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+    shape = _input_shape_of(spec, input_shape, input_tensor, include_top)
     if include_top:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -248,17 +255,11 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if grouped_conv not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {grouped_conv!r}")
 
     resolved = resolve(spec, width, in_channels=shape[2])
-    if input_tensor is None:
-        inputs = image = k.Input(shape=shape, name="image")
-    elif k.backend.is_keras_tensor(input_tensor):
-        image = input_tensor
-        sources = k.utils.get_source_inputs(input_tensor)
-        inputs = sources[0] if len(sources) == 1 else sources
-    else:  # a backend tensor: wrap it (keras.applications does the same)
-        inputs = image = k.Input(tensor=input_tensor, name="image")
-    x = image
+    inputs, x = _inputs(k, shape, input_tensor)
     if input_normalization is not None:
         scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
         if len(scale) != shape[2] or len(offset) != shape[2]:
@@ -269,7 +270,8 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     for r in resolved:
         if r.name.startswith("top"):
             break
-        x = L.block(k, x, r.layer, r.filters, r.hidden, r.se_squeeze, r.name)
+        x = L.block(k, x, r.layer, r.filters, r.hidden, r.se_squeeze, r.name,
+                    groups=r.groups, grouped_conv=grouped_conv)
 
     if include_top:
         x = k.layers.GlobalAveragePooling2D(keepdims=bool(spec.top), name="pool")(x)
@@ -290,10 +292,37 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
         x = k.layers.GlobalMaxPooling2D(name="pool")(x)
     model = k.Model(inputs, x, name=name or default_model_name(spec, float(width), shape))
     # What it takes to rebuild this network elsewhere (the tf_keras twin for QAT, export).
-    model._mhmodels_build_args = BuildArgs(spec, float(width), shape, num_classes, include_top,
+    setattr(model, BUILD_ARGS_ATTR, BuildArgs(spec, float(width), shape, num_classes, include_top,
                                            pooling, float(dropout), classifier_activation,
-                                           input_normalization)
+                                           input_normalization, grouped_conv))
     return model
+
+
+def _input_shape_of(spec: ModelSpec, input_shape, input_tensor, include_top: bool) -> tuple:
+    """The checked (height, width, 3): `input_shape`, else `input_tensor`'s, else 224x224."""
+    if input_tensor is not None:
+        tensor_shape = tuple(None if d is None else int(d) for d in input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(f"input_shape {tuple(input_shape)} disagrees with input_tensor's "
+                             f"shape {tensor_shape}; pass one of them")
+        input_shape = tensor_shape
+    elif input_shape is None:
+        input_shape = DEFAULT_INPUT_SHAPE
+    return check_input_shape(spec, input_shape, allow_dynamic=not include_top)
+
+
+def _inputs(k: ModuleType, shape: tuple, input_tensor):
+    """(the model's inputs, the image tensor the network starts from): a new Input, or
+    `input_tensor` (a Keras tensor's source inputs; a backend tensor wrapped as
+    keras.applications does)."""
+    if input_tensor is None:
+        image = k.Input(shape=shape, name="image")
+        return image, image
+    if k.backend.is_keras_tensor(input_tensor):
+        sources = k.utils.get_source_inputs(input_tensor)
+        return (sources[0] if len(sources) == 1 else sources), input_tensor
+    image = k.Input(tensor=input_tensor, name="image")
+    return image, image
 
 
 @dataclass(frozen=True)
@@ -309,9 +338,15 @@ class BuildArgs:
     dropout: float
     classifier_activation: str | None
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    grouped_conv: str = "native"
 
     def kwargs(self) -> dict:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return {f: getattr(self, f) for f in BUILD_ARG_KEYS}
+
+
+# The attribute `build_model` records a model's BuildArgs in (read by QAT, export, features).
+BUILD_ARGS_ATTR = "_mhmodels_build_args"
+BUILD_ARG_KEYS = tuple(BuildArgs.__dataclass_fields__)
 
 
 def build_args(model) -> BuildArgs | None:
@@ -320,7 +355,51 @@ def build_args(model) -> BuildArgs | None:
     The record does not survive `model.save()`; `mhmodels.quantize` then falls back on the
     default model name (`parse_model_name`) and the model's layers.
     """
-    return getattr(model, "_mhmodels_build_args", None)
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    return recorded if isinstance(recorded, BuildArgs) else None
+
+
+def recorded_build_args(model) -> dict[str, Any]:
+    """The build record of `model` as a dict ({} if absent).
+
+    Accepts the builder's `BuildArgs` or a plain mapping (a record written by hand).
+
+    Raises:
+      TypeError: the attribute holds something else.
+    """
+    recorded = getattr(model, BUILD_ARGS_ATTR, None)
+    if recorded is None:
+        return {}
+    if isinstance(recorded, BuildArgs):
+        return recorded.kwargs()
+    if isinstance(recorded, Mapping):
+        return dict(recorded)
+    raise TypeError(f"model.{BUILD_ARGS_ATTR} is a {type(recorded).__name__}; expected the "
+                    "builder's BuildArgs or a dict")
+
+
+def builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `build_model` (besides spec and width) among `args`, with
+    dropout 0 when unset (a rebuilt twin never needs a random dropout)."""
+    out = {k: args[k] for k in BUILD_ARG_KEYS[2:] if args.get(k) is not None}
+    out.setdefault("dropout", 0.0)
+    return out
+
+
+def frontend_of(model) -> str:
+    """'keras' (Keras 3) or 'tf_keras' (Keras 2), from the model's class: the one front-end
+    check of the package.
+
+    Raises:
+      TypeError: `model` is not a Keras model.
+    """
+    for cls in type(model).__mro__:
+        module = cls.__module__ or ""
+        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
+            return "tf_keras"
+        if module.startswith("keras"):
+            return "keras"
+    raise TypeError(f"expected a Keras model, got {type(model).__name__}")
 
 
 def _low_precision_layers(model) -> list[str]:
@@ -366,5 +445,56 @@ def float32_copy(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     if build_args(model) is not None:
-        copy._mhmodels_build_args = build_args(model)
+        setattr(copy, BUILD_ARGS_ATTR, build_args(model))
     return copy
+
+
+def with_grouped_conv(model, form: str):
+    """`model` with its grouped convolutions written in `form` ('native' or 'split').
+
+    The same function: a copy built by `build_model` from the model's build record in the same
+    front-end, the weights copied by name, a native grouped kernel (K, K, Cin/g, Cout) handed
+    to the split form's per-group convs `{name}_g{i}` as its output-channel slices (and
+    concatenated back the other way). `model` itself when it is already in `form`.
+
+    Raises:
+      ValueError: `form` is not a known form, or `model` has no build record (not built by
+        `build_model` in this process).
+    """
+    import numpy as np
+
+    if form not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {form!r}")
+    args = build_args(model)
+    if args is None:
+        raise ValueError(f"model {model.name!r} has no mhmodels build record: rebuild it with "
+                         f"build_model(..., grouped_conv={form!r})")
+    if args.grouped_conv == form:
+        return model
+    frontend = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras"
+    target = build_model(**{**args.kwargs(), "grouped_conv": form}, frontend=frontend,
+                         name=model.name)
+    source = {layer.name: layer for layer in model.layers if layer.weights}
+    group_part = re.compile(r"^(?P<base>.*)_g(?P<index>\d+)(?P<suffix>_bn)?$")
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        if layer.name in source:
+            layer.set_weights(source[layer.name].get_weights())
+            continue
+        m = group_part.match(layer.name)
+        if m and m["base"] + (m["suffix"] or "") in source:  # native -> split: one slice
+            whole = source[m["base"] + (m["suffix"] or "")]
+            groups = sum(1 for other in target.layers if (g := group_part.match(other.name))
+                         and g["base"] == m["base"] and g["suffix"] == m["suffix"])
+            layer.set_weights([np.split(w, groups, axis=-1)[int(m["index"])]
+                               for w in whole.get_weights()])
+            continue
+        base, suffix = (layer.name[:-3], "_bn") if layer.name.endswith("_bn") else (layer.name, "")
+        pieces = []
+        while f"{base}_g{len(pieces)}{suffix}" in source:  # split -> native: concatenated
+            pieces.append(source[f"{base}_g{len(pieces)}{suffix}"].get_weights())
+        if not pieces:
+            raise ValueError(f"layer {layer.name!r} has no counterpart in {model.name!r}")
+        layer.set_weights([np.concatenate(ws, axis=-1) for ws in zip(*pieces)])
+    return target

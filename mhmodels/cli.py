@@ -1,5 +1,5 @@
 """The one place every mhmodels command line goes through (`python -m mhmodels <command>`,
-`python -m mhmodels.train`, `python -m search`, `python -m search.cost_model`).
+`python -m mhmodels.train`, `python -m search` and its modules; installed: `mhmodels.search`).
 
 `run(main)` is absl's `app.run(main)` plus what a user of every command expects:
   * `--help` (`-h`, `--helpshort`) prints the command's own flags, in groups when the command
@@ -9,7 +9,9 @@
     debug and tracebacks; the commands' own progress lines (loggers `mhmodels.*`,
     `search.*`) stay;
   * a bad input (ValueError, missing file, permission) is one line `error: ...` and exit
-    status 2, not a traceback.
+    status 2, not a traceback; so is a `$MHMODELS_HOME` that is a file (checked first);
+  * `command('search.cost_model')` names a search module as it runs here (`search.X` in a
+    checkout, `mhmodels.search.X` in an installed copy), for hints.
 """
 from __future__ import annotations
 
@@ -123,6 +125,46 @@ def quiet_tensorflow_import(argv: Sequence[str] | None = None) -> None:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
+def command(module: str) -> str:
+    """`python -m <module>` as it runs where the user is, for hints and help texts.
+
+    `module` is a search module as a checkout names it ("search", "search.cost_model"). The
+    wheel installs it as `mhmodels.search`; the top-level `search` exists only in a checkout
+    (on sys.path: its root is the working directory or PYTHONPATH). So the checkout's name is
+    given only when it resolves to the search package beside this mhmodels, else the
+    installed name, which works wherever mhmodels is installed (editable installs included).
+    """
+    import importlib.util
+    top, _, rest = module.partition(".")
+    if top != "search":
+        return f"python -m {module}"
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "search")
+    try:
+        spec = importlib.util.find_spec("search")
+    except (ImportError, ValueError):
+        spec = None
+    origin = getattr(spec, "origin", None)
+    if origin and os.path.dirname(os.path.abspath(origin)) == beside:
+        return f"python -m {module}"
+    return f"python -m mhmodels.{module}"
+
+
+def check_home() -> None:
+    """Fail now, not after the work, when $MHMODELS_HOME (downloads, zoo entries, cost models)
+    cannot be a directory: it, or a parent of it, is a file."""
+    from mhmodels.files import HOME_ENV, user_home
+    home = user_home()
+    probe = home
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = f"${HOME_ENV}={os.environ[HOME_ENV]}" if os.environ.get(HOME_ENV) else \
+            f"mhmodels' home {home}"
+        raise NotADirectoryError(f"{where}: {probe} is a file, not a directory (mhmodels keeps "
+                                 f"downloads, zoo entries and cost models there); set "
+                                 f"{HOME_ENV} to a directory")
+
+
 # --------------------------------------------------------------------------------------------
 # Help
 
@@ -206,6 +248,7 @@ def _wrapped(main, argv):
             for name in OWN_LOGGERS:  # ... our commands' own progress lines on
                 logging.getLogger(name).setLevel(logging.INFO)
         try:
+            check_home()  # before TensorFlow loads and before any work
             return main(args)
         except (app.UsageError, *USER_ERRORS) as err:
             if level is not None and level >= 1:

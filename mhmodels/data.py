@@ -703,53 +703,72 @@ def make_dataset(
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}.")
-    finish = dict(
-        training=training,
-        batch_size=batch_size,
-        seed=seed,
-        repeat=repeat,
-        drop_remainder=drop_remainder,
-        skip_corrupt=skip_corrupt,
-        label_offset=label_offset,
-    )
     kind = _kind(name)
     if kind == "digits":
-        images, labels = _digits_split(split, held_out)
-        ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+        ds, preprocess, shuffle_buffer = _digits_source(split, held_out, training, image_size)
+    elif kind == "folder":
+        ds, preprocess, shuffle_buffer = _folder_source(name, split, data_dir, held_out,
+                                                        skip_corrupt, training, image_size)
+    else:
+        ds, preprocess = _tfds_source(name, split, data_dir, manual_dir, held_out, seed,
+                                      training, image_size)
+    return _finish(ds, preprocess, shuffle_buffer=shuffle_buffer, training=training,
+                   batch_size=batch_size, seed=seed, repeat=repeat,
+                   drop_remainder=drop_remainder, skip_corrupt=skip_corrupt,
+                   label_offset=label_offset)
 
-        def digits_fn(data: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-            return _digits_preprocess(data, s, training=training, image_size=image_size)
 
-        return _finish(ds, digits_fn, shuffle_buffer=len(labels), **finish)
+_Preprocess = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
-    def resnet_fn(encoded: bool) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-        def fn(data: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-            return _resnet_preprocess(
-                data, s, encoded=encoded, training=training, image_size=image_size
-            )
 
-        return fn
+def _resnet_fn(encoded: bool, training: bool, image_size: int) -> _Preprocess:
+    """(image or its encoded bytes, seed) -> the ResNet-style crop in [-1, 1]."""
+    def fn(data: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        return _resnet_preprocess(data, s, encoded=encoded, training=training,
+                                  image_size=image_size)
 
-    if kind == "folder":
-        folder = _scan_folder(_folder_path(name, data_dir), held_out)
-        if not skip_corrupt:  # a non-image is named now, not mid-training
-            _check_image_headers(folder.root, list(dict.fromkeys(
-                p for paths, _ in folder.files.values() for p in paths)))
-        if split not in folder.files:
-            raise _unknown_split(split, tuple(folder.files), f"image folder {folder.root}")
-        paths, labels = folder.files[split]
-        if not paths:
-            raise ValueError(f"Split {split!r} of image folder {folder.root} has no images.")
-        ds = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
-        )
-        decode = resnet_fn(encoded=True)
+    return fn
 
-        def folder_fn(path: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-            return decode(_checked_image_bytes(path), s)
 
-        return _finish(ds, folder_fn, shuffle_buffer=len(paths), **finish)
+def _digits_source(split: str, held_out, training: bool, image_size: int
+                   ) -> tuple[tf.data.Dataset, _Preprocess, int]:
+    """scikit-learn's digits, in memory: (dataset, preprocessing, shuffle buffer)."""
+    images, labels = _digits_split(split, held_out)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
 
+    def digits_fn(data: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        return _digits_preprocess(data, s, training=training, image_size=image_size)
+
+    return ds, digits_fn, len(labels)
+
+
+def _folder_source(name: str, split: str, data_dir, held_out, skip_corrupt: bool,
+                   training: bool, image_size: int
+                   ) -> tuple[tf.data.Dataset, _Preprocess, int]:
+    """A folder of images, one subfolder per class: (dataset of paths, preprocessing that
+    reads and decodes them, shuffle buffer)."""
+    folder = _scan_folder(_folder_path(name, data_dir), held_out)
+    if not skip_corrupt:  # a non-image is named now, not mid-training
+        _check_image_headers(folder.root, list(dict.fromkeys(
+            p for paths, _ in folder.files.values() for p in paths)))
+    if split not in folder.files:
+        raise _unknown_split(split, tuple(folder.files), f"image folder {folder.root}")
+    paths, labels = folder.files[split]
+    if not paths:
+        raise ValueError(f"Split {split!r} of image folder {folder.root} has no images.")
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    decode = _resnet_fn(True, training, image_size)
+
+    def folder_fn(path: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        return decode(_checked_image_bytes(path), s)
+
+    return ds, folder_fn, len(paths)
+
+
+def _tfds_source(name: str, split: str, data_dir, manual_dir, held_out, seed,
+                 training: bool, image_size: int) -> tuple[tf.data.Dataset, _Preprocess]:
+    """A TFDS dataset (never downloaded here): (dataset of (image, label), preprocessing)."""
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir, manual_dir)
@@ -771,4 +790,4 @@ def make_dataset(
             f"{', '.join(map(repr, _tfds_split_sizes(builder, held_out)))}."
         ) from e
     ds = ds.map(lambda ex: (ex[image_key], ex[label_key]), num_parallel_calls=_AUTOTUNE)
-    return _finish(ds, resnet_fn(encoded), shuffle_buffer=shuffle_buffer, **finish)
+    return ds, _resnet_fn(encoded, training, image_size)

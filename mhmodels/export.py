@@ -33,7 +33,6 @@ import contextlib
 import io
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -42,8 +41,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mhmodels.cli import filtered_native_stderr
+from mhmodels.files import atomic_write, check_writable_dir
 
-QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
+from mhmodels.weights import QUANTIZATIONS  # one definition, on the low floor
 # Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
 INTEGER_DTYPES = frozenset({"int8", "int32"})
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -96,6 +96,13 @@ def tflite_ops(path_or_bytes) -> list[OpInfo]:
 
     Read with the LiteRT interpreter without the default (XNNPACK) delegate, so the list is the
     converter's graph, not delegate partitions.
+
+    Args:
+      path_or_bytes: a `.tflite` path (or an `ExportResult`) or the flatbuffer's bytes.
+    Returns:
+      One `OpInfo` (op name, input and output dtypes) per op.
+    Raises:
+      ValueError: the file or bytes are not a TFLite model LiteRT can load.
     """
     from ai_edge_litert.interpreter import OpResolverType
     interp = _interpreter(
@@ -281,8 +288,7 @@ def _converter(model, frontend: str, workdir: str, batch_size: int | None):
     return tf.lite.TFLiteConverter.from_saved_model(saved)
 
 
-def _configure(converter, quantization: str, qat: bool, representative, input_shape,
-               calibration_samples: int):
+def _configure(converter, quantization: str, qat: bool, representative) -> None:
     import tensorflow as tf
     if quantization == "float":
         return
@@ -308,7 +314,7 @@ def _configure(converter, quantization: str, qat: bool, representative, input_sh
 
 
 def _frontend_and_qat(model) -> tuple[str, bool]:
-    from mhmodels.qat import frontend_of
+    from mhmodels.builder import frontend_of
     frontend = frontend_of(model)
     qat = False
     if frontend == "tf_keras":
@@ -320,23 +326,67 @@ def _frontend_and_qat(model) -> tuple[str, bool]:
 def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
                   representative_data: Any = None, *, check: bool = True,
                   calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-                  batch_size: int | None = 1) -> ExportResult:
-    """Convert `model` to a TFLite flatbuffer at `path`; returns an `ExportResult` (a path).
+                  batch_size: int | None = 1, grouped_conv: str | None = None) -> ExportResult:
+    """Convert `model` to a TFLite flatbuffer at `path` (written atomically).
 
-    `model`: a float Keras 3 model, a float tf_keras model, or a QAT twin from
-    `mhmodels.quantize`. `representative_data` (float models, 'int8'/'uint8' only): input
-    batches for calibration, see `representative_dataset`. `check`: for 'int8'/'uint8', fail
-    (writing nothing) if any op is left with a float tensor. `batch_size`: the graph's static
-    batch (default 1, what on-device interpreters and NPU compilers want); None leaves it
-    dynamic (shape ops then stay in the graph).
+    Args:
+      model: a float Keras 3 model, a float tf_keras model, or a QAT twin from
+        `mhmodels.quantize`; built with a fixed input shape.
+      path: the `.tflite` file to write (its directory must exist).
+      quantization: 'float', 'dynamic' (int8 weights, float compute), 'int8' or 'uint8'
+        (full integer, inputs and outputs of that type).
+      representative_data: float models with 'int8' / 'uint8' only: input batches for
+        calibration (an array, a list of arrays, a tf.data.Dataset; see
+        `representative_dataset`). A QAT model's ranges are learned and need none.
+      check: for 'int8' / 'uint8', fail (writing nothing) if any op keeps a float tensor.
+      calibration_samples: at most this many calibration images are used.
+      batch_size: the graph's static batch (default 1, what on-device interpreters and NPU
+        compilers want); None leaves it dynamic (shape ops then stay in the graph).
+      grouped_conv: write the grouped convolutions of a float mhmodels model 'native' (one
+        CONV_2D) or 'split' (SPLIT -> CONV_2D per group -> CONCATENATION); None keeps the
+        model's form. `grouped_conv_form(target)` says which form runs faster where. A QAT
+        model keeps the form it was quantized in (quantize `mhmodels.with_grouped_conv(model,
+        form)` for the other one).
+    Returns:
+      An `ExportResult`: usable as the path, with size, seconds and op counts.
+    Raises:
+      ValueError: a bad argument (quantization, missing or superfluous representative_data,
+        a directory as path, a calibration batch of another shape, a dynamic input shape).
+      FileNotFoundError / PermissionError: the directory is missing or not writable.
+      ExportError: the converter failed, or an int8 graph kept float ops (`check`).
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     frontend, qat = _frontend_and_qat(model)
+    from mhmodels.builder import build_args
+    takes_minus_one_one = build_args(model) is not None  # built by mhmodels: the input rule
+    if grouped_conv is not None:
+        model = _in_grouped_form(model, grouped_conv, qat)
     if frontend == "keras":  # a mixed-precision model converts from its float32 copy
         from mhmodels.builder import float32_copy
         model = float32_copy(model)
-    input_shape = _input_shape(model)
+    _check_export_args(quantization, qat, representative_data, batch_size, calibration_samples)
+    input_shape = _input_shape(model)  # a dynamic one is refused here
+    path = _checked_target(path)
+    if representative_data is not None:  # checked now, not after seconds of conversion
+        representative_data = [s[0] for s in representative_dataset(
+            representative_data, input_shape, calibration_samples)()]
+        if takes_minus_one_one:
+            from mhmodels.preprocessing import check_calibration_range
+            check_calibration_range(representative_data)
+    start = time.perf_counter()
+    flatbuffer = _convert(model, frontend, qat, quantization, representative_data, batch_size)
+    if quantization in ("int8", "uint8") and check:
+        check_integer_only(flatbuffer, io_dtype=quantization)
+    atomic_write(path, flatbuffer)
+    return ExportResult(path=str(path), quantization=quantization, from_qat=qat,
+                        size_bytes=len(flatbuffer), seconds=time.perf_counter() - start,
+                        op_counts=op_counts(flatbuffer))
+
+
+def _check_export_args(quantization: str, qat: bool, representative_data, batch_size,
+                       calibration_samples) -> None:
+    """Refuse a bad combination of export arguments before any work (one-line errors)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     full_integer = quantization in ("int8", "uint8")
     if qat and quantization == "dynamic":
         raise ValueError("quantization='dynamic' is for float models; a QAT model converts "
@@ -357,21 +407,22 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
         raise ValueError(f"calibration_samples must be a positive integer, got "
                          f"{calibration_samples!r}")
 
+
+def _checked_target(path: str | os.PathLike) -> Path:
+    """`path` as a Path, once its directory is known to exist and take files."""
     path = Path(os.fspath(path))
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give a file path such as {path / 'model.tflite'}")
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent  # Path("m.tflite").parent is Path(".")
     if not directory.is_dir():
         raise FileNotFoundError(f"directory {directory} does not exist")
-    # What can be checked is checked before the (seconds-long) conversion: the directory
-    # takes files, and every calibration sample has the model's input shape and is finite.
-    from mhmodels.files import check_writable_dir
     check_writable_dir(directory, f"export to {path}")
-    if representative_data is not None:
-        representative_data = [s[0] for s in representative_dataset(
-            representative_data, input_shape, calibration_samples)()]
+    return path
 
-    start = time.perf_counter()
+
+def _convert(model, frontend: str, qat: bool, quantization: str, representative_data,
+             batch_size: int | None) -> bytes:
+    """The TFLite converter run on `model`, quietly; its failures as ExportError."""
     workdir = tempfile.mkdtemp(prefix="mhmodels_export_")
     try:
         # Keras' SavedModel export prints "Saved artifact at ..." with its endpoints: noise.
@@ -380,11 +431,10 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
             # only a v1 graph-def conversion would use (the range is in the graph).
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             converter = _converter(model, frontend, workdir, batch_size)
-            _configure(converter, quantization, qat, representative_data, input_shape,
-                       calibration_samples)
+            _configure(converter, quantization, qat, representative_data)
             try:
                 with filtered_native_stderr(_is_converter_chatter):
-                    flatbuffer = converter.convert()
+                    return converter.convert()
             except ValueError as err:  # e.g. a bad representative_data batch
                 if "representative_data" in str(err):
                     raise
@@ -395,13 +445,48 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
                                   f"failed: {err}") from err
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if full_integer and check:
-        check_integer_only(flatbuffer, io_dtype=quantization)
-    _atomic_write(path, flatbuffer)
-    seconds = time.perf_counter() - start
-    return ExportResult(path=str(path), quantization=quantization, from_qat=qat,
-                        size_bytes=len(flatbuffer), seconds=seconds,
-                        op_counts=op_counts(flatbuffer))
+
+
+# Which form of grouped convolution each target runs faster, measured on the
+# MobileNet-EdgeTPU-V2 models at 224 (docs/grouped.md): vela's estimate is 3-8% lower for the
+# split form on U55 / U65 / U85 (a native grouped CONV_2D is split by vela itself, its fused
+# ReLU left as a separate pass after the concat); LiteRT/XNNPACK on the CPU runs the native
+# form as fast or faster (float and int8: within noise to 10%), with fewer ops.
+GROUPED_CONV_BY_TARGET = {"cpu_float": "native", "cpu_int8": "native", "ethos-u": "split"}
+
+
+def grouped_conv_form(target: str) -> str:
+    """'native' or 'split': the faster form of a grouped conv on `target`.
+
+    Args:
+      target: 'cpu_float', 'cpu_int8', or a hardware name starting 'ethos-u' / 'ethos_u' /
+        'u55' / 'u65' / 'u85' (an Arm NPU compiled by vela); other names get 'native'
+        (one op: what the converter writes for a Keras grouped Conv2D).
+    """
+    name = target.lower().replace("_", "-")
+    if name.startswith(("ethos-u", "u55", "u65", "u85")):
+        return GROUPED_CONV_BY_TARGET["ethos-u"]
+    return GROUPED_CONV_BY_TARGET.get(name.replace("-", "_"), "native")
+
+
+def _in_grouped_form(model, form: str, qat: bool):
+    """`model` in grouped-conv `form` (see `export_tflite`)."""
+    from mhmodels.builder import GROUPED_CONV_FORMS, build_args, with_grouped_conv
+
+    if form not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {form!r}")
+    if qat:
+        from mhmodels.qat import recorded_build_args
+        recorded = recorded_build_args(model).get("grouped_conv", "native")
+        if recorded != form:
+            raise ValueError(f"QAT model {model.name!r} holds its grouped convs in the "
+                             f"{recorded!r} form; quantize mhmodels.with_grouped_conv(model, "
+                             f"{form!r}) to export the {form!r} form")
+        return model
+    if build_args(model) is None:
+        raise ValueError(f"grouped_conv={form!r} needs a model built by mhmodels in this "
+                         f"process (model {model.name!r} has no build record)")
+    return with_grouped_conv(model, form)
 
 
 # Lines the converter's native code prints on every full-integer conversion, whatever the
@@ -411,9 +496,3 @@ _CONVERTER_CHATTER = ("fully_quantize: ",)
 
 def _is_converter_chatter(line: str) -> bool:
     return line.startswith(_CONVERTER_CHATTER)
-
-
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Atomic, with the permissions of any other output (0666 & ~umask, usually 0644)."""
-    from mhmodels.files import atomic_write
-    atomic_write(path, content)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 HOME_ENV = "MHMODELS_HOME"
+ZOO_PATH_ENV = "MHMODELS_ZOO_PATH"
 
 
 def user_home() -> Path:
@@ -38,9 +39,32 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def builtin_zoo_dir() -> Path:
+    """The shipped zoo: inside the installed package, else the checkout's top-level zoo/."""
+    package_dir = Path(os.path.abspath(__file__)).parent  # no resolve(): Bazel runfiles
+    for candidate in (package_dir / "zoo", package_dir.parent / "zoo"):
+        if (candidate / "models").is_dir():
+            return candidate
+    raise FileNotFoundError(f"mhmodels' zoo directory is missing (looked in {package_dir / 'zoo'}"
+                            f" and {package_dir.parent / 'zoo'}): the installation is broken")
+
+
+def zoo_dirs() -> list[Path]:
+    """The directories scanned for entries, each once: built-in, the user's, $MHMODELS_ZOO_PATH."""
+    candidates = [builtin_zoo_dir() / "models", user_zoo_dir()]
+    candidates += [Path(item) for item in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep)
+                   if item]
+    dirs, seen = [], set()
+    for directory in candidates:
+        key = os.path.realpath(directory)
+        if key not in seen:
+            seen.add(key)
+            dirs.append(directory)
+    return dirs
+
+
 def shipped_dirs() -> list[Path]:
     """Directories whose files ship with mhmodels (never written by mhmodels itself)."""
-    from mhmodels.registry import builtin_zoo_dir
     package = Path(os.path.abspath(__file__)).parent
     return [Path(os.path.realpath(builtin_zoo_dir())), Path(os.path.realpath(package))]
 

@@ -22,7 +22,6 @@ and TensorFlow is never imported here.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Union

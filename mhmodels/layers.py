@@ -74,6 +74,58 @@ def depthwise_bn(k: ModuleType, x: Tensor, kernel: int, stride: int, act: str,
     return activation(k, x, act, name)
 
 
+def grouped_conv_bn(k: ModuleType, x: Tensor, filters: int, kernel: int, stride: int,
+                    groups: int, act: str, name: str, form: str = "native") -> Tensor:
+    """KxK grouped conv -> BN -> act, as one Conv2D(groups=) or, with `form='split'`, as
+    split -> (conv -> BN -> act) per group -> concat: group i is `{name}_g{i}` (+ `_bn`) and
+    holds output channels [i*filters/groups, (i+1)*filters/groups) of the native layers.
+
+    The same function either way. The split form keeps BN and activation inside each group
+    (as the Model Garden's GroupConv2D does) so that every CONV_2D fuses its ReLU and tfmot
+    folds each BN; its channel split is a `ChannelSplit` layer (one SPLIT op in TFLite).
+    """
+    if form == "native" or groups == 1:
+        x = k.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                            groups=groups, kernel_initializer=conv_init(k), name=name)(x)
+        x = k.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+                                        name=f"{name}_bn")(x)
+        return activation(k, x, act, name)
+    parts = channel_split_class(k)(groups, name=f"{name}_split")(x)
+    parts = [conv_bn(k, part, filters // groups, kernel, stride, act, f"{name}_g{i}")
+             for i, part in enumerate(parts)]
+    return k.layers.Concatenate(name=f"{name}_concat")(parts)
+
+
+_CHANNEL_SPLIT: dict[str, type] = {}
+
+
+def channel_split_class(k: ModuleType) -> type:
+    """The `ChannelSplit` layer class of front-end `k` (`tf.split` on channels into `groups`
+    equal parts), registered as serializable so that cloning (tfmot's QAT) rebuilds it."""
+    key = k.__name__
+    if key not in _CHANNEL_SPLIT:
+        @k.utils.register_keras_serializable(package="mhmodels")
+        class ChannelSplit(k.layers.Layer):
+            def __init__(self, groups: int, **kwargs):
+                super().__init__(**kwargs)
+                self.groups = int(groups)
+
+            def call(self, inputs):
+                import tensorflow as tf
+                return tf.split(inputs, self.groups, axis=-1)
+
+            def compute_output_shape(self, input_shape):
+                shape = list(input_shape)
+                shape[-1] = None if shape[-1] is None else shape[-1] // self.groups
+                return [tuple(shape)] * self.groups
+
+            def get_config(self):
+                return {**super().get_config(), "groups": self.groups}
+
+        _CHANNEL_SPLIT[key] = ChannelSplit
+    return _CHANNEL_SPLIT[key]
+
+
 def squeeze_excite(k: ModuleType, x: Tensor, squeeze: int, name: str) -> Tensor:
     """SE with a hard-sigmoid gate; `squeeze` is the bottleneck width."""
     s = k.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
@@ -87,8 +139,13 @@ def squeeze_excite(k: ModuleType, x: Tensor, squeeze: int, name: str) -> Tensor:
 
 
 def block(k: ModuleType, x: Tensor, layer: LayerSpec, filters: int, hidden: int,
-          se_squeeze: int | None, name: str) -> Tensor:
-    """One body block with channel counts already resolved for the width multiplier."""
+          se_squeeze: int | None, name: str, groups: int | None = None,
+          grouped_conv: str = "native") -> Tensor:
+    """One body block with channel counts already resolved for the width multiplier.
+
+    `groups` (from `LayerSpec.group_size`) makes the KxK conv of an ibn / fused_ibn grouped,
+    written in the `grouped_conv` form ('native' or 'split').
+    """
     if layer.kind == "conv":
         return conv_bn(k, x, filters, layer.kernel, layer.stride, layer.activation, name,
                        layer.use_bias, layer.batch_norm)
@@ -101,12 +158,19 @@ def block(k: ModuleType, x: Tensor, layer: LayerSpec, filters: int, hidden: int,
     shortcut = x
     h = x
     if layer.kind == "fused_ibn":
-        if layer.expansion != 1:
+        if layer.expansion != 1 and groups is not None:
+            h = grouped_conv_bn(k, h, hidden, layer.kernel, layer.stride, groups,
+                                layer.activation, f"{name}_fused", grouped_conv)
+        elif layer.expansion != 1:
             h = conv_bn(k, h, hidden, layer.kernel, layer.stride, layer.activation, f"{name}_fused")
     else:  # ibn
         if layer.expansion != 1:
             h = conv_bn(k, h, hidden, 1, 1, layer.activation, f"{name}_expand")
-        h = depthwise_bn(k, h, layer.kernel, layer.stride, layer.activation, f"{name}_dw")
+        if groups is not None:
+            h = grouped_conv_bn(k, h, hidden, layer.kernel, layer.stride, groups,
+                                layer.activation, f"{name}_group", grouped_conv)
+        else:
+            h = depthwise_bn(k, h, layer.kernel, layer.stride, layer.activation, f"{name}_dw")
     if se_squeeze is not None:
         h = squeeze_excite(k, h, se_squeeze, f"{name}_se")
     h = conv_bn(k, h, filters, 1, 1, "linear", f"{name}_project")

@@ -12,7 +12,15 @@ import warnings
 
 
 class WeightsMismatchError(ValueError):
-    """A checkpoint whose variables do not fit the model's."""
+    """A checkpoint whose variables do not fit the model's.
+
+    `head_only` is True when the classifier's class count is the only difference (the body
+    loads: fine-tuning on new classes), False for anything else or when it is unknown.
+    """
+
+    def __init__(self, message: str, head_only: bool = False):
+        super().__init__(message)
+        self.head_only = head_only
 
 
 def _snake(name: str) -> str:
@@ -56,11 +64,16 @@ def model_layers(model) -> dict[str, list[tuple[str, list[tuple[int, ...]]]]]:
 
 def explain_mismatch(model, path: str | os.PathLike) -> str:
     """Why the checkpoint at `path` does not fit `model` (one paragraph, no tensor values)."""
+    return _mismatch(model, path)[0]
+
+
+def _mismatch(model, path: str | os.PathLike) -> tuple[str, bool]:
+    """(why the checkpoint does not fit, whether only the classifier's class count differs)."""
     head = f"checkpoint {path} does not fit model {model.name!r}"
     try:
         stored = checkpoint_layers(path)
     except (OSError, ValueError) as err:
-        return f"{head}: it is not a readable Keras .weights.h5 file ({err})"
+        return f"{head}: it is not a readable Keras .weights.h5 file ({err})", False
     mine = model_layers(model)
     weighted = lambda d: sum(1 for v in d.values() for x in v if (x[1] if isinstance(x, tuple)
                                                                   else x))
@@ -72,7 +85,7 @@ def explain_mismatch(model, path: str | os.PathLike) -> str:
                          if counts_s.get(k, 0) != counts_m.get(k, 0))
         return (f"{head}: another architecture ({weighted(stored)} layers with weights in the "
                 f"checkpoint, {weighted(mine)} in the model; layers by kind, checkpoint vs "
-                f"model: {diff})")
+                f"model: {diff})"), False
     differ = []
     for kind, layers in mine.items():
         for (name, shapes), saved in zip(layers, stored.get(kind, [])):
@@ -91,9 +104,10 @@ def explain_mismatch(model, path: str | os.PathLike) -> str:
         reasons.append(f"another width or architecture: {len(differ)} layer(s) differ in "
                        f"shape, e.g. {name!r} {saved[0] if saved else '()'} in the checkpoint "
                        f"vs {shapes[0] if shapes else '()'} in the model")
+    head_only = bool(reasons) and not differ
     if not reasons:
         reasons.append("its variables do not match the model's")
-    return f"{head}: " + "; ".join(reasons)
+    return f"{head}: " + "; ".join(reasons), head_only
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
@@ -105,6 +119,6 @@ def load_weights(model, path: str | os.PathLike) -> None:
             model.load_weights(os.fspath(path))
     except ValueError as err:
         if str(path).endswith(".h5"):
-            raise WeightsMismatchError(explain_mismatch(model, path)) from None
+            raise WeightsMismatchError(*_mismatch(model, path)) from None
         raise WeightsMismatchError(f"checkpoint {path} does not fit model {model.name!r}: "
                                    f"{str(err).splitlines()[0][:300]}") from None

@@ -29,7 +29,12 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["preprocess_input", "decode_predictions", "imagenet_classes", "BACKGROUND",
-           "INPUT_CONVENTIONS", "MINUS_ONE_ONE", "IMAGENET_MEAN_STD", "input_normalization"]
+           "INPUT_CONVENTIONS", "MINUS_ONE_ONE", "IMAGENET_MEAN_STD", "input_normalization",
+           "check_calibration_range"]
+
+# Calibration data whose values leave [-INPUT_LIMIT, INPUT_LIMIT] is not [-1, 1] input (raw
+# [0, 255] pixels, or mean/std-normalised ones, reach 2.2 - 2.6 and beyond).
+INPUT_LIMIT = 1.5
 
 BACKGROUND = ("background", "background")
 LAYOUTS = (1000, 1001)
@@ -96,7 +101,7 @@ def preprocess_input(images: Any, value_range: tuple[float, float] = (0.0, 255.0
 def imagenet_classes() -> tuple[tuple[str, str], ...]:
     """The 1000 ImageNet-1k classes in index order as (WordNet synset, short name), read from
     the package's `zoo/imagenet_classes.json` (see tools/make_imagenet_classes.py)."""
-    from mhmodels.registry import builtin_zoo_dir
+    from mhmodels.files import builtin_zoo_dir
 
     path = builtin_zoo_dir() / "imagenet_classes.json"
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,3 +148,25 @@ def decode_predictions(predictions: Any, top: int = 5, *, layout: int | None = N
         best = np.argsort(-row, kind="stable")[:top]
         out.append([(names[i][0], names[i][1], float(row[i])) for i in best])
     return out
+
+
+def check_calibration_range(samples, what: str = "representative_data") -> None:
+    """Refuse calibration data that breaks the input rule of mhmodels' models ([-1, 1]).
+
+    Calibrating an int8 model on raw [0, 255] pixels sets its input scale to about 1.0, so
+    real inputs in [-1, 1] get three levels: a model that converts and then fails silently.
+    Every mhmodels model takes [-1, 1], Model Garden checkpoints included (their mean / std
+    map is a layer inside the model), so data beyond +-1.5 is refused, naming the fix.
+
+    Raises:
+      ValueError: a sample lies outside [-1.5, 1.5].
+    """
+    low = min((float(np.min(s)) for s in samples), default=0.0)
+    high = max((float(np.max(s)) for s in samples), default=0.0)
+    if low < -INPUT_LIMIT or high > INPUT_LIMIT:
+        hint = ("raw [0, 255] pixels? " if high > 2.0 * INPUT_LIMIT and low >= -1e-6 else "")
+        raise ValueError(
+            f"{what} spans [{low:.4g}, {high:.4g}], but mhmodels models take RGB in [-1, 1] "
+            f"({hint}map images with mhmodels.preprocess_input(images)); calibrating on it "
+            "would set the int8 input scale for that range and leave [-1, 1] inputs a few "
+            "levels")

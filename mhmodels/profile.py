@@ -100,10 +100,28 @@ def profile(model_or_name: Any, width: float = 1.0, *,
     """Params / MAdds / per-layer rows of a model, a registered name, or a `ModelSpec`.
 
     Defaults match the paper's Table 1: 224x224 input and a 1001-class ImageNet head.
+    Params count conv / dense kernels and biases (batch norm excluded); MAdds count conv,
+    depthwise and dense multiply-adds.
+
+    Args:
+      model_or_name: a built Keras model (counted as it is; the other arguments are then
+        ignored), a zoo name (`list_models()`) or a `ModelSpec`.
+      width: width multiplier of the network built from a name or spec.
+      input_shape: (height, width, 3) of that network.
+      num_classes: its classifier outputs.
+      include_top: count the classifier (and the layers after pooling) too.
+    Returns:
+      A `Profile` (`params_m`, `madds_m`, per-layer rows).
+    Raises:
+      ValueError: an unknown model name or bad build arguments (see `mhmodels.build`).
     """
     if hasattr(model_or_name, "layers"):
         return count_layers(model_or_name)
-    from mhmodels.registry import build
-    model = build(model_or_name, width, input_shape=input_shape, num_classes=num_classes,
-                  include_top=include_top)
+    from mhmodels.builder import build_model
+    from mhmodels.registry import get_spec
+    from mhmodels.spec import ModelSpec
+
+    spec = model_or_name if isinstance(model_or_name, ModelSpec) else get_spec(model_or_name)
+    model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
+                        include_top=include_top)
     return count_layers(model)

@@ -42,12 +42,12 @@ import importlib.util
 import os
 from typing import Any, Mapping, Sequence
 
+from mhmodels.builder import (BUILD_ARG_KEYS, BUILD_ARGS_ATTR, builder_kwargs, build_model,
+                              frontend_of, parse_model_name, recorded_build_args)
+from mhmodels.registry import get_spec, list_models
 from mhmodels.spec import ModelSpec
 
-BUILD_ARGS_ATTR = "_mhmodels_build_args"
 QAT_ATTR = "_mhmodels_qat"
-BUILD_ARG_KEYS = ("spec", "width", "input_shape", "num_classes", "include_top", "pooling",
-                  "dropout", "classifier_activation", "input_normalization")
 
 # Layer types the default 8-bit scheme leaves unquantized on purpose (no arithmetic).
 PASS_THROUGH = ("InputLayer", "Dropout", "Flatten", "Reshape", "GlobalMaxPooling2D")
@@ -55,6 +55,9 @@ PASS_THROUGH = ("InputLayer", "Dropout", "Flatten", "Reshape", "GlobalMaxPooling
 WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense")
 # Layer types given an output-only config by this module.
 OUTPUT_ONLY = ("Multiply", "Rescaling")
+# Layer types given no quantization at all: the channel split of a grouped conv written in
+# the 'split' form (`layers.grouped_conv_bn`) only moves values; its input's range holds.
+NO_QUANTIZATION = ("ChannelSplit",)
 
 
 class QuantizeError(ValueError):
@@ -271,17 +274,6 @@ def quantize_scope():
 # --------------------------------------------------------------------------------------------
 # Front-end detection and build arguments.
 
-def frontend_of(model) -> str:
-    """'keras' (Keras 3) or 'tf_keras' (Keras 2), from the model's class."""
-    for cls in type(model).__mro__:
-        module = cls.__module__ or ""
-        if module.startswith("tf_keras") or module.startswith("tensorflow.python.keras"):
-            return "tf_keras"
-        if module.startswith("keras"):
-            return "keras"
-    raise TypeError(f"expected a Keras model, got {type(model).__name__}")
-
-
 def is_qat_model(model) -> bool:
     """True for a model made by `quantize` (or any tfmot-quantized tf_keras model)."""
     if getattr(model, QAT_ATTR, False):
@@ -296,31 +288,11 @@ def _as_spec(spec) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec
     if isinstance(spec, str):
-        from mhmodels.registry import get_spec
         return get_spec(spec)
     if isinstance(spec, Mapping):
         return ModelSpec.from_dict(spec, source="build args")
     raise QuantizeError(f"spec must be a ModelSpec, a zoo model name or a spec dict, got "
                         f"{type(spec).__name__}")
-
-
-def recorded_build_args(model) -> dict[str, Any]:
-    """`model._mhmodels_build_args` as a dict ({} if absent).
-
-    Accepts the builder's `BuildArgs` (anything with a `kwargs()` method or dataclass fields)
-    or a plain mapping.
-    """
-    recorded = getattr(model, BUILD_ARGS_ATTR, None)
-    if recorded is None:
-        return {}
-    if hasattr(recorded, "kwargs") and callable(recorded.kwargs):
-        return dict(recorded.kwargs())
-    if isinstance(recorded, Mapping):
-        return dict(recorded)
-    if hasattr(recorded, "__dataclass_fields__"):
-        return {f: getattr(recorded, f) for f in recorded.__dataclass_fields__}
-    raise QuantizeError(f"model.{BUILD_ARGS_ATTR} is a {type(recorded).__name__}; expected "
-                        "the builder's BuildArgs or a dict")
 
 
 def build_args_of(model, **explicit) -> dict[str, Any]:
@@ -340,7 +312,10 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
       TypeError: an unknown build argument.
       QuantizeError: spec or width cannot be found.
     """
-    args = recorded_build_args(model)
+    try:
+        args = recorded_build_args(model)
+    except TypeError as err:
+        raise QuantizeError(str(err)) from None
     for key, value in explicit.items():
         if key not in BUILD_ARG_KEYS:
             raise TypeError(f"unknown build argument {key!r}; expected one of {BUILD_ARG_KEYS}")
@@ -349,8 +324,6 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
     if args.get("spec") is None or args.get("width") is None:
         # A reloaded model (keras.models.load_model) lost the record; its default name
         # ('multi_max_0.75_224') still says what it is. copy_weights checks the guess.
-        from mhmodels.builder import parse_model_name
-        from mhmodels.registry import list_models
         parsed = parse_model_name(model.name, list_models())
         if parsed is not None:
             if args.get("spec") is None:
@@ -396,14 +369,6 @@ def build_args_of(model, **explicit) -> dict[str, Any]:
     return args
 
 
-def _builder_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: args[k] for k in ("input_shape", "num_classes", "include_top", "pooling",
-                                "dropout", "classifier_activation", "input_normalization")
-           if args.get(k) is not None}
-    out.setdefault("dropout", 0.0)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Weight transfer.
 
@@ -446,6 +411,10 @@ def _annotate(float_model):
         kind = type(layer).__name__
         if kind in OUTPUT_ONLY:
             return qk.quantize_annotate_layer(layer, quantize_config=output_only())
+        if kind in NO_QUANTIZATION:
+            from tensorflow_model_optimization.python.core.quantization.keras.default_8bit \
+                import default_8bit_quantize_configs as configs
+            return qk.quantize_annotate_layer(layer, quantize_config=configs.NoOpQuantizeConfig())
         return qk.quantize_annotate_layer(layer)
 
     clone = tf_keras.models.clone_model(float_model, clone_function=annotate)
@@ -589,7 +558,7 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     Returns:
       The number of moving-average ranges set.
     Raises:
-      ValueError: `data` is empty.
+      ValueError: `data` is empty, or lies outside [-1.5, 1.5] (not [-1, 1] input).
       QuantizeError: `qat` has no moving-average quantizers (not a model from `quantize`).
     """
     import numpy as np
@@ -598,6 +567,8 @@ def calibrate(qat, data, *, passes: int = 2, batch_size: int = 32, max_samples: 
     batches = list(_batches(data, batch_size, max_samples))
     if not batches:
         raise ValueError("calibration data is empty")
+    from mhmodels.preprocessing import check_calibration_range
+    check_calibration_range(batches, "calibration data")  # the models of quantize: [-1, 1]
     pairs, range_vars = _range_variables(qat)
     if not pairs:
         raise QuantizeError(f"model {qat.name!r} has no moving-average quantizers: is it a QAT "
@@ -682,7 +653,6 @@ def _flat_tf_keras_twin(model):
     """
     import tf_keras
 
-    from mhmodels.builder import build_model
 
     sources = {}  # tf_keras layer name -> the Keras 3 layer whose weights it takes
     backbones = []
@@ -694,7 +664,7 @@ def _flat_tf_keras_twin(model):
 
             def inline(x, **_):
                 built = build_model(args["spec"], args["width"], frontend="tf_keras",
-                                    input_tensor=x, **_builder_kwargs(args))
+                                    input_tensor=x, **builder_kwargs(args))
                 for layer in operation.layers:
                     sources[layer.name] = layer
                 return built.output
@@ -768,7 +738,6 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     if is_qat_model(model):
         raise QuantizeError(f"model {model.name!r} is already quantization-aware")
     load_tfmot()
-    from mhmodels.builder import build_model
 
     if frontend == "tf_keras" and not any(v is not None for v in (spec, width)):
         float_twin = model
@@ -780,7 +749,7 @@ def quantize(model, *, spec: ModelSpec | str | Mapping | None = None, width: flo
     else:
         args = build_args_of(model, **explicit)
         float_twin = build_model(args["spec"], args["width"], frontend="tf_keras",
-                                 name=model.name, **_builder_kwargs(args))
+                                 name=model.name, **builder_kwargs(args))
         if copy:
             copy_weights(model, float_twin)
     qat = quantize_tf_keras(float_twin)

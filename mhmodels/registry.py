@@ -1,4 +1,4 @@
-"""Names -> specs: the built-in zoo, entries the search emitted, and the user's own.
+"""Names -> specs, nothing else: the built-in zoo, entries the search emitted, and the user's own.
 
 Entries are JSON files named `<name>.json` (a spec plus optional `provenance`) found in
   1. the built-in zoo (`zoo/models/` of the checkout, `mhmodels/zoo/models/` when installed),
@@ -18,13 +18,12 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from mhmodels.builder import build_model
+from mhmodels.files import ZOO_PATH_ENV, builtin_zoo_dir, zoo_dirs  # noqa: F401 (re-exported)
 from mhmodels.spec import ModelSpec, SpecError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-ZOO_PATH_ENV = "MHMODELS_ZOO_PATH"
 
 
 @dataclass(frozen=True)
@@ -35,31 +34,6 @@ class ZooEntry:
 
 
 _registered: dict[str, ZooEntry] = {}
-
-
-def builtin_zoo_dir() -> Path:
-    """The shipped zoo: inside the installed package, else the checkout's top-level zoo/."""
-    package_dir = Path(os.path.abspath(__file__)).parent  # no resolve(): Bazel runfiles
-    for candidate in (package_dir / "zoo", package_dir.parent / "zoo"):
-        if (candidate / "models").is_dir():
-            return candidate
-    raise FileNotFoundError(f"mhmodels' zoo directory is missing (looked in {package_dir / 'zoo'}"
-                            f" and {package_dir.parent / 'zoo'}): the installation is broken")
-
-
-def zoo_dirs() -> list[Path]:
-    """The directories scanned for entries, each once: built-in, the user's, $MHMODELS_ZOO_PATH."""
-    from mhmodels.files import user_zoo_dir
-    candidates = [builtin_zoo_dir() / "models", user_zoo_dir()]
-    candidates += [Path(item) for item in os.environ.get(ZOO_PATH_ENV, "").split(os.pathsep)
-                   if item]
-    dirs, seen = [], set()
-    for directory in candidates:
-        key = os.path.realpath(directory)
-        if key not in seen:
-            seen.add(key)
-            dirs.append(directory)
-    return dirs
 
 
 def read_entry(path: Path) -> ZooEntry:
@@ -139,8 +113,8 @@ def list_models() -> list[str]:
     Returns:
       The sorted names.
     Raises:
-      FileNotFoundError: a directory of $MHMODELS_ZOO_PATH does not exist.
-      SpecError: a malformed entry, or a name defined twice.
+      Nothing for a bad zoo: a missing $MHMODELS_ZOO_PATH directory, a malformed entry or a
+      name defined twice is left out with a warning (building that name raises the error).
     """
     return sorted(entries())
 
@@ -209,68 +183,3 @@ def unregister(name: str) -> None:
       Nothing: zoo files are never removed.
     """
     _registered.pop(name, None)
-
-
-def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
-          input_shape: Sequence[int | None] | None = None, num_classes: int | None = None,
-          classes: int | None = None, include_top: bool = True, pooling: str | None = None,
-          dropout: float = 0.2, classifier_activation: str | None = None,
-          weights: str | os.PathLike | None = None, input_tensor=None, name: str | None = None,
-          frontend: str = "keras"):
-    """Build a zoo model (or a `ModelSpec`) as a Keras model, following keras.applications.
-
-    Inputs are RGB images scaled to [-1, 1] (`mhmodels.preprocess_input` maps [0, 255]
-    pixels there), channels_last (NHWC); a global `channels_first` setting is refused.
-
-    Args:
-      spec_or_name: a zoo name (`list_models()`) or a `ModelSpec` (positional).
-      width: width multiplier (1.0 = the published network).
-      input_shape: (height, width, 3); default (224, 224, 3), or the shape of
-        `input_tensor`. (None, None, 3) for fully convolutional use needs include_top=False.
-      num_classes: classifier outputs, default 1001 (ImageNet with background); `classes`
-        is the keras.applications alias.
-      include_top: end with pooling, dropout and the classifier; else the feature map
-        before global pooling, pooled per `pooling` (None, 'avg' or 'max').
-      dropout: rate of the dropout before the classifier.
-      classifier_activation: None gives logits (float32 even under mixed precision).
-      weights: None (random), 'imagenet', a local `.weights.h5` / keras.applications `.h5` /
-        Model Garden checkpoint `.index` path or a URL; 'imagenet' takes the class layout and
-        exact network of the published checkpoint, or refuses with the reason (see
-        `mhmodels.pretrained`). A checkpoint trained on another input than [-1, 1] gets a
-        fixed 'input_normalization' first layer, so the model still takes [-1, 1].
-      input_tensor: build on this tensor (e.g. another model's output) instead of a new Input.
-      name: the Keras model's name; default `<spec name>_<width>_<size>`, e.g.
-        'multi_max_1.00_224' (two widths of one network can then share a Keras graph).
-      frontend: 'keras' (Keras 3) or 'tf_keras' (the Keras 2 twin used for QAT).
-
-    Returns:
-      A `keras.Model` (tf_keras with frontend='tf_keras').
-    Raises:
-      ValueError: an unknown model (with close-name suggestions), or bad arguments (width,
-        input shape, classes, pooling, dropout, data format; the message names the problem).
-      SpecError: a malformed zoo entry.
-    """
-    if num_classes is not None and classes is not None and num_classes != classes:
-        raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
-    num_classes = num_classes if num_classes is not None else classes
-    spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name)
-    loader = None
-    if weights is not None:  # the checkpoint decides the class layout and exact network
-        from mhmodels import pretrained
-        shape = tuple(input_shape) if input_shape is not None else (
-            tuple(input_tensor.shape[1:]) if input_tensor is not None else (224, 224, 3))
-        shape = tuple(224 if d is None else int(d) for d in shape[:2]) + (3,)
-        loader = pretrained.prepare(spec, width, weights, input_shape=shape,
-                                    include_top=include_top, num_classes=num_classes)
-        spec, num_classes = loader.spec, loader.num_classes
-    num_classes = 1001 if num_classes is None else num_classes
-    normalization = loader.input_normalization if loader is not None else None
-    model = build_model(spec, width, input_shape=input_shape, num_classes=num_classes,
-                        include_top=include_top, pooling=pooling, dropout=dropout,
-                        classifier_activation=classifier_activation, frontend=frontend,
-                        name=name, input_tensor=input_tensor, input_normalization=normalization)
-    if loader is not None:
-        loader.load(model, lambda: build_model(spec, width, num_classes=num_classes,
-                                               frontend=frontend,
-                                               input_normalization=normalization))
-    return model

@@ -6,7 +6,9 @@ user's own networks are the same kind of thing, decoded by one builder (`mhmodel
 Layout of a spec, in network order:
   stem   - one `conv` layer
   blocks - the body: `conv`, `ds` (depthwise separable), `ibn` (inverted bottleneck) or
-           `fused_ibn` (expand 1x1 + depthwise replaced by one KxK conv)
+           `fused_ibn` (expand 1x1 + depthwise replaced by one KxK conv); with `group_size`
+           their KxK conv is a grouped convolution (the Edge TPU NAS paper's `ibn_grouped`
+           and `ibn_fused_grouped` blocks, see `LayerSpec`)
   head   - layers applied before global pooling (e.g. the 1x1 960 of MobileNetV3)
   top    - layers applied after global pooling, before dropout + classifier (e.g. 1x1 1280)
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -41,6 +45,14 @@ class LayerSpec:
     residual: add the input when shapes allow (stride 1 and same channels); False disables it.
     use_bias, batch_norm: conv layers only (the V3 head's 1x1 1280 has a bias and no BN).
     shrink: False keeps `filters` for width < 1 (the last 1x1 layer of the MobileNets).
+    group_size: ibn/fused_ibn only; None = the usual block. Else the block's KxK conv is a
+        grouped convolution of `group_size` output channels per group, i.e. hidden /
+        group_size groups (Akin, Gupta et al. 2022, "ibn_grouped": 1x1 expand -> grouped KxK
+        instead of depthwise -> 1x1 project; "ibn_fused_grouped": grouped KxK expand -> 1x1
+        project). It tunes cost between depthwise (group_size 1) and full conv. It must
+        divide the channel counts at width 1.0 (checked by `builder.resolve`: a clear error).
+        At another width the group count of width 1.0 is kept where it divides the rounded
+        channel counts, else the largest count that does (their gcd), so every width builds.
     """
 
     kind: str
@@ -54,6 +66,7 @@ class LayerSpec:
     use_bias: bool = False
     batch_norm: bool = True
     shrink: bool = True
+    group_size: int | None = None
 
     def validate(self, where: str) -> None:
         def fail(field_name: str, why: str) -> None:
@@ -63,11 +76,12 @@ class LayerSpec:
             fail("kind", f"is {self.kind!r}; expected one of {', '.join(BLOCK_KINDS)}")
         if not isinstance(self.filters, int) or isinstance(self.filters, bool) or self.filters <= 0:
             fail("filters", f"must be a positive integer, got {self.filters!r}")
-        if self.kernel not in (1, 3, 5, 7):
+        if not _is_integer(self.kernel) or self.kernel not in (1, 3, 5, 7):  # JSON true == 1
             fail("kernel", f"must be 1, 3, 5 or 7, got {self.kernel!r}")
-        if self.stride not in (1, 2):
+        if not _is_integer(self.stride) or self.stride not in (1, 2):
             fail("stride", f"must be 1 or 2, got {self.stride!r}")
-        if not isinstance(self.expansion, (int, float)) or self.expansion < 1:
+        if (isinstance(self.expansion, bool) or not isinstance(self.expansion, (int, float))
+                or self.expansion < 1):
             fail("expansion", f"must be a number >= 1, got {self.expansion!r}")
         if self.expansion != 1 and self.kind not in ("ibn", "fused_ibn"):
             fail("expansion", f"only applies to ibn/fused_ibn blocks, not {self.kind}")
@@ -83,6 +97,15 @@ class LayerSpec:
                 fail("se_ratio", f"must be in (0, 1], got {self.se_ratio!r}")
         if self.kind != "conv" and (self.use_bias or not self.batch_norm):
             fail("use_bias", "and 'batch_norm' can only be changed on conv layers")
+        if self.group_size is not None:
+            if (not isinstance(self.group_size, int) or isinstance(self.group_size, bool)
+                    or self.group_size <= 0):
+                fail("group_size", f"must be a positive integer, got {self.group_size!r}")
+            if self.kind not in ("ibn", "fused_ibn"):
+                fail("group_size", f"only applies to ibn/fused_ibn blocks, not {self.kind}")
+            if self.kind == "fused_ibn" and self.expansion == 1:
+                fail("group_size", "needs expansion > 1 on a fused_ibn (expansion 1 has no KxK "
+                     "conv to group)")
         for name in ("residual", "use_bias", "batch_norm", "shrink"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"must be true or false, got {getattr(self, name)!r}")
@@ -235,6 +258,11 @@ def dumps_entry(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_integer(value: Any) -> bool:
+    """An integer that is not a bool (JSON `true` equals 1 in Python and must not pass as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def round8(value: float, divisor: int = 8) -> int:
     """Round to a multiple of `divisor`, never below it, never more than 10% down."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -250,3 +278,28 @@ def scale_filters(filters: int, width: float, rounding: str, shrink: bool = True
     if rounding == "truncate":
         return max(1, int(filters * width))
     return round8(filters * width)
+
+
+def group_count(layer: LayerSpec, in_filters: int, hidden: int, where: str,
+                width_one_groups: int | None = None) -> int | None:
+    """Groups of `layer`'s grouped KxK conv at resolved channel counts; None if not grouped.
+
+    The grouped conv maps `in_filters` (fused_ibn) or `hidden` (ibn) channels to `hidden`
+    channels in hidden / group_size groups: both sides must split evenly, else SpecError.
+    `width_one_groups`: the count at width 1.0, for another width (see `LayerSpec`).
+    """
+    if layer.group_size is None:
+        return None
+    conv_in = in_filters if layer.kind == "fused_ibn" else hidden
+    if width_one_groups is not None:
+        return math.gcd(width_one_groups, hidden, conv_in)
+    size = layer.group_size
+    conv_in = in_filters if layer.kind == "fused_ibn" else hidden
+    if hidden % size:
+        raise SpecError(f"{where}: group_size {size} does not divide the block's {hidden} "
+                        "expanded channels (another width may fit)")
+    groups = hidden // size
+    if conv_in % groups:
+        raise SpecError(f"{where}: group_size {size} gives {groups} groups, which do not "
+                        f"divide the grouped conv's {conv_in} input channels")
+    return groups

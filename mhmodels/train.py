@@ -44,6 +44,7 @@ Files in `--model_dir`: `checkpoints/` (resume), `train/` and `eval/` (TensorBoa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -65,6 +66,7 @@ from absl import app, flags
 logging = _logging.getLogger("mhmodels.train")
 
 from mhmodels.distribute import STRATEGIES, configure_cpu_devices, is_chief, make_strategy
+from mhmodels.locking import check_unlocked, is_chief_task, run_lock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -141,7 +143,7 @@ class TrainResult:
     steps_per_epoch: int
     losses: list  # (step, cross-entropy loss) of every step run in this call
     learning_rates: list  # (step, learning rate) of every step run in this call
-    metrics: dict  # last evaluation: top1, top5, loss, count, split
+    metrics: dict  # last evaluation: top1, top5 (more than 5 classes only), loss, count, split
     seconds: float
     resumed_from: int  # 0 for a fresh start
     weights_path: str | None = None
@@ -252,6 +254,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.model_dir and "://" in cfg.model_dir:
+        raise ValueError(f"--model_dir={cfg.model_dir}: training writes a local directory "
+                         "(checkpoints, TensorBoard logs, final weights); give a local or "
+                         "mounted path (gs:// is for the search's --model_dir)")
     if cfg.mode != "eval" and not cfg.model_dir:
         raise ValueError("training needs --model_dir (checkpoints, logs and weights go there)")
     if cfg.mode == "eval" and not cfg.model_dir and not cfg.init_weights:
@@ -310,7 +316,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
         except WeightsMismatchError as err:
             # Another head (an ImageNet 1001-class checkpoint fine-tuned here) keeps the body;
             # another width or architecture would load nothing: that is an error.
-            if cfg.mode == "eval" or "another" in str(err):
+            if cfg.mode == "eval" or not err.head_only:
                 raise
             logging.warning("%s; training a new classifier on the checkpoint's body", err)
             model.load_weights(str(path), skip_mismatch=True)
@@ -354,10 +360,9 @@ def _make_optimizer(k, cfg: TrainConfig, peak: float, total_steps: int):
 
 
 def _keras_module_of(model):
-    from mhmodels.qat import frontend_of
-    import importlib
+    from mhmodels.builder import frontend_of, keras_module
 
-    return importlib.import_module(frontend_of(model))
+    return keras_module(frontend_of(model))
 
 
 def _eval_split(cfg: TrainConfig, info) -> str:
@@ -451,7 +456,18 @@ def _make_eval_step(tf, strategy, model, num_classes: int):
     return eval_step
 
 
-def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
+TOP_K = 5  # top-k is reported only where it says something: more than k classes
+
+
+def format_metrics(metrics: dict) -> str:
+    """'top-1 0.9120  top-5 0.9910  loss 0.3012' (top-5 only when it was measured)."""
+    top_k = f"  top-{TOP_K} {metrics['top5']:.4f}" if "top5" in metrics else ""
+    return f"top-1 {metrics['top1']:.4f}{top_k}  loss {metrics['loss']:.4f}"
+
+
+def _run_eval(strategy, eval_step, dataset, split: str, num_classes: int) -> dict:
+    """Sums the eval step over `dataset`; top-5 is left out with TOP_K classes or fewer (it
+    would be 1.0 by construction)."""
     totals = None
     for batch in strategy.experimental_distribute_dataset(dataset):
         sums = eval_step(batch).numpy()
@@ -459,8 +475,11 @@ def _run_eval(strategy, eval_step, dataset, split: str) -> dict:
     if totals is None or totals[3] == 0:
         raise ValueError(f"evaluation split {split!r} is empty")
     loss, top1, top5, count = (float(x) for x in totals)
-    return {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
-            "count": int(count)}
+    metrics = {"split": split, "top1": top1 / count, "top5": top5 / count, "loss": loss / count,
+               "count": int(count)}
+    if num_classes <= TOP_K:
+        del metrics["top5"]
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,9 +499,9 @@ def _scalar(tf, name: str, value: float) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from mhmodels.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _run_record(cfg: TrainConfig, **extra) -> dict:
@@ -557,7 +576,9 @@ def save_final(cfg: TrainConfig, model_dir: Path, float_model, trained, spec, nu
         info["qat_weights"] = FINAL_QAT_WEIGHTS
     if metrics:
         info.update({"eval_split": metrics["split"], "top1": metrics["top1"],
-                     "top5": metrics["top5"], "eval_loss": metrics["loss"]})
+                     "eval_loss": metrics["loss"]})
+        if "top5" in metrics:
+            info["top5"] = metrics["top5"]
     _write_json(model_dir / FINAL_JSON, info)
     return path
 
@@ -587,14 +608,38 @@ def _show_progress(cfg: TrainConfig) -> bool:
     return sys.stderr.isatty()
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir."""
-    start_time = time.time()
-    tf, data, strategy, info, spec = _setup(cfg)
-    import keras
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The numbers of a run, fixed (and recorded in run.json) before any model exists."""
 
-    image_size = cfg.resolved_image_size()
-    num_classes = info.num_classes
+    image_size: int
+    num_classes: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    peak_learning_rate: float
+    warmup_steps: int
+    seed: int
+    checkpoint_every: int
+    stop_at: int
+    eval_split: str | None  # None: no evaluation during training
+
+
+@dataclasses.dataclass
+class _Session:
+    """What the training loop works on: models, optimizer, checkpointing, the input."""
+
+    float_model: Any
+    model: Any
+    step_var: Any
+    manager: Any
+    iterator: Any
+    train_step: Any
+    resumed_from: int
+
+
+def _plan_run(cfg: TrainConfig, info, strategy, spec, model_dir: Path, chief: bool) -> _Plan:
+    """Steps, schedule and seed of the run; a resumed run must agree with its run.json."""
     global_batch = cfg.batch_size
     num_train = info.num_examples["train"]
     steps_per_epoch = num_train // global_batch
@@ -604,39 +649,48 @@ def train(cfg: TrainConfig) -> TrainResult:
     total_steps = cfg.steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
     peak = cfg.learning_rate if cfg.learning_rate is not None else peak_learning_rate(
         global_batch)
-    model_dir = Path(cfg.model_dir)
-    chief = is_chief(strategy)
     if cfg.seed is None and cfg.strategy == "multi_worker" and not (model_dir / RUN_JSON).exists():
         raise ValueError("--strategy=multi_worker needs --seed (every worker must shuffle and "
                          "augment alike)")
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    image_size = cfg.resolved_image_size()
     record = _prepare_run_dir(cfg, model_dir, write=chief, record=_run_record(
         cfg, seed=seed, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-        num_classes=num_classes, image_size=image_size, peak_learning_rate=peak,
+        num_classes=info.num_classes, image_size=image_size, peak_learning_rate=peak,
         warmup_steps=warmup_steps_for(total_steps, cfg.warmup_fraction),
         num_replicas=strategy.num_replicas_in_sync, spec_name=spec.name))
-    seed = int(record["seed"])
-    keras.utils.set_random_seed(seed)
-    checkpoint_every = cfg.checkpoint_every or steps_per_epoch
-    stop_at = min(cfg.stop_at_step or total_steps, total_steps)
-    do_eval = cfg.mode == "train_and_eval"
+    return _Plan(image_size=image_size, num_classes=info.num_classes, global_batch=global_batch,
+                 steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                 peak_learning_rate=peak, warmup_steps=record["warmup_steps"],
+                 seed=int(record["seed"]),
+                 checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
+                 stop_at=min(cfg.stop_at_step or total_steps, total_steps),
+                 eval_split=_eval_split(cfg, info) if cfg.mode == "train_and_eval" else None)
 
-    train_ds = data.make_dataset(cfg.dataset, "train", image_size=image_size,
-                                 batch_size=global_batch, training=True, data_dir=cfg.data_dir,
-                                 seed=seed)
-    eval_split = _eval_split(cfg, info) if do_eval else None
+
+def _datasets(cfg: TrainConfig, data, plan: _Plan):
+    """(train dataset, eval dataset or None), batched by the global batch."""
+    train_ds = data.make_dataset(cfg.dataset, "train", image_size=plan.image_size,
+                                 batch_size=plan.global_batch, training=True,
+                                 data_dir=cfg.data_dir, seed=plan.seed)
     eval_ds = None
-    if do_eval:
-        eval_ds = data.make_dataset(cfg.dataset, eval_split, image_size=image_size,
-                                    batch_size=global_batch, training=False,
+    if plan.eval_split is not None:
+        eval_ds = data.make_dataset(cfg.dataset, plan.eval_split, image_size=plan.image_size,
+                                    batch_size=plan.global_batch, training=False,
                                     data_dir=cfg.data_dir)
+    return train_ds, eval_ds
 
+
+def _start_session(tf, cfg: TrainConfig, strategy, spec, plan: _Plan, train_ds,
+                   model_dir: Path, chief: bool) -> _Session:
+    """Build the model and optimizer under the strategy, restore the latest checkpoint (a
+    resumed run), and position the input where the run stopped."""
     with strategy.scope():
-        float_model, model = _build(cfg, spec, num_classes, image_size)
+        float_model, model = _build(cfg, spec, plan.num_classes, plan.image_size)
         if cfg.sync_batch_norm:
             synchronize_batch_norm(model)
         k = _keras_module_of(model)
-        optimizer = _make_optimizer(k, cfg, peak, total_steps)
+        optimizer = _make_optimizer(k, cfg, plan.peak_learning_rate, plan.total_steps)
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     # Single-worker strategies read a plain iterator, which the checkpoint saves (position,
@@ -667,66 +721,91 @@ def train(cfg: TrainConfig) -> TrainResult:
         iterator = iter(strategy.experimental_distribute_dataset(train_ds.skip(resumed_from)))
     if not resumed_from and cfg.init_weights:
         logging.info("starting from %s%s", cfg.init_weights, " (QAT)" if cfg.qat else "")
+    train_step = _make_train_step(tf, strategy, model, optimizer, cfg, plan.num_classes,
+                                  plan.global_batch, host_iterator)
+    return _Session(float_model, model, step_var, manager, iterator, train_step, resumed_from)
 
-    train_step = _make_train_step(tf, strategy, model, optimizer, cfg, num_classes,
-                                  global_batch, host_iterator)
-    if chief:
-        train_writer = tf.summary.create_file_writer(str(model_dir / "train"))
-        eval_writer = tf.summary.create_file_writer(str(model_dir / "eval"))
-    else:
-        train_writer = eval_writer = tf.summary.create_noop_writer()
-    losses: list = []
-    lrs: list = []
-    metrics: dict = {}
-    step = resumed_from
-    bar = None
-    if _show_progress(cfg):
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                   desc=f"{spec.name} {cfg.width:g}{' qat' if cfg.qat else ''}")
+class _TrainLog:
+    """Training scalars over a window of `log_every` steps: TensorBoard, and a log line
+    when no progress bar shows them."""
 
-    eval_step = _make_eval_step(tf, strategy, model, num_classes) if do_eval else None
+    def __init__(self, tf, writer, plan: _Plan, bar):
+        self.tf, self.writer, self.plan, self.bar = tf, writer, plan, bar
+        self._reset()
 
-    def evaluate_now() -> dict:
-        result = _run_eval(strategy, eval_step, eval_ds, eval_split)
-        with eval_writer.as_default(step=step):
-            for key in ("top1", "top5", "loss"):
-                _scalar(tf, key, result[key])
-        logging.info("step %d (epoch %.2f): %s top-1 %.4f top-5 %.4f loss %.4f", step,
-                     step / steps_per_epoch, eval_split, result["top1"], result["top5"],
-                     result["loss"])
-        return result
+    def _reset(self) -> None:
+        self.loss, self.correct, self.steps, self.start = 0.0, 0.0, 0, time.time()
 
-    # SIGINT / SIGTERM (Ctrl-C, preemption) finish the current step, checkpoint and stop, so
-    # that the checkpoint is consistent; a second signal stops at once.
-    interrupted = False
-    stop_requested = []
-    previous_handlers = {}
+    def add(self, loss: float, correct: float, lr: float) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", refresh=False)
+
+    def write(self, step: int, lr: float) -> None:
+        images = self.steps * self.plan.global_batch
+        rate = images / max(time.time() - self.start, 1e-9)
+        loss, top1 = self.loss / self.steps, self.correct / images
+        with self.writer.as_default(step=step):
+            _scalar(self.tf, "loss", loss)
+            _scalar(self.tf, "top1", top1)
+            _scalar(self.tf, "learning_rate", lr)
+            _scalar(self.tf, "images_per_second", rate)
+        if self.bar is None:
+            logging.info("step %d/%d epoch %.2f loss %.4f train top-1 %.3f lr %.5f %.1f img/s",
+                         step, self.plan.total_steps, step / self.plan.steps_per_epoch, loss,
+                         top1, lr, rate)
+        self._reset()
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+    """SIGINT / SIGTERM (Ctrl-C, preemption) only set a flag (the yielded list gets the signal
+    number): the loop finishes its step, checkpoints and stops, so that the checkpoint is
+    consistent. A second signal stops at once. Handlers are restored on exit."""
+    requested: list[int] = []
+    previous = {}
 
     def on_signal(signum, frame):
-        if stop_requested:
+        if requested:
             raise KeyboardInterrupt
-        stop_requested.append(signum)
+        requested.append(signum)
 
     for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
         if signum is None:
             continue
         try:
-            previous_handlers[signum] = signal.signal(signum, on_signal)
+            previous[signum] = signal.signal(signum, on_signal)
         except ValueError:  # not the main thread: leave signals alone
             break
-    window_loss, window_correct, window_steps, window_start = 0.0, 0.0, 0, time.time()
     try:
-        while step < stop_at:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_steps(cfg: TrainConfig, plan: _Plan, session: _Session, log: _TrainLog,
+               evaluate_now) -> tuple[int, list, list, dict, bool]:
+    """The training loop from the resumed step: (step reached, losses, learning rates, last
+    metrics, whether a signal stopped it)."""
+    losses: list = []
+    lrs: list = []
+    metrics: dict = {}
+    step = session.resumed_from
+    with _stop_on_signal() as stop_requested:
+        while step < plan.stop_at:
             if stop_requested:
-                interrupted = True
                 logging.warning("stopping at step %d (signal %d): checkpointing so that the "
                                 "run can resume", step, stop_requested[0])
-                break
-            lr = warmup_cosine(step, peak, total_steps, record["warmup_steps"])
-            loss, correct = train_step(iterator)
-            step_var.assign_add(1)
+                return step, losses, lrs, metrics, True
+            lr = warmup_cosine(step, plan.peak_learning_rate, plan.total_steps,
+                               plan.warmup_steps)
+            loss, correct = session.train_step(session.iterator)
+            session.step_var.assign_add(1)
             loss = float(loss.numpy())
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}; lower "
@@ -734,61 +813,98 @@ def train(cfg: TrainConfig) -> TrainResult:
             losses.append((step, loss))
             lrs.append((step, lr))
             step += 1
-            window_loss += loss
-            window_correct += float(correct.numpy())
-            window_steps += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", refresh=False)
-            if step % cfg.log_every == 0 or step == stop_at:
-                elapsed = max(time.time() - window_start, 1e-9)
-                with train_writer.as_default(step=step):
-                    _scalar(tf, "loss", window_loss / window_steps)
-                    _scalar(tf, "top1", window_correct / (window_steps * global_batch))
-                    _scalar(tf, "learning_rate", lr)
-                    _scalar(tf, "images_per_second", window_steps * global_batch / elapsed)
-                if bar is None:
-                    logging.info("step %d/%d epoch %.2f loss %.4f train top-1 %.3f lr %.5f "
-                                 "%.1f img/s", step, total_steps, step / steps_per_epoch,
-                                 window_loss / window_steps,
-                                 window_correct / (window_steps * global_batch), lr,
-                                 window_steps * global_batch / elapsed)
-                window_loss, window_correct, window_steps = 0.0, 0.0, 0
-                window_start = time.time()
-            if step % checkpoint_every == 0 and step < stop_at:
-                manager.save(checkpoint_number=step)
-            if do_eval and cfg.eval_every_epoch and step % steps_per_epoch == 0 \
-                    and step < total_steps:
-                metrics = evaluate_now()
+            log.add(loss, float(correct.numpy()), lr)
+            if step % cfg.log_every == 0 or step == plan.stop_at:
+                log.write(step, lr)
+            if step % plan.checkpoint_every == 0 and step < plan.stop_at:
+                session.manager.save(checkpoint_number=step)
+            if (plan.eval_split is not None and cfg.eval_every_epoch
+                    and step % plan.steps_per_epoch == 0 and step < plan.total_steps):
+                metrics = evaluate_now(step)
+    return step, losses, lrs, metrics, False
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (and, with mode='train_and_eval', evaluate each epoch); resumes from model_dir.
+
+    Holds model_dir's single-writer lock (the chief only): a second training there refuses.
+    """
+    _check_config(cfg)  # bad settings: refused before the lock (and anything) is written
+    with run_lock(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                  flag="--model_dir"):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
+    start_time = time.time()
+    tf, data, strategy, info, spec = _setup(cfg)
+    import keras
+
+    model_dir = Path(cfg.model_dir)
+    chief = is_chief(strategy)
+    plan = _plan_run(cfg, info, strategy, spec, model_dir, chief)
+    keras.utils.set_random_seed(plan.seed)
+    train_ds, eval_ds = _datasets(cfg, data, plan)
+    session = _start_session(tf, cfg, strategy, spec, plan, train_ds, model_dir, chief)
+    if chief:
+        train_writer = tf.summary.create_file_writer(str(model_dir / "train"))
+        eval_writer = tf.summary.create_file_writer(str(model_dir / "eval"))
+    else:
+        train_writer = eval_writer = tf.summary.create_noop_writer()
+    eval_step = (_make_eval_step(tf, strategy, session.model, plan.num_classes)
+                 if plan.eval_split is not None else None)
+
+    def evaluate_now(step: int) -> dict:
+        result = _run_eval(strategy, eval_step, eval_ds, plan.eval_split, plan.num_classes)
+        with eval_writer.as_default(step=step):
+            for key in ("top1", "top5", "loss"):
+                if key in result:
+                    _scalar(tf, key, result[key])
+        logging.info("step %d (epoch %.2f): %s %s", step, step / plan.steps_per_epoch,
+                     plan.eval_split, format_metrics(result))
+        return result
+
+    bar = None
+    if _show_progress(cfg):
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.total_steps, initial=session.resumed_from, unit="step",
+                   dynamic_ncols=True, desc=f"{spec.name} {cfg.width:g}{' qat' if cfg.qat else ''}")
+    try:
+        step, losses, lrs, metrics, interrupted = _run_steps(
+            cfg, plan, session, _TrainLog(tf, train_writer, plan, bar), evaluate_now)
     finally:
         if bar is not None:
             bar.close()
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+    manager = session.manager
     if manager.latest_checkpoint is None or int(
             manager.latest_checkpoint.rsplit("-", 1)[-1]) != step:
         manager.save(checkpoint_number=step)
     train_writer.flush()
-    weights_path = None
-    if step >= total_steps and not interrupted:
-        if do_eval:
-            metrics = evaluate_now()
-        if not chief:
-            return TrainResult(model=model, step=step, total_steps=total_steps,
-                               steps_per_epoch=steps_per_epoch, losses=losses,
-                               learning_rates=lrs, metrics=metrics,
-                               seconds=time.time() - start_time, resumed_from=resumed_from)
-        weights_path = str(save_final(cfg, model_dir, float_model, model, spec, num_classes,
-                                      image_size, metrics, step))
-        if metrics:
-            _write_json(model_dir / f"eval_{metrics['split']}.json",
-                        _eval_record(cfg, spec, metrics, step))
-        logging.info("done: %d steps; weights in %s", step, weights_path)
+    result = TrainResult(model=session.model, step=step, total_steps=plan.total_steps,
+                         steps_per_epoch=plan.steps_per_epoch, losses=losses,
+                         learning_rates=lrs, metrics=metrics, seconds=0.0,
+                         resumed_from=session.resumed_from)
+    if step >= plan.total_steps and not interrupted:
+        result = _finish(cfg, plan, session, spec, model_dir, chief, result, evaluate_now)
     eval_writer.flush()
-    return TrainResult(model=model, step=step, total_steps=total_steps,
-                       steps_per_epoch=steps_per_epoch, losses=losses, learning_rates=lrs,
-                       metrics=metrics, seconds=time.time() - start_time,
-                       resumed_from=resumed_from, weights_path=weights_path)
+    return dataclasses.replace(result, seconds=time.time() - start_time)
+
+
+def _finish(cfg: TrainConfig, plan: _Plan, session: _Session, spec, model_dir: Path,
+            chief: bool, result: TrainResult, evaluate_now) -> TrainResult:
+    """The end of a completed run: the last evaluation, then (chief) the final weights and
+    eval_<split>.json."""
+    metrics = evaluate_now(result.step) if plan.eval_split is not None else result.metrics
+    if not chief:
+        return dataclasses.replace(result, metrics=metrics)
+    weights_path = str(save_final(cfg, model_dir, session.float_model, session.model, spec,
+                                  plan.num_classes, plan.image_size, metrics, result.step))
+    if metrics:
+        _write_json(model_dir / f"eval_{metrics['split']}.json",
+                    _eval_record(cfg, spec, metrics, result.step))
+    logging.info("done: %d steps; weights in %s", result.step, weights_path)
+    return dataclasses.replace(result, metrics=metrics, weights_path=weights_path)
 
 
 def _eval_record(cfg: TrainConfig, spec, metrics: dict, step: int | None) -> dict:
@@ -839,7 +955,7 @@ def evaluate(cfg: TrainConfig) -> TrainResult:
     ds = data.make_dataset(cfg.dataset, split, image_size=image_size,
                            batch_size=cfg.batch_size, training=False, data_dir=cfg.data_dir)
     metrics = _run_eval(strategy, _make_eval_step(tf, strategy, model, info.num_classes), ds,
-                        split)
+                        split, info.num_classes)
     if model_dir is not None:
         model_dir.mkdir(parents=True, exist_ok=True)
         _write_json(model_dir / f"eval_{split}.json", _eval_record(cfg, spec, metrics, step))
@@ -869,77 +985,91 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> flags.FlagValue
     def define(fn, *args, **kwargs):
         fn(*args, flag_values=fv, **kwargs)
 
-    STR, FLOAT, INT, BOOL, ENUM = (flags.DEFINE_string, flags.DEFINE_float,
-                                   flags.DEFINE_integer, flags.DEFINE_bool, flags.DEFINE_enum)
+    _define_model_and_data_flags(define, d)
+    _define_recipe_flags(define, d)
+    _define_run_flags(define, d)
+    return fv
 
-    define(STR, "model", d.model, "Zoo model name (see `python -m mhmodels summary`) "
+
+_STR, _FLOAT, _INT, _BOOL, _ENUM = (flags.DEFINE_string, flags.DEFINE_float,
+                                    flags.DEFINE_integer, flags.DEFINE_bool, flags.DEFINE_enum)
+
+
+def _define_model_and_data_flags(define, d: TrainConfig) -> None:
+    """What is trained, on what, for how long."""
+    define(_STR, "model", d.model, "Zoo model name (see `python -m mhmodels summary`) "
            "or the path of a zoo entry JSON file (e.g. one the search wrote).")
-    define(FLOAT, "width", d.width, "Width multiplier (0.35 ... 2.0).")
-    define(STR, "dataset", d.dataset, "'digits' (embedded, no download), "
+    define(_FLOAT, "width", d.width, "Width multiplier (0.35 ... 2.0).")
+    define(_STR, "dataset", d.dataset, "'digits' (embedded, no download), "
            "'folder:<path>' (one subfolder per class) or a prepared TFDS dataset "
            "name such as imagenet2012 (with --data_dir).")
-    define(STR, "data_dir", None, "TFDS data dir, or the image folder for "
+    define(_STR, "data_dir", None, "TFDS data dir, or the image folder for "
            "--dataset=folder.")
-    define(INT, "image_size", None, "Input side in pixels; default 32 for digits, "
+    define(_INT, "image_size", None, "Input side in pixels; default 32 for digits, "
            "224 otherwise.")
-    define(INT, "batch_size", d.batch_size, "Global batch size (split across "
+    define(_INT, "batch_size", d.batch_size, "Global batch size (split across "
            "replicas).")
-    define(FLOAT, "epochs", d.epochs, "Training epochs (fractions allowed); ignored when "
+    define(_FLOAT, "epochs", d.epochs, "Training epochs (fractions allowed); ignored when "
            "--steps is set.")
-    define(INT, "steps", None, "Total training steps (overrides --epochs).")
-    define(FLOAT, "learning_rate", None, "Peak learning rate; default the paper's "
+    define(_INT, "steps", None, "Total training steps (overrides --epochs).")
+
+
+def _define_recipe_flags(define, d: TrainConfig) -> None:
+    """The paper's training recipe: learning-rate schedule, regularisation, RMSProp."""
+    define(_FLOAT, "learning_rate", None, "Peak learning rate; default the paper's "
            "0.165 * batch_size / 256.")
-    define(FLOAT, "warmup_fraction", d.warmup_fraction, "Fraction of the steps with a "
+    define(_FLOAT, "warmup_fraction", d.warmup_fraction, "Fraction of the steps with a "
            "linear learning-rate warm-up before the cosine decay.")
-    define(FLOAT, "label_smoothing", d.label_smoothing, "Label smoothing of the "
+    define(_FLOAT, "label_smoothing", d.label_smoothing, "Label smoothing of the "
            "cross-entropy.")
-    define(FLOAT, "weight_decay", d.weight_decay, "L2 coefficient on conv / dense kernels "
+    define(_FLOAT, "weight_decay", d.weight_decay, "L2 coefficient on conv / dense kernels "
            "(added to the loss as weight_decay * sum(l2_loss), coupled as in the "
            "paper's TF recipe).")
-    define(FLOAT, "rmsprop_decay", d.rmsprop_decay, "RMSProp decay (rho).")
-    define(FLOAT, "momentum", d.momentum, "RMSProp momentum.")
-    define(FLOAT, "epsilon", d.epsilon, "RMSProp epsilon.")
-    define(FLOAT, "dropout", d.dropout, "Dropout rate before the classifier.")
-    define(STR, "model_dir", None, "Directory for checkpoints, TensorBoard logs, "
+    define(_FLOAT, "rmsprop_decay", d.rmsprop_decay, "RMSProp decay (rho).")
+    define(_FLOAT, "momentum", d.momentum, "RMSProp momentum.")
+    define(_FLOAT, "epsilon", d.epsilon, "RMSProp epsilon.")
+    define(_FLOAT, "dropout", d.dropout, "Dropout rate before the classifier.")
+
+
+def _define_run_flags(define, d: TrainConfig) -> None:
+    """Where the run lives and how it runs: strategy, QAT, checkpoints, logging."""
+    define(_STR, "model_dir", None, "Directory for checkpoints, TensorBoard logs, "
            "run.json and final weights; an existing run there is resumed.")
-    define(ENUM, "strategy", d.strategy, list(STRATEGIES), "tf.distribute strategy, as "
+    define(_ENUM, "strategy", d.strategy, list(STRATEGIES), "tf.distribute strategy, as "
            "in the search.")
-    define(STR, "tpu", None, "TPU name or grpc:// address for --strategy=tpu "
+    define(_STR, "tpu", None, "TPU name or grpc:// address for --strategy=tpu "
            "('local' for a TPU VM).")
-    define(INT, "num_cpu_devices", None, "Split the CPU into this many logical "
+    define(_INT, "num_cpu_devices", None, "Split the CPU into this many logical "
            "devices before TensorFlow initialises (for --strategy=mirrored on a "
            "CPU-only machine).")
-    define(BOOL, "qat", False, "Fine-tune the fake-quant (QAT) twin of the model "
+    define(_BOOL, "qat", False, "Fine-tune the fake-quant (QAT) twin of the model "
            "(mhmodels.quantize) instead of the float model; usually with "
            "--init_weights of a trained float model.")
-    define(STR, "init_weights", None, "Initial weights: a .weights.h5 path, a URL or "
+    define(_STR, "init_weights", None, "Initial weights: a .weights.h5 path, a URL or "
            "'imagenet' (a mismatched head is skipped). In eval mode: the weights "
            "to evaluate.")
-    define(ENUM, "mode", d.mode, list(MODES), "train, eval (top-1 / top-5 of "
+    define(_ENUM, "mode", d.mode, list(MODES), "train, eval (top-1 / top-5 of "
            "--init_weights or --model_dir), or train_and_eval (evaluate every "
            "epoch and at the end).")
-    define(INT, "seed", None, "Seed of the initialisation, shuffling and "
+    define(_INT, "seed", None, "Seed of the initialisation, shuffling and "
            "augmentation; default a random one, recorded in run.json.")
-    define(INT, "checkpoint_every", None, "Checkpoint every this many steps "
+    define(_INT, "checkpoint_every", None, "Checkpoint every this many steps "
            "(default once per epoch; always at the end or on interruption).")
-    define(INT, "stop_at_step", None, "Stop (with a checkpoint) after this global "
+    define(_INT, "stop_at_step", None, "Stop (with a checkpoint) after this global "
            "step without finishing the schedule; run again to resume.")
-    define(STR, "eval_split", None, "Split to evaluate (default validation, or test "
+    define(_STR, "eval_split", None, "Split to evaluate (default validation, or test "
            "where there is no validation split).")
-    define(INT, "log_every", d.log_every, "Log / write TensorBoard summaries every "
+    define(_INT, "log_every", d.log_every, "Log / write TensorBoard summaries every "
            "this many steps.")
-    define(BOOL, "progress", None, "Show a progress bar (default: when stderr is a "
+    define(_BOOL, "progress", None, "Show a progress bar (default: when stderr is a "
            "terminal; otherwise log lines every --log_every steps).")
-    define(INT, "keep_checkpoints", d.keep_checkpoints, "Checkpoints kept in "
+    define(_INT, "keep_checkpoints", d.keep_checkpoints, "Checkpoints kept in "
            "--model_dir/checkpoints (the newest; 1 is enough to resume).")
-    define(BOOL, "jit_compile", d.jit_compile, "Compile the replica step with XLA (a "
+    define(_BOOL, "jit_compile", d.jit_compile, "Compile the replica step with XLA (a "
            "TPU compiles it anyway; this checks that a step compiles, or speeds up a GPU).")
-    define(BOOL, "sync_batch_norm", d.sync_batch_norm, "Batch-norm statistics over the "
+    define(_BOOL, "sync_batch_norm", d.sync_batch_norm, "Batch-norm statistics over the "
            "global batch (an all-reduce per layer), so every replica keeps the same moving "
            "statistics; default: each replica's own slice, as the paper's TPU recipe.")
-
-
-    return fv
 
 
 def _running_as_cli() -> bool:
@@ -971,6 +1101,9 @@ def main(argv: Sequence[str]) -> None:
     # Flags are validated before TensorFlow loads; errors read as errors, not tracebacks.
     try:
         _check_config(cfg)
+        if cfg.mode != "eval":  # a second training on one model_dir: refused before TF loads
+            check_unlocked(cfg.model_dir, "training", chief=is_chief_task(cfg.strategy),
+                           flag="--model_dir")
         if cfg.mode == "eval":
             result = evaluate(cfg)
         else:
@@ -980,8 +1113,7 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
     m = result.metrics
     if m:
-        print(f"{m['split']}: top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  loss "
-              f"{m['loss']:.4f}  ({m['count']} images)")
+        print(f"{m['split']}: {format_metrics(m)}  ({m['count']} images)")
     if cfg.mode != "eval":
         print(f"step {result.step}/{result.total_steps} in {result.seconds:.1f}s"
               + (f"; weights: {result.weights_path}" if result.weights_path else

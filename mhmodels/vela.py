@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 import re
 import tempfile
@@ -143,10 +142,6 @@ def system_configs(family: str | None = None) -> list[str]:
     """vela.ini's system configurations, optionally only those of 'u55' / 'u65' / 'u85'."""
     names = _ini_sections()["System_Config"]
     return [n for n in names if family is None or f"_{family.upper()}_" in n]
-
-
-def memory_modes() -> list[str]:
-    return list(_ini_sections()["Memory_Mode"])
 
 
 def estimate_tflite(model: bytes | str | os.PathLike, config: VelaConfig) -> VelaEstimate:

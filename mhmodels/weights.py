@@ -1,41 +1,33 @@
-"""Pretrained checkpoints: manifest lookup, download, cache and verification.
+"""Pretrained checkpoints: the manifest, trust-on-first-use pins, keras' cache, and `resolve`.
 
 Why this module exists: `mhmodels.build(name, weights=...)` and `mhmodels.download_tflite(...)`
 must turn "imagenet", a local path or a URL into a file on disk that is known to be the one the
-manifest promises. Everything here is plain Python (urllib, hashlib, tarfile, zipfile, tqdm);
-it never imports TensorFlow and never unpickles anything.
+manifest promises. What is ours is small: the manifest schema and lookup, the sha256 recorded at
+the first download of the files whose publisher gives no hash (`pins.json`), the reuse of
+keras' own cache, `<url>#sha256=<hex>` pinning, the checks that an unverified body is a whole
+weights file and not an HTML page, and `resolve`. The transfer is pooch's (`pooch.retrieve`:
+a temporary file in the cache directory, the hash check, then a rename; a mismatching cached
+file is fetched again), over requests; our `_Transfer` is the pooch downloader that adds an
+overall minimum rate, a progress bar updated on every read, size checks and the content checks.
+It never imports TensorFlow, Keras or h5py and never unpickles anything.
 
-Guarantees:
-- The manifest (`zoo/weights.json`, or `$MHMODELS_WEIGHTS_MANIFEST`) is validated strictly.
-- Downloads go to `<cache>/<subdir>/<name>.part`, are resumed with an HTTP Range request when a
-  `.part` exists (a server that ignores Range makes us restart from zero), and are checked for
-  size and sha256 before an atomic `os.replace` puts them in place. A checksum or size mismatch
-  deletes the `.part` and raises `ChecksumError`: nothing is left in the cache. Only an
-  *interrupted* transfer (connection dropped before the announced length arrived) keeps its
-  `.part`, so that calling again resumes it; the final file never exists unverified.
-- Archives (tar.gz, zip) are checked member by member (no absolute paths, no `..`, no links or
-  special files that leave the destination) and extracted into a temporary directory that is
-  renamed into place.
-- Nothing unusable is cached: an HTML page (an error or log-in page served with 200) is
-  refused, and without a known hash a transfer that ended early with no Content-Length is
-  caught from the file itself (HDF5 superblock length, gzip trailer, zip directory).
-- Checkpoints whose publisher gives no hash (keras.applications' V1/V2 files, the Model Garden's
-  TFLite files) are pinned on first use: the sha256 of the first download is recorded in
-  `<cache>/pins.json` and every later use must match it; `pin_status` and the warning say so.
-  A URL with no known hash at all is revalidated with the server on each use (ETag /
-  Last-Modified), so a changed file is fetched again; `<url>#sha256=<hex>` pins it.
-
-Why not `keras.utils.get_file`: it writes straight to the final file name (a killed transfer
-leaves a truncated file that later calls trust when no hash is given), cannot resume, and has
-no trust-on-first-use record, HTML or truncation check. What it offers that we need is kept
-by reuse instead: keras' own cache (`$KERAS_HOME/models`) is read, so a file keras already
-downloaded is verified and used in place; hashing is hashlib, as in keras.
+Guarantees (tests/test_weights.py checks each against a server on 127.0.0.1):
+- The final cache file never exists unverified: a wrong size or hash, an HTML page, a body cut
+  short (announced length, or the file's own length for HDF5 / gzip when no hash is known), a
+  redirect loop, an HTTP error, a stalled or interrupted transfer leave nothing in the cache.
+- Transfers are never resumed: bytes of two responses can never be spliced into one file.
+- Files pinned by sha256 are cached per hash (`<cache>/<subdir>/sha256-<hex16>/<name>`), other
+  files per URL (`url-<hex16>`), so two files of the same name never evict each other.
+- A URL with no known hash is revalidated with the server on each use (ETag / Last-Modified).
+- Archives (tar.gz: the Model Garden's TF checkpoints) are checked member by member before any
+  byte is written and extracted into a temporary directory that is renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -43,41 +35,24 @@ import os
 import posixpath
 import re
 import shutil
-import stat
 import sys
 import tarfile
 import tempfile
-import urllib.error
+import time
 import urllib.parse
 import urllib.request
 import warnings
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from mhmodels.files import atomic_write
 from mhmodels.preprocessing import INPUT_CONVENTIONS, MINUS_ONE_ONE
 
 __all__ = [
-    "FORMATS",
-    "QUANTIZATIONS",
-    "ARCHIVES",
-    "Checkpoint",
-    "ChecksumError",
-    "DownloadError",
-    "UnverifiedDownloadWarning",
-    "UnpinnedCheckpointWarning",
-    "Resolved",
-    "resolve",
-    "pin_status",
-    "read_pins",
-    "pins_path",
-    "manifest_path",
-    "load_manifest",
-    "find_checkpoint",
-    "cache_dir",
-    "fetch",
-    "fetch_checkpoint",
-    "resolve_weights",
+    "FORMATS", "QUANTIZATIONS", "ARCHIVES", "Checkpoint", "ChecksumError", "DownloadError",
+    "UnverifiedDownloadWarning", "UnpinnedCheckpointWarning", "Resolved", "resolve",
+    "pin_status", "read_pins", "pins_path", "manifest_path", "load_manifest",
+    "find_checkpoint", "cache_dir", "fetch", "fetch_checkpoint", "resolve_weights",
     "download_tflite",
 ]
 
@@ -87,36 +62,41 @@ MANIFEST_ENV = "MHMODELS_WEIGHTS_MANIFEST"
 HOME_ENV = "MHMODELS_HOME"
 MANIFEST_FORMAT_VERSION = 1
 
+# TFLite quantization kinds: the one definition (mhmodels.export imports it).
 QUANTIZATIONS = ("float", "dynamic", "int8", "uint8")
-# keras: our own Keras 3 `.weights.h5`; keras_h5: a keras.applications (Keras 2 HDF5) file,
-# converted on load by mhmodels.pretrained; tf_checkpoint: a TF2 checkpoint archive.
-FORMATS = ("keras", "keras_h5", "tf_checkpoint") + tuple(f"tflite_{q}" for q in QUANTIZATIONS)
-ARCHIVES = ("tar.gz", "zip")
+# File suffix of each checkpoint format: keras (our Keras 3 `.weights.h5`), keras_h5 (a
+# keras.applications Keras 2 HDF5 file), tf_checkpoint (a TF2 checkpoint, named by its
+# `.index` file); every tflite_<q> is a `.tflite`.
+SUFFIXES = {"keras": ".weights.h5", "keras_h5": ".h5", "tf_checkpoint": ".index",
+            **{f"tflite_{q}": ".tflite" for q in QUANTIZATIONS}}
+FORMATS = tuple(SUFFIXES)
+ARCHIVES = ("tar.gz",)  # the Model Garden publishes its checkpoints as tar.gz
 SOURCES = ("mhmodels", "keras_applications", "model_garden")
+PINS_FILE = "pins.json"
 
+DEFAULT_TIMEOUT = 60.0  # seconds: connect / per read, and the window of the minimum rate
+MIN_RATE = 1024  # bytes/s over each DEFAULT_TIMEOUT window, or the transfer is abandoned
 _CHUNK = 1 << 16
-_DEFAULT_TIMEOUT = 60.0
 _EXTRACT_MARKER = ".mhmodels-extracted.json"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _URL_SCHEMES = ("http", "https", "file")
-_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _REQUIRED_FIELDS = ("model", "width", "format", "dataset", "url", "sha256", "size")
 _OPTIONAL_FIELDS = ("archive", "member", "resolution", "classes", "source", "md5", "top1",
                     "top1_source", "input")
-
-PINS_FILE = "pins.json"
 _WIDTH_TOL = 1e-6
 
 
 class ChecksumError(ValueError):
-    """Downloaded or cached bytes do not match the expected size or sha256 (never retried
-    silently into the cache: the bad file is deleted)."""
+    """Downloaded or cached bytes do not match the expected size or hash (the bad file is
+    deleted: nothing is cached)."""
 
 
 class DownloadError(IOError):
-    """The transfer itself failed (HTTP error, unreachable host, dropped connection)."""
+    """The transfer failed (HTTP error, unreachable host, dropped or stalled connection) or
+    brought something that is not a weights file (an HTML page, a body cut short)."""
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -158,8 +138,7 @@ class Checkpoint:
     @property
     def suffix(self) -> str:
         """File suffix of the usable artefact (Keras' `load_weights` dispatches on it)."""
-        return {"keras": ".weights.h5", "keras_h5": ".h5", "tf_checkpoint": ".ckpt"}.get(
-            self.format, ".tflite")
+        return SUFFIXES[self.format]
 
     @property
     def pinned(self) -> bool:
@@ -179,9 +158,7 @@ class Checkpoint:
         stem += f"-{self.dataset}"
         if self.format != "keras":
             stem += "-" + self.format
-        if self.archive:
-            return stem + "." + self.archive
-        return stem + self.suffix
+        return stem + ("." + self.archive if self.archive else self.suffix)
 
     def describe(self) -> str:
         res = f" resolution={self.resolution}" if self.resolution is not None else ""
@@ -241,94 +218,85 @@ def load_manifest(path: str | os.PathLike | None = None) -> list[Checkpoint]:
     return checkpoints
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _absolute_url(value: object) -> bool:
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    return parts is not None and parts.scheme in _URL_SCHEMES and (
+        parts.scheme == "file" or bool(parts.netloc))
+
+
+# Each manifest field: (accepts its value, what it must be); absent optional fields are None.
+_FIELD_RULES = {
+    "model": (lambda v: isinstance(v, str) and _NAME_RE.match(v), "must be a registry name"),
+    "width": (lambda v: _number(v) and v > 0, "must be a positive number"),
+    "format": (lambda v: v in FORMATS, f"must be one of {list(FORMATS)}"),
+    "dataset": (lambda v: isinstance(v, str) and _DATASET_RE.match(v),
+                "must be a name such as 'imagenet'"),
+    "url": (_absolute_url, f"must be an absolute URL with scheme {list(_URL_SCHEMES)}"),
+    "sha256": (lambda v: v is None or isinstance(v, str) and _SHA256_RE.match(v),
+               "must be 64 lowercase hex digits or null (none published)"),
+    "size": (lambda v: v is None or _positive_int(v),
+             "must be a positive integer (bytes) or null (unknown)"),
+    "md5": (lambda v: v is None or isinstance(v, str) and _MD5_RE.match(v),
+            "must be 32 lowercase hex digits or null"),
+    "resolution": (lambda v: v is None or _positive_int(v), "must be a positive integer or null"),
+    "classes": (lambda v: v is None or _positive_int(v), "must be a positive integer or null"),
+    "source": (lambda v: v in SOURCES, f"must be one of {list(SOURCES)}"),
+    "top1": (lambda v: v is None or _number(v) and 0 < v <= 100,
+             "must be a percentage in (0, 100] or null"),
+    "top1_source": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
+    "archive": (lambda v: v is None or v in ARCHIVES, f"must be null or one of {list(ARCHIVES)}"),
+    "input": (lambda v: v in INPUT_CONVENTIONS, f"must be one of {list(INPUT_CONVENTIONS)}"),
+}
+_FIELD_DEFAULTS = {"source": "mhmodels", "input": MINUS_ONE_ONE}  # input: trained on [-1, 1]
+
+
 def _parse_entry(entry: object, index: int, path: Path) -> Checkpoint:
     where = f"weights manifest {path}: checkpoints[{index}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where} must be an object")
     if isinstance(entry.get("model"), str):
         where += f" (model {entry['model']!r})"
+    unknown = sorted(set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}")
+    missing = [field for field in _REQUIRED_FIELDS if field not in entry]
+    if missing:
+        raise ValueError(f"{where}: missing required field {missing[0]!r}")
+    values = {**_FIELD_DEFAULTS, **entry}
 
     def bad(field: str, why: str) -> ValueError:
         return ValueError(f"{where}: field {field!r} {why}, got {entry.get(field)!r}")
 
-    unknown = sorted(set(entry) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}")
-    for field in _REQUIRED_FIELDS:
-        if field not in entry:
-            raise ValueError(f"{where}: missing required field {field!r}")
-
-    model = entry["model"]
-    if not isinstance(model, str) or not _NAME_RE.match(model):
-        raise bad("model", "must be a registry name")
-    width = entry["width"]
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
-            math.isfinite(width) and width > 0):
-        raise bad("width", "must be a positive number")
-    fmt = entry["format"]
-    if fmt not in FORMATS:
-        raise bad("format", f"must be one of {list(FORMATS)}")
-    dataset = entry["dataset"]
-    if not isinstance(dataset, str) or not _DATASET_RE.match(dataset):
-        raise bad("dataset", "must be a name such as 'imagenet'")
-    url = entry["url"]
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in _URL_SCHEMES or (
-            urllib.parse.urlsplit(url).scheme != "file" and not urllib.parse.urlsplit(url).netloc):
-        raise bad("url", f"must be an absolute URL with scheme {list(_URL_SCHEMES)}")
-    sha = entry["sha256"]
-    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
-        raise bad("sha256", "must be 64 lowercase hex digits or null (none published)")
-    size = entry["size"]
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise bad("size", "must be a positive integer (bytes) or null (unknown)")
-    md5 = entry.get("md5")
-    if md5 is not None and (not isinstance(md5, str) or not _MD5_RE.match(md5)):
-        raise bad("md5", "must be 32 lowercase hex digits or null")
-    for field in ("resolution", "classes"):
-        value = entry.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value <= 0):
-            raise bad(field, "must be a positive integer or null")
-    source = entry.get("source", "mhmodels")
-    if source not in SOURCES:
-        raise bad("source", f"must be one of {list(SOURCES)}")
-    top1 = entry.get("top1")
-    if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))
-                             or not 0 < top1 <= 100):
-        raise bad("top1", "must be a percentage in (0, 100] or null")
-    top1_source = entry.get("top1_source")
-    if top1_source is not None and not isinstance(top1_source, str):
-        raise bad("top1_source", "must be a string or null")
-    archive = entry.get("archive")
-    if archive is not None and archive not in ARCHIVES:
-        raise bad("archive", f"must be null or one of {list(ARCHIVES)}")
-    member = entry.get("member")
-    # A TF checkpoint is named by its '.index' file (its prefix is that name without it).
-    suffix = {"keras": ".weights.h5", "keras_h5": ".h5", "tf_checkpoint": ".index"}.get(
-        fmt, ".tflite")
+    for field, (accepts, why) in _FIELD_RULES.items():
+        if not accepts(values.get(field)):
+            raise bad(field, why)
+    fmt, archive, member = values["format"], values.get("archive"), values.get("member")
     if fmt == "tf_checkpoint" and archive is None:
         raise bad("archive", "must name the archive kind of a TF checkpoint")
-    if archive is None:
-        if member is not None:
-            raise bad("member", "is only allowed together with 'archive'")
-    else:
+    if archive is None and member is not None:
+        raise bad("member", "is only allowed together with 'archive'")
+    if archive is not None:
         if not isinstance(member, str) or not member:
             raise bad("member", "must name the file inside the archive")
         try:
             _safe_relpath(member)
         except ValueError:
             raise bad("member", "must be a relative path inside the archive") from None
-        if not member.endswith(suffix):
-            raise bad("member", f"must end with {suffix!r} for format {fmt!r}")
-    convention = entry.get("input", MINUS_ONE_ONE)  # absent: trained on [-1, 1]
-    if convention not in INPUT_CONVENTIONS:
-        raise bad("input", f"must be one of {list(INPUT_CONVENTIONS)}")
-    return Checkpoint(model=model, width=float(width), format=fmt, dataset=dataset, url=url,
-                      sha256=sha, size=size, archive=archive, member=member,
-                      resolution=entry.get("resolution"), classes=entry.get("classes"),
-                      source=source, md5=md5, input=convention,
-                      top1=None if top1 is None else float(top1),
-                      top1_source=top1_source)
+        if not member.endswith(SUFFIXES[fmt]):
+            raise bad("member", f"must end with {SUFFIXES[fmt]!r} for format {fmt!r}")
+    values["width"] = float(values["width"])
+    if values.get("top1") is not None:
+        values["top1"] = float(values["top1"])
+    return Checkpoint(**{f.name: values[f.name] for f in dataclasses.fields(Checkpoint)
+                         if f.name in values})
 
 
 def find_checkpoint(model: str, width: float, fmt: str | Sequence[str], dataset: str = "imagenet",
@@ -375,57 +343,25 @@ def find_checkpoint(model: str, width: float, fmt: str | Sequence[str], dataset:
                      f"no checkpoints for {model!r} at all. Models with checkpoints: {models}")
 
 
+
+
 # --------------------------------------------------------------------------------------------
-# Cache and fetch
+# Cache, pins and fetch
 # --------------------------------------------------------------------------------------------
 
 
 def cache_dir() -> Path:
     """Root of the download cache: `$MHMODELS_HOME`, else `~/.cache/mhmodels`."""
     env = os.environ.get(HOME_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "mhmodels"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mhmodels"
 
 
 def _is_url(text: str) -> bool:
     return urllib.parse.urlsplit(text).scheme.lower() in _URL_SCHEMES
 
 
-def _local_source(url: str | os.PathLike) -> Path | None:
+def _local_source(url: str) -> Path | None:
     """The local file a `file://` URL or plain path names; None for http(s)."""
-    if isinstance(url, os.PathLike):
-        return Path(url)
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -440,13 +376,6 @@ def _local_source(url: str | os.PathLike) -> Path | None:
     return Path(url)
 
 
-def _check_filename(name: str) -> str:
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
-            or name.endswith(".part")):
-        raise ValueError(f"invalid cache file name {name!r}")
-    return name
-
-
 def _safe_relpath(name: str) -> PurePosixPath:
     """Validate an archive-relative path: no absolute paths, drive letters or `..`."""
     if not name or "\x00" in name:
@@ -455,7 +384,7 @@ def _safe_relpath(name: str) -> PurePosixPath:
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
         raise ValueError(f"archive member {name!r} has an absolute path")
     parts = [p for p in normalised.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
+    if ".." in parts:
         raise ValueError(f"archive member {name!r} contains '..' (path traversal)")
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
@@ -491,47 +420,31 @@ def read_pins() -> dict[str, dict]:
     return data
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-
-
 def _record_pin(url: str, digest: str, size: int) -> None:
-    import datetime
-
     pins = read_pins()
-    pins[url] = {"sha256": digest, "size": size,
-                 "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                     timespec="seconds")}
-    _write_json_atomic(pins_path(), pins)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    pins[url] = {"sha256": digest, "size": size, "recorded": now}
+    pins_path().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(pins_path(), json.dumps(pins, indent=1, sort_keys=True))
 
 
 def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = None, *,
           cache_subdir: str = "checkpoints", filename: str | None = None,
           progress: bool = True, extract: str | None = None, member: str | None = None,
-          timeout: float = _DEFAULT_TIMEOUT, md5: str | None = None,
+          timeout: float = DEFAULT_TIMEOUT, min_rate: float = MIN_RATE, md5: str | None = None,
           pin: bool = False) -> Path:
     """Return a verified local copy of `url` (http(s)://, file:// or a local path) in the cache.
 
-    Why: weights must be downloaded once, resumably, and never used unless their size and
-    sha256 match. With `extract` ('tar.gz' | 'zip') the archive is unpacked safely next to it
-    and the directory (or `member` inside it) is returned.
+    The file lands in `<cache>/<cache_subdir>/sha256-<hex16>/` when its sha256 is known (the
+    argument or a '#sha256=<hex>' URL fragment), else in `.../url-<hex16>/`. With `extract`
+    ('tar.gz') the archive is unpacked safely beside it and the directory (or `member` inside
+    it) is returned. A transfer is abandoned when a read waits `timeout` seconds or when fewer
+    than `min_rate` bytes/s arrive over any `timeout`-second window.
 
-    Without a sha256 (argument or a '#sha256=<hex>' URL fragment): `pin=True` (manifest
-    checkpoints whose publisher gives no hash) records the first download's sha256 in
-    `pins_path()` and makes every later use match it; otherwise the copy is unverified and is
-    revalidated with the server (ETag / Last-Modified) on each call, so a changed URL is fetched
-    again. `md5` checks a published md5 (keras.applications' MobileNetV3 files).
+    Without a sha256: `pin=True` (manifest checkpoints whose publisher gives no hash) records
+    the first download's sha256 in `pins_path()` and makes every later use match it; otherwise
+    the copy is unverified and is revalidated with the server (ETag / Last-Modified) on each
+    call. `md5` checks a published md5 (keras.applications' MobileNetV3 files).
     """
     url_text = os.fspath(url)
     if isinstance(url, str) and _is_url(url_text):
@@ -540,14 +453,12 @@ def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = 
             if sha256 is not None and sha256.lower() != fragment_sha:
                 raise ValueError(f"sha256={sha256!r} disagrees with the URL's #sha256= fragment")
             sha256 = fragment_sha
-        url = url_text
-    if sha256 is not None:
-        sha256 = sha256.lower()
-        if not _SHA256_RE.match(sha256):
-            raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    if md5 is not None and not _MD5_RE.match(md5.lower()):
-        raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
+    sha256 = sha256.lower() if sha256 is not None else None
+    if sha256 is not None and not _SHA256_RE.match(sha256):
+        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     md5 = md5.lower() if md5 else None
+    if md5 is not None and not _MD5_RE.match(md5):
+        raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ValueError(f"size must be a non-negative integer, got {size!r}")
     if extract is not None and extract not in ARCHIVES:
@@ -556,50 +467,40 @@ def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = 
         raise ValueError("member= needs extract= (it names a file inside the archive)")
     if member is not None:
         _safe_relpath(member)
-    subdir = _safe_relpath(cache_subdir)
-    local = _local_source(url)
-
+    local = _local_source(url_text)
     if filename is None:
-        if local is not None:
-            filename = local.name
-        else:
-            url_path = urllib.parse.urlsplit(url_text).path
-            filename = posixpath.basename(urllib.parse.unquote(url_path))
-        try:
-            _check_filename(filename)
-        except ValueError:
-            filename = (sha256[:16] if sha256 else "download") + (
-                "." + extract if extract else "")
-    _check_filename(filename)
-
-    directory = cache_dir() / subdir
-    if sha256 is None:
-        # Unverified content: keep different URLs apart so one cannot answer for another.
-        directory = directory / ("url-" + hashlib.sha256(url_text.encode()).hexdigest()[:16])
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / filename
+        filename = local.name if local is not None else posixpath.basename(
+            urllib.parse.unquote(urllib.parse.urlsplit(url_text).path))
+        if not _NAME_RE.match(filename):
+            filename = "download" + ("." + extract if extract else "")
+    if not _NAME_RE.match(filename):
+        raise ValueError(f"invalid cache file name {filename!r}")
+    key = (f"sha256-{sha256[:16]}" if sha256 else
+           "url-" + hashlib.sha256(url_text.encode()).hexdigest()[:16])
+    target = cache_dir() / _safe_relpath(cache_subdir) / key / filename
 
     recorded = read_pins().get(url_text) if (pin and sha256 is None) else None
-    expected_sha = sha256 or (recorded or {}).get("sha256")
-    expected_size = size if size is not None else (recorded or {}).get("size")
-    revalidate = expected_sha is None and md5 is None and local is None and not pin
+    revalidate = sha256 is None and md5 is None and local is None and not pin
     try:
-        digest = _fetch_file(url_text, local, target, sha256=expected_sha, size=expected_size,
-                             md5=md5, progress=progress, timeout=timeout, revalidate=revalidate)
-    except ChecksumError as e:
-        if recorded is None:
-            raise
-        raise ChecksumError(
-            f"{e}. The expected sha256 was recorded at this unpinned file's first download "
-            f"({recorded.get('recorded')}) in {pins_path()}; if the publisher replaced the file "
-            "on purpose, delete its entry there") from None
+        digest = _fetch_file(
+            url_text, target, sha256=sha256 or (recorded or {}).get("sha256"), md5=md5,
+            size=size if size is not None else (recorded or {}).get("size"),
+            revalidate=revalidate, progress=progress, timeout=timeout, min_rate=min_rate)
+    except BaseException as e:
+        _prune_empty(target.parent)
+        if isinstance(e, ChecksumError) and recorded is not None:
+            raise ChecksumError(
+                f"{e}. The expected sha256 was recorded at this unpinned file's first download "
+                f"({recorded.get('recorded')}) in {pins_path()}; if the publisher replaced the "
+                "file on purpose, delete its entry there") from None
+        raise
     if pin and sha256 is None and recorded is None:
         _record_pin(url_text, digest, target.stat().st_size)
         warnings.warn(
             f"{url_text} is unpinned (its publisher gives no sha256): the sha256 of this first "
             f"download, {digest}, was recorded in {pins_path()} and every later use must match "
             "it", UnpinnedCheckpointWarning, stacklevel=2)
-    elif sha256 is None and md5 is None and not pin and local is None:
+    elif revalidate:
         warnings.warn(
             f"{url_text} was fetched without a known sha256, so its content is unverified (its "
             f"sha256 is {digest}; to verify it, append '#sha256={digest}' to the URL, e.g. "
@@ -607,7 +508,7 @@ def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = 
             UnverifiedDownloadWarning, stacklevel=2)
     if extract is None:
         return target
-    dest = _extract_cached(target, digest, extract)
+    dest = _extract_cached(target, digest)
     if member is None:
         return dest
     result = dest.joinpath(*_safe_relpath(member).parts)
@@ -617,6 +518,18 @@ def fetch(url: str | os.PathLike, sha256: str | None = None, size: int | None = 
         raise ValueError(f"member {member!r} not found in archive {target.name}; "
                          f"it contains {found[:20]}")
     return result
+
+
+def _prune_empty(directory: Path) -> None:
+    """Remove `directory` and its parents below the cache root while they are empty (what a
+    failed download created)."""
+    root = cache_dir()
+    while root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
 
 
 def _digests(path: Path) -> tuple[str, str]:
@@ -632,74 +545,69 @@ def _meta_path(target: Path) -> Path:
     return target.with_name(target.name + ".meta.json")
 
 
-def _fetch_file(url: str, local: Path | None, target: Path, *, sha256: str | None,
-                size: int | None, progress: bool, timeout: float, md5: str | None = None,
-                revalidate: bool = False) -> str:
-    """Make `target` hold the verified bytes of `url`; return their sha256."""
-    part = target.with_name(target.name + ".part")
-    if target.is_file():
-        actual_size = target.stat().st_size
-        if size is not None and actual_size != size:
-            logger.warning("cached %s has %d bytes, expected %d; downloading again",
-                           target, actual_size, size)
-            _unlink(target)
-        else:
-            digest, md5_digest = _digests(target)
-            if (sha256 is None or digest == sha256) and (md5 is None or md5_digest == md5):
-                if not revalidate:
-                    logger.info("using cached %s", target)
-                    return digest
-                fresh = _revalidate(url, target, part, digest, progress=progress,
-                                    timeout=timeout)
-                return digest if fresh is None else fresh
-            logger.warning("cached %s has sha256 %s / md5 %s, expected %s; downloading again",
-                           target, digest, md5_digest, sha256 or md5)
-            _unlink(target)
-    elif target.exists():
-        raise DownloadError(f"cache path {target} exists and is not a regular file")
+def _write_meta(target: Path, url: str, digest: str, transfer: "_Transfer") -> None:
+    atomic_write(_meta_path(target), json.dumps({
+        "url": url, "sha256": digest, "etag": transfer.etag,
+        "last_modified": transfer.last_modified}, indent=1, sort_keys=True))
 
-    info = _Response()
-    for attempt in range(2):
-        resumed = part.is_file() and part.stat().st_size > 0 and local is None
-        if local is not None:
-            _copy_local(local, part, size=size, progress=progress, desc=target.name)
-        else:
-            info = _download_http(url, part, size=size, progress=progress, desc=target.name,
-                                  timeout=timeout)
-        problem = _content_problem(part, info.content_type, check_complete=sha256 is None)
-        if problem is not None:
-            _unlink(part)
-            raise DownloadError(f"{url}: {problem}; nothing was kept in the cache")
-        actual_size = part.stat().st_size
-        digest, md5_digest = _digests(part)
-        if size is not None and actual_size != size:
-            problem = (f"size mismatch for {url}: got {actual_size} bytes, expected {size} "
-                       "(truncated or wrong file)")
-        elif sha256 is not None and digest != sha256:
-            problem = f"sha256 mismatch for {url}: got {digest}, expected {sha256}"
-        elif md5 is not None and md5_digest != md5:
-            problem = f"md5 mismatch for {url}: got {md5_digest}, expected {md5} (published)"
-        if problem is None:
-            break
-        _unlink(part)
-        if resumed and attempt == 0:
-            logger.warning("%s after resuming a partial download; restarting from zero", problem)
-            continue
-        raise ChecksumError(problem + "; nothing was kept in the cache")
-    os.replace(part, target)
-    _fsync_dir(target.parent)
+
+@contextlib.contextmanager
+def _quiet_pooch():
+    """pooch, with its INFO lines (one per download, on stderr) off while we use it."""
+    import pooch
+
+    log = pooch.get_logger()
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield pooch
+    finally:
+        log.setLevel(level)
+
+
+def _fetch_file(url: str, target: Path, *, sha256: str | None, md5: str | None,
+                size: int | None, revalidate: bool, **transfer) -> str:
+    """Make `target` hold the verified bytes of `url` (through `pooch.retrieve`); return their
+    sha256."""
+    if target.is_file():
+        digest, md5_digest = _digests(target)
+        if ((size is None or target.stat().st_size == size) and sha256 in (None, digest)
+                and md5 in (None, md5_digest)):
+            if revalidate:
+                return _revalidate(url, target, digest, **transfer)
+            logger.info("using cached %s", target)
+            return digest
+        logger.warning("cached %s (sha256 %s) does not match its expected size or hash; "
+                       "downloading again", target, digest)
+        target.unlink()
+    elif os.path.lexists(target):
+        raise DownloadError(f"cache path {target} exists and is not a regular file")
+    known = f"sha256:{sha256}" if sha256 else (f"md5:{md5}" if md5 else None)
+    downloader = _Transfer(desc=target.name, size=size, check_complete=sha256 is None,
+                           **transfer)
+    with _quiet_pooch() as pooch:
+        try:
+            pooch.retrieve(url, known_hash=known, fname=target.name, path=target.parent,
+                           downloader=downloader)
+        except (ChecksumError, DownloadError) as e:
+            raise type(e)(f"{e}; nothing was kept in the cache") from None
+        except ValueError:  # pooch's hash check (it deleted the file)
+            alg, want = ("sha256", sha256) if sha256 else ("md5", md5)
+            got = getattr(downloader, alg).hexdigest()
+            raise ChecksumError(f"{alg} mismatch for {url}: got {got}, expected {want}; "
+                                "nothing was kept in the cache") from None
+    from mhmodels.files import _umask
+    os.chmod(target, 0o666 & ~_umask())  # pooch's temporary file was private (0600)
+    digest = downloader.sha256.hexdigest()
     if revalidate:
-        _write_json_atomic(_meta_path(target), {"url": url, "sha256": digest, "etag": info.etag,
-                                                "last_modified": info.last_modified})
+        _write_meta(target, url, digest, downloader)
     return digest
 
 
-def _revalidate(url: str, target: Path, part: Path, digest: str, *, progress: bool,
-                timeout: float) -> str | None:
+def _revalidate(url: str, target: Path, digest: str, **transfer) -> str:
     """Ask the server whether an unverified cached copy is still current (a conditional GET
-    with its ETag / Last-Modified); replace it when the URL now serves other bytes. Returns the
-    new sha256, or None when the cached copy stays. Offline: the cached copy stays, with a
-    warning."""
+    with its ETag / Last-Modified) and replace it when the URL now serves other bytes; return
+    the sha256 of the copy kept. Offline, the cached copy stays, with a warning."""
     try:
         meta = json.loads(_meta_path(target).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -710,31 +618,156 @@ def _revalidate(url: str, target: Path, part: Path, digest: str, *, progress: bo
             headers["If-None-Match"] = meta["etag"]
         if meta.get("last_modified"):
             headers["If-Modified-Since"] = meta["last_modified"]
-    _unlink(part)
-    try:
-        info = _download_http(url, part, size=None, progress=progress, desc=target.name,
-                              timeout=timeout, extra_headers=headers)
-    except DownloadError as e:
-        _unlink(part)
-        warnings.warn(f"could not check whether {url} changed ({e}); using the cached copy "
-                      f"{target}", UnverifiedDownloadWarning, stacklevel=4)
-        return None
-    if info.status == 304:
-        logger.info("cached %s is current (HTTP 304)", target)
-        return None
-    problem = _content_problem(part, info.content_type, check_complete=True)
-    if problem is not None:
-        _unlink(part)
-        raise DownloadError(f"{url}: {problem}; the cached copy {target} was kept")
-    new_digest, _ = _digests(part)
-    if new_digest != digest:
+    downloader = _Transfer(desc=target.name, size=None, check_complete=True, headers=headers,
+                           **transfer)
+    with _quiet_pooch() as pooch:
+        try:
+            with pooch.utils.temporary_file(target.parent) as tmp:
+                downloader(url, tmp)
+                if downloader.not_modified:
+                    logger.info("cached %s is current (HTTP 304)", target)
+                    return digest
+                os.replace(tmp, target)
+        except DownloadError as e:
+            if downloader.arrived:  # the server answered with something unusable
+                raise DownloadError(f"{e}; the cached copy {target} was kept") from None
+            warnings.warn(f"could not check whether {url} changed ({e}); using the cached copy "
+                          f"{target}", UnverifiedDownloadWarning, stacklevel=4)
+            return digest
+    new = downloader.sha256.hexdigest()
+    if new != digest:
         logger.warning("%s changed since it was cached (sha256 %s -> %s); using the new copy",
-                       url, digest, new_digest)
-    os.replace(part, target)
-    _fsync_dir(target.parent)
-    _write_json_atomic(_meta_path(target), {"url": url, "sha256": new_digest, "etag": info.etag,
-                                            "last_modified": info.last_modified})
-    return new_digest
+                       url, digest, new)
+    _write_meta(target, url, new, downloader)
+    return new
+
+
+def _error_reason(error: BaseException) -> str:
+    """The useful part of a requests error ('[Errno 111] Connection refused', not the pool's
+    whole repr)."""
+    text = str(error)
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    return m.group(0).strip() if m else text
+
+
+class _Transfer:
+    """The pooch downloader: one GET (or a local copy) into pooch's temporary file.
+
+    Beyond requests' per-read timeout it abandons a transfer slower than `min_rate` bytes/s
+    over any `timeout`-second window; it updates the progress bar on every read, checks the
+    announced and received sizes, hashes the bytes as they arrive, and refuses a body that is
+    an HTML page or (with no hash to check it) a file cut short."""
+
+    def __init__(self, *, desc: str, size: int | None, check_complete: bool, progress: bool,
+                 timeout: float, min_rate: float, headers: dict[str, str] | None = None):
+        self.desc, self.size, self.check_complete = desc, size, check_complete
+        self.progress, self.timeout, self.min_rate = progress, timeout, min_rate
+        self.headers = headers or {}
+        self.sha256, self.md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        self.etag = self.last_modified = self.content_type = None
+        self.not_modified = False  # a conditional GET answered 304
+        self.arrived = False  # the whole body arrived (later errors are about its content)
+
+    def __call__(self, url: str, output_file: str, pooch=None) -> None:
+        local = _local_source(url)
+        with open(output_file, "wb") as out:
+            if local is not None:
+                self._copy(local, out)
+            else:
+                self._get(url, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if self.not_modified:
+            return
+        self.arrived = True
+        got = os.path.getsize(output_file)
+        if self.size is not None and got != self.size:
+            raise ChecksumError(f"size mismatch for {url}: got {got} bytes, expected "
+                                f"{self.size} (truncated or wrong file)")
+        problem = _content_problem(Path(output_file), self.content_type,
+                                   check_complete=self.check_complete)
+        if problem is not None:
+            raise DownloadError(f"{url}: {problem}")
+
+    def _bar(self, total: int | None):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=self.desc, unit="B", unit_scale=True, unit_divisor=1024,
+                    file=sys.stderr, disable=not self.progress, leave=True)
+
+    def _check_announced(self, url: str, total: int | None) -> None:
+        if self.size is not None and total is not None and total != self.size:
+            raise ChecksumError(f"size mismatch for {url}: it has {total} bytes, expected "
+                                f"{self.size} (truncated or wrong file)")
+
+    def _copy(self, source: Path, out) -> None:
+        if not source.is_file():
+            raise DownloadError(f"local file not found: {source}" if not source.exists()
+                                else f"{source} is not a regular file")
+        total = source.stat().st_size
+        self._check_announced(str(source), total)
+        with open(source, "rb") as src:
+            self._stream(str(source), src.read, out, total)
+
+    def _get(self, url: str, out) -> None:
+        import requests
+
+        headers = {"User-Agent": "mhmodels-weights/2", "Accept-Encoding": "identity",
+                   **self.headers}
+        try:
+            response = requests.get(url, headers=headers, stream=True, timeout=self.timeout)
+        except requests.TooManyRedirects:
+            raise DownloadError(f"{url} redirects in a loop (more than 30 redirects)") from None
+        except requests.RequestException as e:
+            raise DownloadError(f"could not download {url}: {_error_reason(e)}") from None
+        with response:
+            if response.status_code == 304 and self.headers:
+                self.not_modified = True
+                return
+            if response.status_code != 200:
+                raise DownloadError(f"HTTP {response.status_code} {response.reason} while "
+                                    f"downloading {url}")
+            self.etag = response.headers.get("ETag")
+            self.last_modified = response.headers.get("Last-Modified")
+            self.content_type = response.headers.get("Content-Type")
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None and length.isdigit() else None
+            self._check_announced(url, total)
+            # read1: whatever has arrived (urllib3 >= 2.3), so the bar and the rate see each read
+            self._stream(url, getattr(response.raw, "read1", response.raw.read), out, total)
+
+    def _stream(self, url: str, read, out, total: int | None) -> None:
+        received, failure = 0, None
+        window_start, window_bytes = time.monotonic(), 0
+        with self._bar(total) as bar:
+            while True:
+                try:
+                    chunk = read(_CHUNK)
+                except Exception as e:  # noqa: BLE001 - any failed read ends the transfer
+                    failure = e
+                    break
+                if not chunk:
+                    break
+                received += len(chunk)
+                if self.size is not None and received > self.size:
+                    raise ChecksumError(f"{url} sent more than the expected {self.size} bytes")
+                out.write(chunk)
+                self.sha256.update(chunk)
+                self.md5.update(chunk)
+                bar.update(len(chunk))
+                now = time.monotonic()
+                if now - window_start >= self.timeout:
+                    rate = (received - window_bytes) / (now - window_start)
+                    if rate < self.min_rate:
+                        raise DownloadError(
+                            f"download of {url} stalled: {rate:.0f} bytes/s over the last "
+                            f"{now - window_start:.1f} s (minimum {self.min_rate:g} bytes/s)")
+                    window_start, window_bytes = now, received
+        if failure is not None or (total is not None and received < total):
+            reason = f" ({_error_reason(failure)})" if failure is not None else ""
+            raise DownloadError(f"download of {url} was interrupted after {received} of "
+                                f"{total if total is not None else '?'} bytes{reason} (a "
+                                "later call starts again from zero)")
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -742,20 +775,17 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def _content_problem(path: Path, content_type: str | None, *, check_complete: bool
                      ) -> str | None:
-    """Why the downloaded bytes are not a usable file, or None.
+    """Why the bytes at `path` are not a usable file, or None.
 
     An HTML page (an error or log-in page served with status 200) is never a checkpoint. When
     no hash is known, a transfer that ended early without a Content-Length is only visible in
-    the file itself: HDF5 records its length in the superblock, gzip has a trailer, zip a
-    central directory at the end.
+    the file itself: HDF5 records its length in the superblock, gzip has a trailer.
     """
     with open(path, "rb") as f:
         head = f.read(1024)
-    sniff = head.lstrip().lower()
-    if (content_type or "").split(";")[0].strip().lower() == "text/html" or sniff.startswith(
-            (b"<!doctype html", b"<html")):
-        return ("the server returned an HTML page (an error or log-in page?), not a weights "
-                "file")
+    if (content_type or "").split(";")[0].strip().lower() == "text/html" or (
+            head.lstrip().lower().startswith((b"<!doctype html", b"<html"))):
+        return "the server returned an HTML page (an error or log-in page?), not a weights file"
     if not check_complete:
         return None
     size = path.stat().st_size
@@ -773,12 +803,6 @@ def _content_problem(path: Path, content_type: str | None, *, check_complete: bo
                     pass
         except (EOFError, OSError) as e:
             return f"the transfer ended early or the gzip data is damaged ({e})"
-    elif head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path):
-                pass
-        except zipfile.BadZipFile as e:
-            return f"the transfer ended early or the zip file is damaged ({e})"
     return None
 
 
@@ -788,8 +812,7 @@ def _hdf5_end_of_file(head: bytes) -> int | None:
     try:
         if version in (0, 1):
             offsets = head[13]
-            pos = 24 + (4 if version == 1 else 0)
-            pos += 2 * offsets  # base address, free-space info address
+            pos = 24 + (4 if version == 1 else 0) + 2 * offsets  # base, free-space addresses
         elif version in (2, 3):
             offsets = head[9]
             pos = 12 + 2 * offsets  # base address, superblock extension address
@@ -800,303 +823,61 @@ def _hdf5_end_of_file(head: bytes) -> int | None:
         return None
 
 
-def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm  # light, but only needed when downloading
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
-                unit_divisor=1024, file=sys.stderr, disable=not enabled, leave=True)
-
-
-def _copy_local(source: Path, part: Path, *, size: int | None, progress: bool,
-                desc: str) -> None:
-    """Copy a local file into `part` (from zero: a local read cannot be interrupted usefully)."""
-    try:
-        total = source.stat().st_size
-        if not source.is_file():
-            raise DownloadError(f"{source} is not a regular file")
-    except FileNotFoundError:
-        raise DownloadError(f"local file not found: {source}") from None
-    if size is not None and total != size:
-        _unlink(part)
-        raise ChecksumError(f"size mismatch for {source}: it has {total} bytes, expected {size} "
-                            "(truncated or wrong file); nothing was kept in the cache")
-    with open(source, "rb") as src, open(part, "wb") as dst, \
-            _progress_bar(total, 0, desc, progress) as bar:
-        for block in iter(lambda: src.read(_CHUNK), b""):
-            dst.write(block)
-            bar.update(len(block))
-        dst.flush()
-        os.fsync(dst.fileno())
-
-
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
-    """`bytes a-b/total` → (a, b, total); `bytes */total` → (None, None, total)."""
-    if not value:
-        return None, None, None
-    m = _CONTENT_RANGE_RE.match(value)
-    if not m:
-        return None, None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    end = int(m.group(2)) if m.group(2) is not None else None
-    total = int(m.group(3)) if m.group(3) not in (None, "*") else None
-    return start, end, total
-
-
-@dataclasses.dataclass
-class _Response:
-    """What a download learnt from the server besides the bytes."""
-
-    status: int = 200
-    etag: str | None = None
-    last_modified: str | None = None
-    content_type: str | None = None
-
-
-def _download_http(url: str, part: Path, *, size: int | None, progress: bool, desc: str,
-                   timeout: float, extra_headers: dict[str, str] | None = None) -> _Response:
-    """Download `url` into `part`, resuming from its current length with a Range request.
-
-    Leaves `part` in place only when the connection dropped early (so a later call resumes);
-    raises ChecksumError (and deletes `part`) when the server announces the wrong size or
-    sends more than `size` bytes.
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    if size is not None and offset > size:
-        _unlink(part)
-        offset = 0
-    if size is not None and offset == size and offset > 0:
-        return _Response()  # complete from an earlier run that stopped before verifying
-    headers = {"User-Agent": "mhmodels-weights/1", "Accept-Encoding": "identity",
-               **(extra_headers or {})}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        with e:
-            if e.code == 304 and extra_headers:
-                return _Response(status=304)
-            if e.code == 416 and offset:
-                _, _, total = _parse_content_range(e.headers.get("Content-Range"))
-                if total == offset:
-                    return _Response()  # the .part already holds the whole file
-                logger.warning("server refused to resume %s at byte %d; restarting", url, offset)
-                _unlink(part)
-                return _download_http(url, part, size=size, progress=progress, desc=desc,
-                                      timeout=timeout)
-            raise DownloadError(f"HTTP {e.code} {e.reason} while downloading {url}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise DownloadError(f"could not download {url}: {reason}") from e
-
-    with response:
-        status = response.status
-        info = _Response(status=status, etag=response.headers.get("ETag"),
-                         last_modified=response.headers.get("Last-Modified"),
-                         content_type=response.headers.get("Content-Type"))
-        length_header = response.headers.get("Content-Length")
-        try:
-            length = int(length_header) if length_header is not None else None
-        except ValueError:
-            length = None
-        if status == 206 and offset:
-            start, _, total = _parse_content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                logger.warning("server resumed %s at byte %s instead of %d; restarting",
-                               url, start, offset)
-                response.close()
-                _unlink(part)
-                return _download_http(url, part, size=size, progress=progress, desc=desc,
-                                      timeout=timeout)
-            mode = "ab"
-            if total is None and length is not None:
-                total = offset + length
-        elif status == 200:
-            if offset:
-                logger.info("server ignored the Range request for %s; restarting from zero", url)
-                offset = 0
-            mode = "wb"
-            total = length
-        else:
-            raise DownloadError(f"unexpected HTTP status {status} while downloading {url}")
-        if size is not None and total is not None and total != size:
-            _unlink(part)
-            raise ChecksumError(
-                f"size mismatch for {url}: the server has {total} bytes, expected {size} "
-                "(truncated or wrong file); nothing was kept in the cache")
-
-        received = 0
-        too_big = False
-        failure: BaseException | None = None
-        with open(part, mode) as f, _progress_bar(total, offset, desc, progress) as bar:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (http.client.HTTPException, OSError) as e:
-                    failure = e
-                    break
-                if not chunk:
-                    break
-                if size is not None and offset + received + len(chunk) > size:
-                    too_big = True
-                    break
-                f.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-    if too_big:
-        _unlink(part)
-        raise ChecksumError(f"{url} sent more than the expected {size} bytes; "
-                            "nothing was kept in the cache")
-    if failure is not None or (length is not None and received < length):
-        have = offset + received
-        expected = offset + length if length is not None else "?"
-        raise DownloadError(
-            f"download of {url} was interrupted after {have} of {expected} bytes"
-            + (f" ({failure})" if failure is not None else "")
-            + f"; the partial file {part} was kept and the next call resumes it")
-    return info
-
-
 # --------------------------------------------------------------------------------------------
-# Archives
+# Archives (tar.gz). Not pooch's Untar: it applies tarfile's 'data' filter only on Python
+# >= 3.12 and extracts in place (a killed extraction leaves a half directory that its
+# "files exist" check then trusts), and the filter of older Pythons had bypasses
+# (CVE-2025-4517). So the members are checked here before any byte is written.
 # --------------------------------------------------------------------------------------------
 
 
-def _extract_dest(archive: Path, kind: str) -> Path:
+def _extract_cached(archive: Path, digest: str) -> Path:
+    """Extract `archive` once per content hash (a marker in the directory records it) into a
+    temporary directory renamed into place; an unsafe or broken archive is deleted."""
     name = archive.name
-    for suffix in ("." + kind, ".tgz", ".tar.gz", ".zip"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return archive.with_name(name[: -len(suffix)])
-    return archive.with_name(name + "_extracted")
-
-
-def _extract_cached(archive: Path, digest: str, kind: str) -> Path:
-    """Extract `archive` once per content hash; a marker inside the directory records it."""
-    dest = _extract_dest(archive, kind)
+    dest = archive.with_name(name[: -len(".tar.gz")] if name.endswith(".tar.gz") and
+                             len(name) > 7 else name + "_extracted")
     marker = dest / _EXTRACT_MARKER
-    if dest.is_dir() and marker.is_file():
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")).get("sha256") == digest:
-                return dest
-        except (OSError, ValueError):
-            pass
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")).get("sha256") == digest:
+            return dest
+    except (OSError, ValueError):
+        pass
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=archive.parent))
     try:
-        if kind == "zip":
-            _extract_zip(archive, tmp)
-        else:
-            _extract_tar(archive, tmp)
+        with tarfile.open(archive, "r:gz") as tar:
+            members = _validate_tar(tar)
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **extra)
         (tmp / _EXTRACT_MARKER).write_text(json.dumps({"sha256": digest}), encoding="utf-8")
-        old = None
-        if dest.exists() or dest.is_symlink():
+        if os.path.lexists(dest):
             old = Path(tempfile.mkdtemp(prefix=".old-", dir=archive.parent))
             os.replace(dest, old / "d")
-        os.replace(tmp, dest)
-        if old is not None:
+            os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(dest.parent)
+        else:
+            os.replace(tmp, dest)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (ValueError, tarfile.TarError, zipfile.BadZipFile)):
-            # A verified-but-unsafe (or broken) archive must not stay in the cache either.
-            _unlink(archive)
+        if isinstance(e, (ValueError, tarfile.TarError)):  # never keep an unusable archive
+            archive.unlink(missing_ok=True)
+            _prune_empty(archive.parent)
             if not isinstance(e, ValueError):
                 raise ValueError(f"cannot extract {archive.name}: {e}") from e
         raise
     return dest
 
 
-def _inside(link_parent: PurePosixPath, target: str, links: set[PurePosixPath]) -> bool:
-    """Whether a link at `link_parent` pointing to `target` stays inside the archive root
-    (resolved lexically; going *through* another link in the archive is refused)."""
-    if not target or target.startswith("/") or re.match(r"^[A-Za-z]:", target) or (
-            "\x00" in target):
-        return False
-    parts: list[str] = list(link_parent.parts) if str(link_parent) != "." else []
-    pieces = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")]
-    for i, piece in enumerate(pieces):
-        if piece == "..":
-            if not parts:
-                return False
-            parts.pop()
-        else:
-            parts.append(piece)
-            if i < len(pieces) - 1 and PurePosixPath(*parts) in links:
-                return False
-    return True
-
-
 def _validate_tar(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """Refuse absolute names, `..`, special files, links leaving the root, and members written
-    through a link (in any order); tarfile's 'data' filter then re-checks on disk."""
+    """Only regular files and directories with relative names and no `..` (a checkpoint
+    archive holds nothing else): no link, device or fifo, so nothing can leave the root."""
     members = tar.getmembers()
-    paths = [_safe_relpath(info.name) for info in members]
-    links = {rel for info, rel in zip(members, paths) if info.issym() or info.islnk()}
-    for info, rel in zip(members, paths):
-        for parent in rel.parents:
-            if parent in links:
-                raise ValueError(f"archive member {info.name!r} is written through the link "
-                                 f"{parent}")
-        if info.issym() or info.islnk():
-            if sum(1 for other in paths if other == rel) > 1:
-                raise ValueError(f"archive member {info.name!r} is a link that replaces another "
-                                 "member of the same name (outside-pointing trick refused)")
-            if info.issym():
-                ok = _inside(rel.parent, info.linkname, links)
-            else:  # hard links name a member, relative to the archive root
-                try:
-                    _safe_relpath(info.linkname)
-                    ok = _inside(PurePosixPath("."), info.linkname, links)
-                except ValueError:
-                    ok = False
-            if not ok:
-                raise ValueError(f"archive member {info.name!r} links outside the destination "
-                                 f"({info.linkname!r})")
-        elif not (info.isfile() or info.isdir()):
-            raise ValueError(f"archive member {info.name!r} is a device, fifo or other special "
-                             "file")
+    for info in members:
+        _safe_relpath(info.name)
+        if not (info.isfile() or info.isdir()):
+            raise ValueError(f"archive member {info.name!r} is a link or special file; "
+                             "checkpoint archives may hold only files and directories")
     return members
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:gz") as tar:
-        members = _validate_tar(tar)
-        if hasattr(tarfile, "data_filter"):  # defence in depth (Python >= 3.10.12 / 3.11.4)
-            try:
-                tar.extractall(dest, members=members, filter="data")
-            except tarfile.FilterError as e:
-                raise ValueError(f"unsafe archive {archive.name}: {e}") from e
-        else:
-            tar.extractall(dest, members=members)
-
-
-def _extract_zip(archive: Path, dest: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _safe_relpath(info.filename)
-            mode = (info.external_attr >> 16) & 0xFFFF
-            if stat.S_ISLNK(mode):
-                raise ValueError(f"archive member {info.filename!r} is a symlink; symlinks are "
-                                 "not allowed in zip checkpoints")
-        root = dest.resolve()
-        for info in infos:
-            rel = _safe_relpath(info.filename)
-            out = dest.joinpath(*rel.parts)
-            if not out.resolve().is_relative_to(root):
-                raise ValueError(f"archive member {info.filename!r} escapes the destination")
-            if info.is_dir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1141,7 +922,6 @@ def fetch_checkpoint(ckpt: Checkpoint, *, progress: bool = True) -> Path:
     return fetch(ckpt.url, ckpt.sha256, ckpt.size, cache_subdir="checkpoints",
                  filename=ckpt.cache_filename, progress=progress, extract=ckpt.archive,
                  member=ckpt.member, md5=ckpt.md5, pin=not ckpt.pinned)
-
 
 def pin_status(ckpt: Checkpoint) -> str:
     """How a checkpoint's bytes are verified, in words (for `weights list` and messages)."""
@@ -1228,7 +1008,8 @@ def download_tflite(model: str, width: float = 1.0, quantization: str = "float",
                     dataset: str = "imagenet", resolution: int | None = None,
                     progress: bool = True) -> Path:
     """Download a published `.tflite` file (float | dynamic | int8 | uint8) for a zoo model,
-    for users who only need the on-device artefact and not TensorFlow."""
+    for users who only need the on-device artefact: neither this nor `import mhmodels` loads
+    TensorFlow or Keras (the package still needs a TensorFlow installed to import)."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, "
                          f"got {quantization!r}")

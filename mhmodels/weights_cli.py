@@ -7,7 +7,7 @@ ready for an app.
 
 `fetch` prints the path of the cached file. tflite_<q>: the published TFLite file when
 zoo/weights.json lists one, else exported once from the converted ImageNet weights (int8 /
-uint8 calibrated on `mhmodels.pretrained.default_calibration_images`). keras_h5: the published
+uint8 calibrated on `mhmodels.tflite_cache.default_calibration_images`). keras_h5: the published
 keras.applications file as downloaded. keras: our own `.weights.h5`, converted once, which
 `mhmodels.build(name, weights=<path>)` loads with no conversion.
 """
@@ -56,12 +56,12 @@ def list_table(model: str | None = None) -> str:
 def fetch_file(model: str, width: float, fmt: str, resolution: int | None,
                progress: bool = True):
     """The local path of `fmt` for (model, width, resolution); see the module docstring."""
-    from mhmodels import pretrained
     from mhmodels import weights as W
+    from mhmodels.tflite_cache import pretrained_tflite
 
     if fmt.startswith("tflite_"):
-        return pretrained.pretrained_tflite(model, width, fmt[len("tflite_"):],
-                                            resolution=resolution, progress=progress)
+        return pretrained_tflite(model, width, fmt[len("tflite_"):],
+                                 resolution=resolution, progress=progress)
     ckpt = W.find_checkpoint(model, width, W.LOADABLE_FORMATS, resolution=resolution)
     if fmt == "keras_h5":
         if ckpt.format != "keras_h5":
@@ -98,12 +98,13 @@ def main(argv: list[str]) -> None:
         return
     if len(args) != 2:
         raise app.UsageError("fetch needs exactly one model name; " + USAGE)
+    from mhmodels.weights import DownloadError
+
     try:
         path = fetch_file(args[1], FLAGS.width, FLAGS.format, FLAGS.resolution,
                           progress=FLAGS.progress)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except DownloadError as err:  # offline, HTTP error: one `error:` line from mhmodels.cli
+        raise ValueError(str(err)) from None
     note = published_input_note(args[1], FLAGS.width, FLAGS.format, FLAGS.resolution)
     if note:
         print(note, file=sys.stderr)

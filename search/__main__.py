@@ -24,6 +24,7 @@ import time
 from absl import flags
 
 from mhmodels import cli
+from mhmodels.locking import check_unlocked, is_chief_task
 
 FLAGS = flags.FLAGS
 DEFAULT_STEPS = 2000
@@ -36,7 +37,10 @@ flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "ethos_u55", "ethos_u85"
 flags.DEFINE_enum("metric", "max", ["single", "avg", "max"],
                   "Latency metric in the reward: single (one hardware, TuNAS), avg = f_avg "
                   "(paper eq. 7), max = f_max (paper eq. 8).")
-flags.DEFINE_float("beta", -0.07, "Reward latency coefficient beta (< 0): r = A + beta*|f/T-1|.")
+flags.DEFINE_float("beta", None, "Reward latency coefficient beta (< 0): r = A + beta*|f/T-1|. "
+                   "Default: the paper's -0.07 scaled to the held-out batch's accuracy noise, "
+                   "-0.07 * sqrt(4096 / valid_batch_size) (-0.40 at 128 images; see "
+                   "docs/search.md).")
 flags.DEFINE_float("target", 1.0, "Latency target T of the normalised metric f (1.0 = as fast "
                    "as MobileNetV1 on average/worst case).")
 flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
@@ -46,6 +50,9 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir / image folder of --dataset
 flags.DEFINE_integer("image_size", 32, "Search image size (square).")
 flags.DEFINE_integer("batch_size", 32, "Per-replica batch size of both the train and the "
                      "held-out validation batch.")
+flags.DEFINE_integer("valid_batch_size", None, "Per-replica held-out batch whose accuracy "
+                     "enters the reward (default: 4x --batch_size; a larger batch, a less "
+                     "noisy reward).")
 flags.DEFINE_integer("steps", None, f"Search steps (default {DEFAULT_STEPS} when --epochs is "
                      "not given either).")
 flags.DEFINE_float("epochs", None, "Search length in epochs of the search_train split "
@@ -53,8 +60,14 @@ flags.DEFINE_float("epochs", None, "Search length in epochs of the search_train 
 flags.DEFINE_float("warmup_fraction", 0.25, "Fraction of steps with TuNAS's filter and op "
                    "warm-ups (the largest child, and every block's regular + fused ops summed, "
                    "each with a probability decaying 1 -> 0).")
-flags.DEFINE_float("rl_delay_fraction", 0.25, "Fraction of steps before the controller learns "
+flags.DEFINE_float("rl_delay_fraction", 0.5, "Fraction of steps before the controller learns "
                    "(its learning rate is 0 until then; paper: 0.5, TuNAS: 0.25).")
+flags.DEFINE_enum("final", "on_target", ["on_target", "argmax"],
+                  "The published architecture: argmax = every decision's most likely choice "
+                  "(the paper); on_target = the policy's most likely architecture whose "
+                  "predicted f is within --target_tolerance of --target (see docs/search.md).")
+flags.DEFINE_float("target_tolerance", 0.02, "With --final=on_target: the allowed relative "
+                   "distance |f/T - 1| of the predicted f.")
 flags.DEFINE_float("learning_rate", 0.05, "Shared-weights learning rate (cosine decay).")
 flags.DEFINE_float("momentum", 0.9, "Shared-weights optimizer momentum.")
 flags.DEFINE_enum("optimizer", "momentum", ["momentum", "rmsprop"],
@@ -107,10 +120,10 @@ flags.mark_flag_as_required("model_dir")
 
 # `--help` lists the flags under these headings (mhmodels.cli).
 FLAG_GROUPS = {
-    "data": ("dataset", "data_dir", "image_size", "batch_size"),
+    "data": ("dataset", "data_dir", "image_size", "batch_size", "valid_batch_size"),
     "supernet": ("space", "supernet_width", "steps", "epochs", "warmup_fraction",
                  "learning_rate", "momentum", "optimizer", "weight_decay", "seed"),
-    "controller": ("rl_learning_rate", "rl_delay_fraction"),
+    "controller": ("rl_learning_rate", "rl_delay_fraction", "final", "target_tolerance"),
     "reward": ("metric", "beta", "target"),
     "hardware": ("hardware", "cost_model_dir", "measure", "compare", "measure_image_size"),
     "distribution": ("strategy", "tpu", "num_cpu_devices", "steps_per_loop", "jit_compile"),
@@ -128,7 +141,7 @@ def config_from_flags():
         model_dir=FLAGS.model_dir, hardware=tuple(FLAGS.hardware), metric=FLAGS.metric,
         beta=FLAGS.beta, target=FLAGS.target, space=FLAGS.space, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-        steps=steps, epochs=FLAGS.epochs, warmup_fraction=FLAGS.warmup_fraction,
+        valid_batch_size=FLAGS.valid_batch_size, steps=steps, epochs=FLAGS.epochs, warmup_fraction=FLAGS.warmup_fraction,
         rl_delay_fraction=FLAGS.rl_delay_fraction, learning_rate=FLAGS.learning_rate,
         momentum=FLAGS.momentum, optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
         rl_learning_rate=FLAGS.rl_learning_rate, supernet_width=FLAGS.supernet_width,
@@ -138,6 +151,7 @@ def config_from_flags():
         entry_name=FLAGS.entry_name, zoo_dir=FLAGS.zoo_dir,
         cost_model_dir=FLAGS.cost_model_dir, max_steps=FLAGS.max_steps,
         steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile,
+        final=FLAGS.final, target_tolerance=FLAGS.target_tolerance,
         progress=FLAGS.progress and sys.stderr.isatty())
 
 
@@ -147,6 +161,8 @@ def check_flags():
                                validate_config)
     config = config_from_flags()
     validate_config(config)
+    check_unlocked(config.model_dir, "search", chief=is_chief_task(FLAGS.strategy),
+                   flag="--model_dir")  # a second search on one model_dir: refused now
     check_cost_models(config)
     if config.entry_name and finished_entry_name(config.model_dir) != config.entry_name:
         check_entry_name(config.entry_name, config.zoo_dir)  # a clash: before any work
@@ -192,8 +208,14 @@ def main(argv):
     print(f"\nsearch finished: {result.total_steps} steps in {result.wall_s:.0f} s")
     print(f"architecture: {'-'.join(str(int(c)) for c in result.choices)}")
     print("predicted latency (ms): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in result.predicted_latency_ms.items())
-        + f"; f_avg {result.f_avg:.3f}, f_max {result.f_max:.3f}")
+        f"{k} {v:.2f} (f {result.predicted_f[k]:.3f})"
+        for k, v in result.predicted_latency_ms.items())
+        + f"; f_avg {result.f_avg:.3f}, f_max {result.f_max:.3f} (target {config.target:g})")
+    final = result.final
+    if final.get("rule") == "on_target" and final.get("decisions_moved"):
+        print(f"final architecture: the policy's argmax predicted f {final['argmax_predicted_f']:.3f}; "
+              f"{final['decisions_moved']} decision(s) moved to its most likely architecture "
+              f"within {final['tolerance']:.0%} of the target")
     print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
     if FLAGS.measure:
         from .config import make_zoo_visible

@@ -11,7 +11,9 @@ built with `mhmodels.build`, exported once per format the hardware need (one flo
 the float CPU hardware, one int8 export for cpu_int8 and every NPU) with
 `mhmodels.export.export_tflite`, and measured by each hardware's one latency path
 (`search.hardware`: LiteRT timing, vela estimate). Export is the bottleneck (seconds per
-architecture); `--workers=N` builds, exports and measures in N processes. vela's estimates are
+architecture); `--workers=N` builds, exports and measures in N processes. `--export=direct`
+(the command's default) writes each .tflite from the spec instead (`mhmodels.tflite_writer`,
+milliseconds, no Keras model): vela then dominates (benchmarks/collection_rate.py). vela's estimates are
 deterministic, so NPU data can be collected in parallel; CPU timings taken while other
 processes export are slower and noisier (thread CPU time hides pre-emption, not a shared
 cache), so collect CPU hardware with one worker on a quiet machine.
@@ -213,10 +215,33 @@ def measure_key(key: str, hardware: Sequence[Hardware], image_size: int, overrid
     return row
 
 
-def _worker_measure(key, hardware_names, image_size, overrides, space_name) -> dict:
+def measure_key_direct(key: str, hardware: Sequence[Hardware], image_size: int,
+                       overrides: dict, space) -> dict:
+    """`measure_key` with the .tflite written from the spec (`search.hardware.write_formats`,
+    `--export=direct`): no Keras model, no converter."""
+    import mhmodels
+    from .hardware import write_formats
+    t0 = time.time()
+    spec = mhmodels.get_spec(NORMALIZER_MODEL) if key == NORMALIZER_MODEL else \
+        space.decode(space.parse(key))
+    files, profile = write_formats(spec, [hw.quantization for hw in hardware], image_size)
+    row = {"madds_m": profile.madds / 1e6, "params_m": profile.params / 1e6}
+    for hw in hardware:
+        result = hw.measure_tflite(files[hw.quantization], **overrides)
+        for suffix, value in hw.row_values(result).items():
+            row[f"{hw.name}_{suffix}"] = value
+    row.update(arch=key, image_size=image_size, seconds=time.time() - t0)
+    return row
+
+
+MEASURE = {"converter": measure_key, "direct": measure_key_direct}
+
+
+def _worker_measure(key, hardware_names, image_size, overrides, space_name,
+                    export: str = "converter") -> dict:
     from .space import get_space
-    return measure_key(key, [get_hardware(n) for n in hardware_names], image_size, overrides,
-                       get_space(space_name))
+    return MEASURE[export](key, [get_hardware(n) for n in hardware_names], image_size,
+                           overrides, get_space(space_name))
 
 
 def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> np.ndarray:
@@ -241,7 +266,7 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             overrides: dict | None = None, max_seconds: float | None = None,
             progress: bool = True, fused_prob: float | None = None,
             anchors: Sequence[str] = (), workers: int = 1, shard: int = 0,
-            num_shards: int = 1) -> int:
+            num_shards: int = 1, export: str = "converter") -> int:
     """Append measurements until `output` holds `num_archs` architectures; returns the count.
 
     `anchors`: zoo model names inside the space (e.g. multi_max) measured first, as rows keyed
@@ -250,9 +275,32 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
     file gets positions shard, shard + num_shards, ... of the first `num_archs` distinct
     architectures of the seed's sequence (anchors on shard 0 only, the normaliser on every
     shard), so N hosts or processes collect disjoint sets into their own files; `merge`
-    combines them."""
+    combines them. `export`: 'converter' (build + export each model) or 'direct' (write the
+    .tflite from the spec, `search.hardware.EXPORTS`).
+
+    Holds the single-writer lock of `output` (`<output>.lock`, mhmodels.locking): a second
+    collection into the same file refuses."""
+    with output_lock(output):
+        return _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
+                        max_seconds, progress, fused_prob, anchors, workers, shard, num_shards,
+                        export)
+
+
+def output_lock(output: str | os.PathLike):
+    """The single-writer lock of one output CSV (`<output>.lock` beside it)."""
+    from mhmodels.locking import run_lock
+    return run_lock(output, "latency collection", file=True, flag="--output")
+
+
+def _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
+             max_seconds, progress, fused_prob, anchors, workers, shard, num_shards,
+             export) -> int:
     import mhmodels
+    from .hardware import EXPORTS
     from .space import get_space
+
+    if export not in EXPORTS:
+        raise ValueError(f"export must be one of {', '.join(EXPORTS)}, got {export!r}")
 
     for hw in hardware:
         if not hw.measurable:
@@ -365,13 +413,13 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             for i, key in enumerate(source):
                 if out_of_time():
                     break
-                finished(measure_key(key, hardware, image_size, overrides, space))
-                if i % 20 == 19:
+                finished(MEASURE[export](key, hardware, image_size, overrides, space))
+                if export == "converter" and i % 20 == 19:
                     import keras
                     keras.backend.clear_session()
         else:
             _collect_parallel(source, finished, out_of_time, hardware, image_size, overrides,
-                              space_name, workers)
+                              space_name, workers, export)
     finally:
         if bar is not None:
             bar.close()
@@ -379,14 +427,16 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
 
 
 def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrides,
-                      space_name, workers) -> None:
+                      space_name, workers, export: str = "converter") -> None:
     """Keep `workers` processes busy with `keys`; hand each finished row to `finished`."""
     import concurrent.futures as cf
     import multiprocessing
     names = [hw.name for hw in hardware]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    # Converter exports leak memory (fresh workers every 50); written files do not.
     with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init,
-                                max_tasks_per_child=50) as pool:
+                                max_tasks_per_child=50 if export == "converter" else None
+                                ) as pool:
         pending = set()
         source = iter(keys)
         exhausted = False
@@ -398,7 +448,7 @@ def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrid
                         exhausted = True
                         break
                     pending.add(pool.submit(_worker_measure, key, names, image_size,
-                                            overrides, space_name))
+                                            overrides, space_name, export))
                 if not pending:
                     break
                 done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -612,6 +662,11 @@ def define_flags():
                          "into its own --output); combine them with --merge.", lower_bound=1)
     flags.DEFINE_bool("merge", False, "Merge the CSVs given as arguments into --output "
                       "(same hardware configuration, space and image size) and exit.")
+    flags.DEFINE_enum("export", "direct", ["direct", "converter"], "How each measured "
+                      ".tflite is made: 'direct' writes it from the spec "
+                      "(mhmodels.tflite_writer: milliseconds; vela estimates equal to the "
+                      "converter's, CPU timings within noise), 'converter' builds the Keras "
+                      "model and exports it (seconds).")
     flags.DEFINE_integer("workers", 1, "Processes that build, export and measure in parallel "
                          "(NPU estimates are deterministic; time CPU hardware with 1).",
                          lower_bound=1)
@@ -620,19 +675,22 @@ def define_flags():
 def main(argv):
     FLAGS = flags.FLAGS
     if FLAGS.merge:
-        n = merge(argv[1:], FLAGS.output)
+        with output_lock(FLAGS.output):
+            n = merge(argv[1:], FLAGS.output)
         print(f"{FLAGS.output}: {n} architectures from {len(argv) - 1} files")
         return 0
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]} (input CSVs go with --merge)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     hardware = parse_hardware_list(FLAGS.hardware)
+    from mhmodels.locking import check_unlocked
+    check_unlocked(FLAGS.output, "latency collection", file=True, flag="--output")
     overrides = {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
     n = collect(hardware, FLAGS.num_archs, FLAGS.output, FLAGS.space, FLAGS.image_size,
                 FLAGS.seed, overrides,
                 None if FLAGS.max_hours is None else FLAGS.max_hours * 3600.0,
                 fused_prob=FLAGS.fused_prob, anchors=FLAGS.anchors, workers=FLAGS.workers,
-                shard=FLAGS.shard, num_shards=FLAGS.num_shards)
+                shard=FLAGS.shard, num_shards=FLAGS.num_shards, export=FLAGS.export)
     print(f"{FLAGS.output}: {n} architectures")
 
 

@@ -14,11 +14,36 @@ from pathlib import Path
 
 # Fields of the config that must match when resuming from a checkpoint.
 RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
-               "batch_size", "steps", "warmup_fraction", "rl_delay_fraction", "learning_rate",
+               "batch_size", "valid_batch_size", "steps", "warmup_fraction", "rl_delay_fraction",
+               "learning_rate",
                "momentum", "optimizer", "weight_decay", "rl_learning_rate", "supernet_width",
                "seed", "num_replicas")
 
 OPTIMIZERS = ("momentum", "rmsprop")
+FINAL_CHOICES = ("on_target", "argmax")  # how the final architecture is read off the policy
+
+# The paper's beta (-0.07) was set for a reward whose accuracy came from ImageNet batches of the
+# TPU v2-32 job (32 cores x 128 images). The accuracy of an n-image batch has a standard
+# deviation of up to 0.5 / sqrt(n), so at the proxy's 128 images the same latency penalty is
+# drowned by noise 5.7x larger. `scaled_beta` keeps the paper's ratio of penalty to noise:
+# missing T by 10% costs about one standard deviation of the batch accuracy, as -0.07 does at
+# 4096 images (10% x 0.07 = 0.007 ~ 0.5 / sqrt(4096) = 0.0078).
+PAPER_BETA = -0.07
+PAPER_VALID_BATCH = 32 * 128
+VALID_BATCH_FACTOR = 4  # held-out reward batch = 4x the training batch unless set
+
+
+def scaled_beta(valid_batch: int) -> float:
+    """beta for a reward measured on ``valid_batch`` images, at the paper's penalty/noise ratio."""
+    return PAPER_BETA * (PAPER_VALID_BATCH / float(valid_batch)) ** 0.5
+
+
+def resolve_reward_settings(config: "SearchConfig") -> None:
+    """Fill in the defaults that depend on other settings: the held-out batch, then beta."""
+    if config.valid_batch_size is None:
+        config.valid_batch_size = VALID_BATCH_FACTOR * int(config.batch_size)
+    if config.beta is None:
+        config.beta = round(scaled_beta(config.valid_batch_size), 6)
 RESULT_JSON = "result.json"  # written when a search finishes: its entry, for a rerun to report
 
 
@@ -29,17 +54,18 @@ class SearchConfig:
     model_dir: str
     hardware: tuple[str, ...] = ("cpu_float", "cpu_int8", "ethos_u55", "ethos_u85")
     metric: str = "max"
-    beta: float = -0.07
+    beta: float | None = None  # None: scaled_beta(valid_batch_size)
     target: float = 1.0
     space: str = "multi_hw"
     dataset: str = "digits"
     data_dir: str | None = None
     image_size: int = 32
     batch_size: int = 32  # per replica
+    valid_batch_size: int | None = None  # per replica, the reward's accuracy; None: 4x batch
     steps: int | None = None
     epochs: float | None = None
     warmup_fraction: float = 0.25
-    rl_delay_fraction: float = 0.25
+    rl_delay_fraction: float = 0.5  # the paper's (TuNAS: 0.25)
     learning_rate: float = 0.05
     momentum: float = 0.9
     optimizer: str = "momentum"
@@ -58,6 +84,8 @@ class SearchConfig:
     steps_per_loop: int = 1  # search steps per host call (a tf.function loop): TPU jobs
     jit_compile: bool = False  # compile the replica step with XLA (TPUs always do)
     progress: bool = False
+    final: str = "on_target"  # the final architecture: FINAL_CHOICES
+    target_tolerance: float = 0.02  # final='on_target': |f/T - 1| of the predicted f
     num_replicas: int = field(default=1, repr=False)  # filled in by run_search
 
 
@@ -75,6 +103,19 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
     names (not when the caller brings its own cost models). Cost models are checked by
     `check_cost_models`.
     """
+    _check_hardware_and_reward(config, check_hardware)
+    _check_schedule(config)
+    if config.entry_name is not None:
+        from mhmodels.registry import NAME_PATTERN
+        _check(bool(NAME_PATTERN.match(config.entry_name)), "entry_name", config.entry_name,
+               f"must match {NAME_PATTERN.pattern} (lower case letters, digits, underscores; "
+               "a letter first)")
+    _check(bool(config.model_dir), "model_dir", config.model_dir, "is required")
+    if check_files:
+        _check_outside(config)
+
+
+def _check_hardware_and_reward(config: SearchConfig, check_hardware: bool) -> None:
     from . import reward as reward_lib
     from .hardware import get_hardware
     hardware = list(config.hardware)
@@ -90,10 +131,21 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
         reward_lib.check_metric(config.metric, len(hardware))
     except ValueError as err:
         raise ValueError(f"--metric={config.metric}: {err}") from None
-    _check(config.beta <= 0, "beta", config.beta, "must be <= 0 (a latency penalty)")
+    _check(config.beta is None or config.beta <= 0, "beta", config.beta,
+           "must be <= 0 (a latency penalty)")
     _check(config.target > 0, "target", config.target, "must be > 0")
+    _check(0 <= config.target_tolerance < 1, "target_tolerance", config.target_tolerance,
+           "must be in [0, 1) (a relative distance to --target)")
+    _check(config.final in FINAL_CHOICES, "final", config.final,
+           f"must be one of {', '.join(FINAL_CHOICES)}")
+
+
+def _check_schedule(config: SearchConfig) -> None:
+    """Data, steps, optimizers and the run's cadence."""
     _check(config.image_size >= 8, "image_size", config.image_size, "must be >= 8")
     _check(config.batch_size >= 1, "batch_size", config.batch_size, "must be >= 1")
+    _check(config.valid_batch_size is None or config.valid_batch_size >= 1, "valid_batch_size",
+           config.valid_batch_size, "must be >= 1")
     if config.steps is not None and config.epochs is not None:
         raise ValueError("pass --steps or --epochs, not both")
     if config.steps is not None:
@@ -118,14 +170,10 @@ def validate_config(config: SearchConfig, *, check_files: bool = True,
            "keep_checkpoints", config.keep_checkpoints, "must be an integer >= 0")
     if config.max_steps is not None:
         _check(config.max_steps >= 1, "max_steps", config.max_steps, "must be >= 1")
-    if config.entry_name is not None:
-        from mhmodels.registry import NAME_PATTERN
-        _check(bool(NAME_PATTERN.match(config.entry_name)), "entry_name", config.entry_name,
-               f"must match {NAME_PATTERN.pattern} (lower case letters, digits, underscores; "
-               "a letter first)")
-    _check(bool(config.model_dir), "model_dir", config.model_dir, "is required")
-    if not check_files:
-        return
+
+
+def _check_outside(config: SearchConfig) -> None:
+    """What lies outside the config: the dataset folder, writable model and zoo dirs."""
     from mhmodels.files import check_writable_dir
     if config.dataset.startswith("folder"):
         path = config.dataset.split(":", 1)[1] if ":" in config.dataset else ""

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mhmodels.cli import command
 from mhmodels.registry import builtin_zoo_dir
 
 FORMAT_VERSION = 1
@@ -316,7 +317,7 @@ class LinearCostModel:
                 f"cost model for {self.hardware!r} was fitted on a {self.space_name!r} space "
                 f"with {len(self.decision_sizes)} decisions of sizes {list(self.decision_sizes)}"
                 f"; the current space has {len(sizes)} decisions of sizes {list(sizes)}: refit "
-                "it (python -m search.cost_model --fit)")
+                f"it ({command('search.cost_model')} --fit)")
         self.decision_sizes = sizes
         self._sizes = np.asarray(sizes, dtype=np.int64)
         self.layout = build_layout(self.space, self.image_size)
@@ -494,8 +495,8 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
         raise FileNotFoundError(f"no cost model for hardware {hardware!r} in "
                                 f"{', '.join(str(d) for d in cost_model_dirs(directory))} "
                                 f"(available: {', '.join(available) or 'none'}); collect and "
-                                "fit one: python -m search.collect_latency ... && python -m "
-                                "search.cost_model --fit ...")
+                                f"fit one: {command('search.collect_latency')} ... && "
+                                f"{command('search.cost_model')} --fit ...")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -755,7 +756,7 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     if len(y) < MIN_FIT_ARCHS:
         raise ValueError(f"{data}: {len(y)} architectures measured for {hardware}; a fit needs "
                          f"at least {MIN_FIT_ARCHS} (held-out and 5-fold CV checks), "
-                         "python -m search.collect_latency --num_archs=200 appends more")
+                         f"{command('search.collect_latency')} --num_archs=200 appends more")
     image_size = image_size_of(data)
     layout = build_layout(space, image_size)
     n = len(y)
@@ -1013,9 +1014,9 @@ def main(argv):
               f"{m['train_spearman']} MAPE {m['train_mape']}%, normalizer "
               f"{model.normalizer_ms} ms -> {path}")
     if not FLAGS.output_dir:
-        print(f"python -m search reads these before the shipped models ({DEFAULT_DIR})")
+        print(f"{command('search')} reads these before the shipped models ({DEFAULT_DIR})")
     else:
-        print(f"use them with python -m search --cost_model_dir={output_dir}")
+        print(f"use them with {command('search')} --cost_model_dir={output_dir}")
     return 0
 
 

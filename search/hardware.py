@@ -261,6 +261,24 @@ def export_formats(model, formats: Sequence[str], image_size: int | None = None
     return {q: export_bytes(model, q, image_size) for q in dict.fromkeys(formats)}
 
 
+# How collection makes the .tflite it measures: 'direct' writes it from the spec
+# (mhmodels.tflite_writer: milliseconds, no Keras model, no converter; the same graph, vela
+# estimates equal and CPU timings within noise, tests/test_tflite_writer.py), 'converter'
+# builds the Keras model and exports it (mhmodels.export, seconds).
+EXPORTS = ("direct", "converter")
+
+
+def write_formats(spec, formats: Sequence[str], image_size: int = 224):
+    """({format: TFLite bytes}, Profile) of a spec written directly, one file per distinct
+    format (one int8 file serves cpu_int8 and every NPU); the profile is its params / MAdds."""
+    from mhmodels.tflite_writer import write_graph
+    out, profile = {}, None
+    for q in dict.fromkeys(formats):
+        graph = write_graph(spec, quantization=q, input_shape=(image_size, image_size, 3))
+        out[q], profile = graph.to_bytes(), graph.profile
+    return out, profile
+
+
 def measure_all(model, hardware: Sequence[Hardware], image_size: int | None = None,
                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """{hardware name: measure_tflite result}, exporting `model` once per format needed."""

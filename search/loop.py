@@ -40,16 +40,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mhmodels.locking import run_lock
+
 from . import distribute
 from . import reward as reward_lib
 from . import space as space_lib
-from .controller import Controller, replicated_variable
+from .controller import Controller, most_probable_on_target, replicated_variable
 from .supernet import Supernet
 
 log = logging.getLogger("search")
 
 from .config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
-                           default_zoo_dir, validate_config)
+                     default_zoo_dir, resolve_reward_settings, validate_config)
 
 @dataclass
 class SearchResult:
@@ -66,6 +68,8 @@ class SearchResult:
     wall_s: float
     finished: bool
     already_finished: bool = False  # the model_dir held a finished search: nothing was run
+    predicted_f: dict[str, float] = field(default_factory=dict)  # L_i / C_i per hardware
+    final: dict = field(default_factory=dict)  # how the architecture was read off the policy
     objects: dict = field(default_factory=dict, repr=False)  # supernet, controller, strategy
 
 
@@ -106,14 +110,16 @@ def total_steps(config: SearchConfig, global_batch: int) -> int:
     return max(1, int(math.ceil(config.epochs * n / global_batch)))
 
 
-def default_datasets(config: SearchConfig, global_batch: int, start_step: int):
-    """Seeded search_train / search_valid pipelines, skipped to ``start_step`` (exact resume)."""
+def default_datasets(config: SearchConfig, train_batch: int, valid_batch: int,
+                     start_step: int):
+    """Seeded search_train / search_valid pipelines of these global batch sizes, skipped to
+    ``start_step`` (exact resume)."""
     from mhmodels.data import make_dataset
-    common = dict(image_size=config.image_size, batch_size=global_batch,
-                  data_dir=config.data_dir, seed=config.seed)
-    train = make_dataset(config.dataset, "search_train", training=True, **common)
+    common = dict(image_size=config.image_size, data_dir=config.data_dir, seed=config.seed)
+    train = make_dataset(config.dataset, "search_train", training=True,
+                         batch_size=train_batch, **common)
     valid = make_dataset(config.dataset, "search_valid", training=False, repeat=True,
-                         drop_remainder=True, **common)
+                         drop_remainder=True, batch_size=valid_batch, **common)
     return train.skip(start_step), valid.skip(start_step)
 
 
@@ -123,13 +129,21 @@ def _json_config(config: SearchConfig) -> dict:
     return out
 
 
+STATE_FILES = ("search_config.json", "history.json")  # with checkpoints/: a run's state
+
+
+def _fresh_start_hint(model_dir: str) -> str:
+    return (f"to start this search afresh delete {os.path.join(model_dir, 'checkpoints')}, "
+            f"{', '.join(os.path.join(model_dir, n) for n in STATE_FILES)} (or the whole "
+            "directory), or use a new --model_dir")
+
+
 def _read_state(path: str, what: str):
     """A state file of the model_dir, or None; a damaged one is an error naming it."""
     if not tf.io.gfile.exists(path):
         return None
     from mhmodels.files import read_json
-    return read_json(path, what, hint="delete it to start this search afresh, or use a new "
-                     "--model_dir")
+    return read_json(path, what, hint=_fresh_start_hint(os.path.dirname(path)))
 
 
 def _write(path: str, text: str) -> None:
@@ -148,6 +162,20 @@ def _check_resume_config(saved: dict | None, path: str, config: SearchConfig) ->
                          "use a new --model_dir or the same flags to resume")
 
 
+def _check_state_complete(model_dir: str, saved_config: dict | None) -> None:
+    """Checkpoints without their config or history cannot be resumed truthfully (other flags
+    would resume the old weights under new provenance; a lost history renumbers the reward
+    curve): refuse, saying what to delete for a fresh start."""
+    if not tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+        return
+    missing = [n for n, present in zip(STATE_FILES, (
+        saved_config is not None, tf.io.gfile.exists(os.path.join(model_dir, STATE_FILES[1]))))
+        if not present]
+    if missing:
+        raise ValueError(f"{model_dir} has search checkpoints but no {' or '.join(missing)}: "
+                         "it cannot be resumed as the run it was; " + _fresh_start_hint(model_dir))
+
+
 def _finished_result(config: SearchConfig, record: dict, start_time: float):
     """The SearchResult of a finished search whose entry is still in place, else None."""
     path = record.get("entry_path")
@@ -164,12 +192,37 @@ def _finished_result(config: SearchConfig, record: dict, start_time: float):
         logits=[], predicted_latency_ms=dict(prov.get("predicted_latency_ms", {})),
         f_avg=float(prov.get("predicted_f_avg", float("nan"))),
         f_max=float(prov.get("predicted_f_max", float("nan"))), history={},
-        wall_s=time.time() - start_time, finished=True, already_finished=True)
+        wall_s=time.time() - start_time, finished=True, already_finished=True,
+        predicted_f=dict(prov.get("predicted_f", {})),
+        final=dict(prov.get("final_architecture", {})))
 
 
 # --------------------------------------------------------------------------------------------
 # The search
 # --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """What the steps of one search share once it is set up."""
+
+    config: SearchConfig
+    space: space_lib.SearchSpace
+    strategy: tf.distribute.Strategy
+    cost_models: list
+    normalizers: list[float]
+    steps: int
+    entry_path: Path | None
+    num_classes: int
+    supernet: Any = None
+    controller: Any = None
+    optimizer: Any = None
+    step_var: Any = None
+    checkpoint: Any = None
+    manager: Any = None
+    history: dict = field(default_factory=lambda: {"reward": [], "accuracy": [], "f": [],
+                                                   "entropy": []})
+    start: int = 0
+
 
 def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None = None,
                cost_models: Sequence | None = None, space: space_lib.SearchSpace | None = None,
@@ -185,47 +238,68 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         (default: ``search.cost_model.load_cost_model`` of every ``config.hardware``).
       space: the search space (default ``get_space(config.space)``).
       num_classes: of the dataset (default from ``mhmodels.data.dataset_info``).
-      datasets: ``(global_batch, start_step) -> (train_ds, valid_ds)`` of (images, labels)
-        batches (default: ``mhmodels.data.make_dataset`` splits search_train / search_valid).
+      datasets: ``(train_batch, valid_batch, start_step) -> (train_ds, valid_ds)`` of
+        (images, labels) batches of those global sizes (default: ``mhmodels.data.make_dataset``
+        splits search_train / search_valid).
       write_entry: write the zoo entry at the end.
       on_step: called as ``on_step(step, values)`` after every step with numpy per-replica
         values (choices, reward, accuracy, latencies, baseline, mean_reward, ...).
+
+    Holds ``config.model_dir``'s single-writer lock (the chief only; mhmodels.locking).
     """
-    start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
     validate_config(config, check_files=datasets is None,  # before anything is written
                     check_hardware=cost_models is None)
-    space = space or space_lib.get_space(config.space)
-    config.space = space.name
-    config.hardware = tuple(config.hardware)
-    model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
-    config_path = os.path.join(model_dir, "search_config.json")
-    saved_config = _read_state(config_path, "search config")
-    record = _read_state(os.path.join(model_dir, RESULT_JSON), "search result")
-    if config.entry_name is None and saved_config and saved_config.get("entry_name"):
-        config.entry_name = saved_config["entry_name"]  # a resumed search keeps its name
+    with run_lock(config.model_dir, "search", chief=distribute.is_chief(strategy),
+                  flag="--model_dir"):
+        start_time = time.time()
+        run, done = _prepare(config, strategy, cost_models, space, num_classes, datasets,
+                             write_entry, start_time)
+        if done is not None:
+            return done
+        _build_state(run)
+        train_iter, valid_iter = _input_iterators(run, datasets)
+        train_loop = _make_train_loop(run)
+        _run_steps(run, train_loop, train_iter, valid_iter, on_step)
+        return _finish(run, write_entry, start_time)
+
+
+def num_classes_of(config: SearchConfig, num_classes: int | None) -> int:
     if num_classes is None:
         from mhmodels.data import dataset_info
         num_classes = dataset_info(config.dataset, config.data_dir).num_classes
     if num_classes < 2:
         raise ValueError(f"--dataset={config.dataset} has {num_classes} class(es); a search "
                          "needs at least 2")
+    return num_classes
 
-    replicas = strategy.num_replicas_in_sync
-    config.num_replicas = replicas
-    global_batch = config.batch_size * replicas
-    steps = total_steps(config, global_batch)
+
+def _prepare(config, strategy, cost_models, space, num_classes, datasets, write_entry,
+             start_time) -> tuple[_Run | None, SearchResult | None]:
+    """Resolve defaults, check the model_dir's state (settings already validated); a finished
+    search returns its result, and nothing is written before every check has passed."""
+    resolve_reward_settings(config)
+    space = space or space_lib.get_space(config.space)
+    config.space = space.name
+    config.hardware = tuple(config.hardware)
+    model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
+    config_path = os.path.join(model_dir, STATE_FILES[0])
+    saved_config = _read_state(config_path, "search config")
+    record = _read_state(os.path.join(model_dir, RESULT_JSON), "search result")
+    if config.entry_name is None and saved_config and saved_config.get("entry_name"):
+        config.entry_name = saved_config["entry_name"]  # a resumed search keeps its name
+    num_classes = num_classes_of(config, num_classes)
+    config.num_replicas = strategy.num_replicas_in_sync
+    steps = total_steps(config, config.batch_size * config.num_replicas)
     config.steps, config.epochs = steps, None
-    warmup_steps = int(round(config.warmup_fraction * steps))
-    rl_delay_steps = int(round(config.rl_delay_fraction * steps))
     _check_resume_config(saved_config, config_path, config)
     if write_entry and record:
         done = _finished_result(config, record, start_time)
         if done is not None:
             log.debug("%s holds a finished search; its zoo entry is %s", model_dir,
-                     done.entry_path)
-            return done
-
+                      done.entry_path)
+            return None, done
+    _check_state_complete(model_dir, saved_config)
     entry_path = None
     if write_entry:
         config.entry_name = config.entry_name or default_entry_name(config.metric)
@@ -240,46 +314,70 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
                              "mobilenet_v1 row): refit it with a mobilenet_v1 measurement")
     normalizers = [float(cm.normalizer_ms) for cm in cost_models]
     tf.io.gfile.makedirs(model_dir)
+    return _Run(config=config, space=space, strategy=strategy, cost_models=cost_models,
+                normalizers=normalizers, steps=steps, entry_path=entry_path,
+                num_classes=num_classes), None
 
+
+def _build_state(run: _Run) -> None:
+    """Supernet, controller, optimizer and step under the strategy; restore the latest
+    checkpoint (and the history up to it); the chief records the config."""
+    config, strategy = run.config, run.strategy
     with strategy.scope():
-        supernet = Supernet(space, num_classes, width=config.supernet_width, seed=config.seed)
-        controller = Controller(space.num_choices, learning_rate=config.rl_learning_rate,
-                                rl_delay_steps=rl_delay_steps)
-        variables = supernet.trainable_weights
-        optimizer = distribute.WeightOptimizer(variables, kind=config.optimizer,
-                                               momentum=config.momentum,
-                                               weight_decay=config.weight_decay)
-        step_var = replicated_variable(tf.constant(0, tf.int64), "step", trainable=False)
-    checkpoint = tf.train.Checkpoint(supernet=supernet, controller=controller,
-                                     optimizer=optimizer, step=step_var)
-    chief = distribute.is_chief(strategy)
+        run.supernet = Supernet(run.space, run.num_classes, width=config.supernet_width,
+                                seed=config.seed)
+        run.controller = Controller(run.space.num_choices, learning_rate=config.rl_learning_rate,
+                                    rl_delay_steps=int(round(config.rl_delay_fraction
+                                                             * run.steps)))
+        run.optimizer = distribute.WeightOptimizer(
+            run.supernet.trainable_weights, kind=config.optimizer, momentum=config.momentum,
+            weight_decay=config.weight_decay)
+        run.step_var = replicated_variable(tf.constant(0, tf.int64), "step", trainable=False)
+    run.checkpoint = tf.train.Checkpoint(supernet=run.supernet, controller=run.controller,
+                                         optimizer=run.optimizer, step=run.step_var)
+    model_dir = config.model_dir
     # Multi-worker: every worker saves (collective ops), non-chiefs into a scratch directory.
-    ckpt_dir = os.path.join(model_dir, "checkpoints") if chief else os.path.join(
+    ckpt_dir = os.path.join(model_dir, "checkpoints") if _is_chief(run) else os.path.join(
         model_dir, "worker_tmp", str(strategy.cluster_resolver.task_id), "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
-                                         max_to_keep=max(1, config.keep_checkpoints))
-    history_path = os.path.join(model_dir, "history.json")
-    history: dict[str, list[float]] = {"reward": [], "accuracy": [], "f": [], "entropy": []}
+    run.manager = tf.train.CheckpointManager(run.checkpoint, ckpt_dir,
+                                             max_to_keep=max(1, config.keep_checkpoints))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))  # the chief's
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        start = int(step_var.numpy())
-        saved = _read_state(history_path, "search history")
-        if saved is not None:
-            history = {k: v[:start] for k, v in saved.items()}
-        log.info("resumed from %s at step %d", latest, start)
-    else:
-        start = 0
-    if chief:
-        _write(config_path, json.dumps(_json_config(config), indent=2))
+        run.checkpoint.restore(latest).assert_existing_objects_matched()
+        run.start = int(run.step_var.numpy())
+        saved = _read_state(os.path.join(model_dir, STATE_FILES[1]), "search history")
+        run.history = {k: v[:run.start] for k, v in saved.items()}
+        log.info("resumed from %s at step %d", latest, run.start)
+    if _is_chief(run):
+        _write(os.path.join(model_dir, STATE_FILES[0]), json.dumps(_json_config(config),
+                                                                   indent=2))
 
+
+def _is_chief(run: _Run) -> bool:
+    return distribute.is_chief(run.strategy)
+
+
+def _input_iterators(run: _Run, datasets):
+    """Distributed iterators of the train and held-out batches, at the restored step."""
+    config, replicas = run.config, run.strategy.num_replicas_in_sync
+    train_batch = config.batch_size * replicas
+    valid_batch = config.valid_batch_size * replicas
     if datasets is None:
-        train_ds, valid_ds = default_datasets(config, global_batch, start)
+        train_ds, valid_ds = default_datasets(config, train_batch, valid_batch, run.start)
     else:
-        train_ds, valid_ds = datasets(global_batch, start)
-    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
-    valid_iter = iter(strategy.experimental_distribute_dataset(valid_ds))
+        train_ds, valid_ds = datasets(train_batch, valid_batch, run.start)
+    return (iter(run.strategy.experimental_distribute_dataset(train_ds)),
+            iter(run.strategy.experimental_distribute_dataset(valid_ds)))
 
+
+def _make_train_loop(run: _Run):
+    """The tf.function running ``n`` search steps per call (see the module docstring)."""
+    config, strategy, supernet, controller = run.config, run.strategy, run.supernet, \
+        run.controller
+    cost_models, normalizers, step_var = run.cost_models, run.normalizers, run.step_var
+    variables = supernet.trainable_weights
+    replicas, steps = strategy.num_replicas_in_sync, run.steps
+    warmup_steps = int(round(config.warmup_fraction * steps))
     seed = int(config.seed)
     metric, beta, target = config.metric, float(config.beta), float(config.target)
 
@@ -311,8 +409,8 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         f = reward_lib.latency_metric(latencies, normalizers, metric)
         r = reward_lib.reward(accuracy, latencies, normalizers, metric, beta, target)
         stats = controller.update(choices, r, step)
-        optimizer.apply(grads, variables,
-                        distribute.cosine_learning_rate(config.learning_rate, step, steps))
+        run.optimizer.apply(grads, variables,
+                            distribute.cosine_learning_rate(config.learning_rate, step, steps))
         out = {"choices": choices, "reward": r, "accuracy": accuracy, "latencies": latencies,
                "f": tf.cast(f, tf.float32), "loss": loss, "warmup": tf.cast(tf.logical_or(
                    all_ops, tf.reduce_any(tf.not_equal(train_choices, choices))), tf.float32),
@@ -349,87 +447,138 @@ def run_search(config: SearchConfig, *, strategy: tf.distribute.Strategy | None 
         out["probabilities"] = controller.probabilities()  # after the loop's last step
         return out
 
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "summaries")) if chief \
-        else tf.summary.create_noop_writer()
+    return train_loop
+
+
+def _crossed(every: int, before: int, after: int) -> bool:
+    return after // every > before // every
+
+
+def _run_steps(run: _Run, train_loop, train_iter, valid_iter, on_step) -> None:
+    """Steps from the restored one to the end (or --max_steps), with summaries, log lines,
+    the progress bar, history and checkpoints at loop boundaries."""
+    config, history, steps = run.config, run.history, run.steps
+    chief = _is_chief(run)
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "summaries")) \
+        if chief else tf.summary.create_noop_writer()
     stop = steps if config.max_steps is None else min(steps, int(config.max_steps))
     bar = None
-    if config.progress and start < stop:
+    if config.progress and run.start < stop:
         from tqdm import tqdm
-        bar = tqdm(total=stop, initial=start, desc="search", unit="step", dynamic_ncols=True)
-    names = [d.name for d in space.decisions]
-    t_log = time.time()
-    step = start
-    last = None
-
-    def crossed(every: int, before: int, after: int) -> bool:
-        return after // every > before // every
-
+        bar = tqdm(total=stop, initial=run.start, desc="search", unit="step",
+                   dynamic_ncols=True)
+    names = [d.name for d in run.space.decisions]
+    t_log, step, last = time.time(), run.start, None
     while step < stop:
         n = min(int(config.steps_per_loop), stop - step)
-        out = train_loop(train_iter, valid_iter, n)
-        values = {k: v.numpy() for k, v in out.items()}
+        values = {k: v.numpy() for k, v in train_loop(train_iter, valid_iter, n).items()}
         before, step = step, step + n
         for i in range(n):
             last = {k: (v if k == "probabilities" else v[i]) for k, v in values.items()}
-            history["reward"].append(float(np.mean(last["reward"])))
-            history["accuracy"].append(float(np.mean(last["accuracy"])))
-            history["f"].append(float(np.mean(last["f"])))
+            for key in ("reward", "accuracy", "f"):
+                history[key].append(float(np.mean(last[key])))
             history["entropy"].append(float(last["entropy"]))
             if on_step is not None:
                 on_step(before + i + 1, last)
         # Summaries, logs and checkpoints at loop boundaries (the last step of the loop).
-        if crossed(config.summary_every, before, step) or step == stop:
-            _write_summaries(writer, step, last, config.hardware, normalizers, names)
+        if _crossed(config.summary_every, before, step) or step == stop:
+            _write_summaries(writer, step, last, config.hardware, run.normalizers, names)
         if bar is not None:
             bar.update(n)
             bar.set_postfix(reward=f"{history['reward'][-1]:.3f}",
-                            acc=f"{history['accuracy'][-1]:.2f}",
-                            f=f"{history['f'][-1]:.2f}")
-        if crossed(config.log_every, before, step) or step == stop:
-            k = min(config.log_every, len(history["reward"]))
-            rate = (step - max(start, step - config.log_every)) / max(1e-9, time.time() - t_log)
+                            acc=f"{history['accuracy'][-1]:.2f}", f=f"{history['f'][-1]:.2f}")
+        if _crossed(config.log_every, before, step) or step == stop:
+            rate = (step - max(run.start, step - config.log_every)) / max(1e-9,
+                                                                          time.time() - t_log)
             t_log = time.time()
-            log.info("step %d/%d reward %.4f acc %.3f f_%s %.3f entropy %.2f baseline %.4f "
-                     "rl_lr %.3g (%.1f steps/s)", step, steps,
-                     np.mean(history["reward"][-k:]), np.mean(history["accuracy"][-k:]),
-                     metric, np.mean(history["f"][-k:]), history["entropy"][-1],
-                     float(np.mean(last["baseline"])), float(np.mean(last["rl_learning_rate"])),
-                     rate)
-        if crossed(config.checkpoint_every, before, step) or step == steps:
+            _log_progress(config, history, step, steps, last, rate)
+        if _crossed(config.checkpoint_every, before, step) or step == steps:
             # History first: a run killed between the two resumes with a history at least as
             # long as its checkpoint (cut to the checkpoint's step), never a shorter one.
             if chief:
-                _write(history_path, json.dumps(history))
-            manager.save(checkpoint_number=step)
+                _write(os.path.join(config.model_dir, STATE_FILES[1]), json.dumps(history))
+            run.manager.save(checkpoint_number=step)
     if bar is not None:
         bar.close()
     writer.flush()
 
-    finished = int(step_var.numpy()) >= steps
-    choices = controller.argmax()
-    spec = space.decode(choices, name=config.entry_name or "searched",
-                        description=_description(config))
-    predicted = {hw: float(np.asarray(cm.predict(choices[None, :])).reshape(-1)[0])
-                 for hw, cm in zip(config.hardware, cost_models)}
-    lat = np.array([predicted[hw] for hw in config.hardware])
+
+def _log_progress(config, history, step, steps, last, rate) -> None:
+    k = min(config.log_every, len(history["reward"]))
+    log.info("step %d/%d reward %.4f acc %.3f f_%s %.3f entropy %.2f baseline %.4f "
+             "rl_lr %.3g (%.1f steps/s)", step, steps, np.mean(history["reward"][-k:]),
+             np.mean(history["accuracy"][-k:]), config.metric, np.mean(history["f"][-k:]),
+             history["entropy"][-1], float(np.mean(last["baseline"])),
+             float(np.mean(last["rl_learning_rate"])), rate)
+
+
+def predicted_metrics(config: SearchConfig, cost_models, normalizers, choices) -> dict:
+    """The cost models' latency (ms), f_i = L_i / C_i per hardware, f_avg, f_max and the
+    search metric's f of one architecture."""
     from mhmodels.metrics import f_avg, f_max
-    fa, fm = float(f_avg(lat, normalizers)), float(f_max(lat, normalizers))
+    lat = np.array([float(np.asarray(cm.predict(np.asarray(choices)[None, :])).reshape(-1)[0])
+                    for cm in cost_models])
+    return {"latency_ms": dict(zip(config.hardware, lat.tolist())),
+            "f": {hw: float(l / c) for hw, l, c in zip(config.hardware, lat, normalizers)},
+            "f_avg": float(f_avg(lat, normalizers)), "f_max": float(f_max(lat, normalizers)),
+            "metric_f": float(reward_lib.latency_metric(lat, normalizers, config.metric))}
+
+
+def final_architecture(run: _Run) -> tuple[np.ndarray, dict]:
+    """The architecture the search publishes (``config.final``) and how it was read off the
+    policy: the argmax's predicted f, the published one's, and the decisions moved."""
+    config = run.config
+    argmax = run.controller.argmax()
+
+    def predict_f(batch):
+        lat = np.stack([np.asarray(cm.predict(batch), np.float64).reshape(-1)
+                        for cm in run.cost_models], axis=-1)
+        return np.asarray(reward_lib.latency_metric(lat, run.normalizers, config.metric))
+
+    choices = argmax
+    if config.final == "on_target":
+        choices = most_probable_on_target(run.controller.log_probs().numpy(), argmax,
+                                          predict_f, float(config.target),
+                                          float(config.target_tolerance))
+    log_probs = run.controller.log_probs().numpy()
+    rows = np.arange(len(argmax))
+    return choices, {
+        "rule": config.final, "target": float(config.target),
+        "tolerance": float(config.target_tolerance),
+        "argmax_choices": [int(c) for c in argmax],
+        "argmax_predicted_f": float(predict_f(argmax[None])[0]),
+        "predicted_f": float(predict_f(np.asarray(choices)[None])[0]),
+        "decisions_moved": int(np.sum(choices != argmax)),
+        "log_prob_lost": float(np.sum(log_probs[rows, argmax] - log_probs[rows, choices]))}
+
+
+def _finish(run: _Run, write_entry: bool, start_time: float) -> SearchResult:
+    """Decode the final architecture, and (chief, finished) write the zoo entry atomically."""
+    config = run.config
+    finished = int(run.step_var.numpy()) >= run.steps
+    choices, final = final_architecture(run)
+    spec = run.space.decode(choices, name=config.entry_name or "searched",
+                            description=_description(config))
+    predicted = predicted_metrics(config, run.cost_models, run.normalizers, choices)
     result = SearchResult(
-        choices=choices, spec=spec, entry_path=None, steps_done=int(step_var.numpy()),
-        total_steps=steps, logits=controller.logits_numpy(), predicted_latency_ms=predicted,
-        f_avg=fa, f_max=fm, history=history, wall_s=time.time() - start_time,
-        finished=finished,
-        objects={"supernet": supernet, "controller": controller, "strategy": strategy})
-    if write_entry and finished and chief and entry_path is not None:
-        provenance = _provenance(config, space, cost_models, normalizers, result, strategy)
-        write_entry_atomic(entry_path, spec.to_json(extra={"provenance": provenance}))
-        result.entry_path = str(entry_path)
-        _write(os.path.join(model_dir, RESULT_JSON), json.dumps(
-            {"finished": True, "steps": steps, "entry_name": config.entry_name,
-             "entry_path": str(entry_path)}, indent=2))
+        choices=choices, spec=spec, entry_path=None, steps_done=int(run.step_var.numpy()),
+        total_steps=run.steps, logits=run.controller.logits_numpy(),
+        predicted_latency_ms=predicted["latency_ms"], f_avg=predicted["f_avg"],
+        f_max=predicted["f_max"], history=run.history, wall_s=time.time() - start_time,
+        finished=finished, predicted_f=predicted["f"], final=final,
+        objects={"supernet": run.supernet, "controller": run.controller,
+                 "strategy": run.strategy})
+    if write_entry and finished and _is_chief(run) and run.entry_path is not None:
+        provenance = _provenance(config, run.space, run.cost_models, run.normalizers, result,
+                                 run.strategy)
+        write_entry_atomic(run.entry_path, spec.to_json(extra={"provenance": provenance}))
+        result.entry_path = str(run.entry_path)
+        _write(os.path.join(config.model_dir, RESULT_JSON), json.dumps(
+            {"finished": True, "steps": run.steps, "entry_name": config.entry_name,
+             "entry_path": str(run.entry_path)}, indent=2))
         if config.keep_checkpoints == 0:  # the entry is out: the run's state is not needed
-            tf.io.gfile.rmtree(os.path.join(model_dir, "checkpoints"))
-        log.info("wrote zoo entry %s", entry_path)
+            tf.io.gfile.rmtree(os.path.join(config.model_dir, "checkpoints"))
+        log.info("wrote zoo entry %s", run.entry_path)
     return result
 
 
@@ -513,8 +662,10 @@ def _provenance(config, space, cost_models, normalizers, result, strategy) -> di
                              "source": str(getattr(cm, "source", "<given>"))}
                         for hw, cm, c in zip(config.hardware, cost_models, normalizers)},
         "predicted_latency_ms": result.predicted_latency_ms,
+        "predicted_f": result.predicted_f,
         "predicted_f_avg": result.f_avg,
         "predicted_f_max": result.f_max,
+        "final_architecture": result.final,
         "final_logits": {d.name: [round(float(x), 6) for x in lg]
                          for d, lg in zip(space.decisions, result.logits)},
         "reward_history": _reward_summary(result.history),

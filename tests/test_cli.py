@@ -117,3 +117,42 @@ def test_tensorflow_and_absl_info_logs_are_off_unless_verbosity(tmp_path):
         assert re.search(r"^I\d{4} ", loud.stderr, re.M)
     bad = run_plain("summary", "--width=abc")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("module, args", [
+    ("search", ["--nomeasure"]),
+    ("mhmodels.train", ["--model=multi_max"]),
+    ("mhmodels", ["summary", "multi_max"]),
+])
+def test_mhmodels_home_that_is_a_file_fails_at_start_up(tmp_path, module, args):
+    import time
+    home = tmp_path / "home_file"
+    home.write_text("not a directory")
+    start = time.perf_counter()
+    result = run_plain(*args, f"--model_dir={tmp_path / 'run'}" if module != "mhmodels" else
+                       "--width=1.0", module=module, MHMODELS_HOME=str(home / "sub"))
+    seconds = time.perf_counter() - start
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"error: $MHMODELS_HOME={home / 'sub'}: {home} is a file, not a directory (mhmodels "
+        "keeps downloads, zoo entries and cost models there); set MHMODELS_HOME to a directory")
+    assert seconds < 4.0 and not (tmp_path / "run").exists()  # before TensorFlow, before work
+
+
+def test_hints_name_the_search_module_that_runs_here(tmp_path):
+    """A checkout runs `search.X`; an installed copy (or any other directory) `mhmodels.search.X`."""
+    code = ("from mhmodels.cli import command\n"
+            "print(command('search.cost_model'), command('search'), command('mhmodels.train'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    here = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert here.stdout.split("python -m ")[1:] == ["search.cost_model ", "search ",
+                                                   "mhmodels.train\n"]
+    elsewhere = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert elsewhere.stdout.split("python -m ")[1:] == [
+        "mhmodels.search.cost_model ", "mhmodels.search ", "mhmodels.train\n"]
+    # ... and that name runs from there
+    ran = subprocess.run([sys.executable, "-m", "mhmodels.search.cost_model", "--help"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and "--fit" in ran.stdout, ran.stderr

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from search import experiment as E  # noqa: E402
+from search import experiment_report as R  # noqa: E402
 
 
 def _rows(path):
@@ -64,7 +65,7 @@ def test_settings_are_recorded_and_other_settings_refused(tmp_path):
 def test_structure_and_madds_by_stride_of_multi_max():
     import mhmodels
     spec = mhmodels.get_spec("multi_max")
-    s = E.structure(spec)
+    s = R.structure(spec)
     # Table 1 / zoo/models/multi_max.json: 14 regular IBNs, four 5x5, no fused block.
     assert (s["blocks"], s["fused"], s["kernel5"]) == (14, 0, 4)
     assert s["mean_expansion"] == pytest.approx(57 / 14)
@@ -80,30 +81,77 @@ def test_structure_and_madds_by_stride_of_multi_max():
     assert E.spec_digest(mhmodels.get_spec("multi_avg")) != E.spec_digest(spec)
 
 
-def _row(seed, label, top1, fmax, wall, steps=100):
-    return {"seed": seed, "label": label, "group": E._group(label), "top1": top1,
+def _row(seed, label, top1, fmax, wall, steps=100, width=1.0):
+    return {"seed": seed, "label": label, "group": R.group_of(label), "top1": top1,
             "mn_norm_max": fmax, "mn_norm_avg": fmax * 0.9, "search_wall_s": wall,
-            "search_steps": steps}
+            "search_steps": steps, "width": width}
 
 
-def test_table3_sums_the_single_searches_and_keeps_the_best_worst_case():
-    config = E.ExperimentConfig(output_dir="/tmp/x", hardware=("cpu_float", "ethos_u55"))
+def test_paired_difference_on_fixed_numbers():
+    # d = [0.1, -0.2, 0.4, 0.1]: mean 0.1, sd 0.2449, se 0.12247, t(3) 0.975 = 3.18245
+    c = R.paired_difference([1.1, 0.8, 1.4, 1.2], [1.0, 1.0, 1.0, 1.1])
+    assert c["n"] == 4 and c["mean"] == pytest.approx(0.1)
+    assert c["t"] == pytest.approx(0.1 / 0.122474, rel=1e-4)
+    assert (c["low"], c["high"]) == pytest.approx((0.1 - 0.389763, 0.1 + 0.389763), rel=1e-4)
+    one = R.paired_difference([1.0], [0.5])
+    assert one["mean"] == 0.5 and np.isnan(one["low"]) and np.isnan(one["t"])
+
+
+def test_table3_leads_with_the_paired_comparison_against_the_best_single_search():
+    singles = ["single_cpu_float", "single_ethos_u55"]
     rows = [_row(0, "single_cpu_float", 0.80, 1.30, 100), _row(0, "single_ethos_u55", 0.70,
                                                                  1.10, 120),
             _row(0, "searched_avg", 0.75, 1.05, 110), _row(0, "searched_max", 0.78, 1.00, 90),
             _row(1, "single_cpu_float", 0.82, 1.00, 100), _row(1, "single_ethos_u55", 0.72,
                                                                  1.20, 100),
-            _row(1, "searched_avg", 0.74, 1.04, 100), _row(1, "searched_max", 0.80, 1.02, 110)]
-    text, csv_rows = E.table3(config, rows)
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines()
-             if line.startswith("| ") and "strategy" not in line}
-    single = lines["2 single-hardware searches, best measured MN-Norm max kept"]
-    assert "| 2 | 210 ± 14 | 200 ± 0 | 1.050 ± 0.071 | 76.0 ± 8.5 |" in single
-    assert "| 1 | 100 ± 14 | 100 ± 0 | 1.010 ± 0.014 | 79.0 ± 1.4 |" in \
-        lines["one multi-hardware search (max)"]
-    assert "seed 0: single_ethos_u55; seed 1: single_cpu_float" in text
-    assert csv_rows[0]["wall_mean"] == 210 and csv_rows[0]["fmax_mean"] == pytest.approx(1.05)
-    assert [r["searches"] for r in csv_rows] == [2, 1, 1]
+            _row(1, "searched_avg", 0.74, 1.04, 100), _row(1, "searched_max", 0.80, 1.02, 110),
+            _row(1, "searched_max", 0.99, 0.10, 110, width=0.75)]  # other widths: not compared
+    comps = {(c["metric"], c["quantity"]): c for c in R.comparisons(singles, rows)}
+    # max: best single per seed by MN-Norm max is ethos_u55 (1.10), then cpu_float (1.00)
+    c = comps[("max", "MN-Norm max")]
+    assert c["winners"] == ["single_ethos_u55", "single_cpu_float"]
+    assert c["differences"] == pytest.approx([1.00 - 1.10, 1.02 - 1.00])
+    assert c["mean"] == pytest.approx(-0.04)
+    half = 12.7062 * np.std([-0.1, 0.02], ddof=1) / np.sqrt(2)  # t(1) 0.975 = 12.706
+    assert (c["low"], c["high"]) == pytest.approx((-0.04 - half, -0.04 + half), rel=1e-4)
+    assert comps[("max", "top-1")]["differences"] == pytest.approx([8.0, -2.0])
+    assert comps[("avg", "MN-Norm max")]["differences"] == pytest.approx([1.05 - 1.10,
+                                                                          1.04 - 1.00])
+    text, csv_rows = R.table3(singles, rows)
+    assert text.index("best of the single-hardware searches") < text.index("Search cost")
+    assert "| searched_max | MN-Norm max | 2 | 1.010 | 1.050 | -0.040 |" in text
+    assert "no difference resolved" in text and "**" not in text.split("\n", 1)[1]
+    cost = [r for r in csv_rows if r["row"] == "cost"]
+    assert [r["searches"] for r in cost] == [2, 1, 1]
+    assert cost[0]["wall_mean"] == 210 and cost[0]["steps_mean"] == 200
+
+
+def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
+    from search.cost_model import load_cost_model
+    from search.reward import latency_metric
+    from search.space import get_space
+    space = get_space("multi_hw")
+    hardware = ("cpu_float", "ethos_u55")
+    models = {h: load_cost_model(h, space=space) for h in hardware}
+    config = E.ExperimentConfig(output_dir=str(tmp_path), hardware=hardware, random_k=2)
+    searches = {"single_ethos_u55": ("single", ("ethos_u55",), 0.9),
+                "searched_avg": ("avg", hardware, 1.1), "searched_max": ("max", hardware, 1.2)}
+    drawn = {}
+    for label, (metric, hws, f) in searches.items():
+        entries = E.random_control(config, 3, {"label": label, "metric": metric,
+                                               "hardware": list(hws), "predicted_f_metric": f},
+                                   space, models)
+        assert sorted(entries) == [f"random_{label}_0", f"random_{label}_1"]
+        for path in entries.values():
+            choices = np.array(json.loads(Path(path).read_text())["provenance"]["choices"])
+            lat = [float(np.asarray(models[h].predict(choices[None])).reshape(-1)[0])
+                   for h in hws]
+            got = float(latency_metric(lat, [models[h].normalizer_ms for h in hws], metric))
+            assert abs(got / f - 1) <= config.random_tolerance
+            drawn[path] = label
+    assert len(drawn) == 6  # six distinct entries, two per group
+    again = E.random_control(config, 3, {"label": "searched_max"}, space, models)  # recorded
+    assert sorted(again.values()) == sorted(p for p, l in drawn.items() if l == "searched_max")
 
 
 @pytest.mark.slow
@@ -135,7 +183,8 @@ def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path)
     hardware = ["cpu_int8", "ethos_u55"]
     results = _rows(out / "results.csv")
     labels = ["single_cpu_int8", "single_ethos_u55", "searched_avg", "searched_max",
-              "random_0", "multi_max"]
+              "random_single_cpu_int8_0", "random_single_ethos_u55_0", "random_searched_avg_0",
+              "random_searched_max_0", "multi_max"]
     assert sorted(r["label"] for r in results) == sorted(labels)
     measured = [json.loads(p.read_text()) for p in (out / "measure").glob("*.json")]
     # Each distinct architecture once, and the normaliser.
@@ -153,9 +202,17 @@ def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path)
         assert 0.0 <= float(r["top1"]) <= 1.0
         if r["label"].startswith(("single_", "searched_")):
             assert int(r["search_steps"]) == 8 and float(r["search_wall_s"]) > 0
+            f = norm.max() if r["search_metric"] != "avg" else norm.mean()
+            if r["search_metric"] == "single":
+                f = norm[hardware.index(r["label"][len("single_"):])]
+            assert float(r["measured_f"]) == pytest.approx(f, rel=1e-4)
+            assert float(r["predicted_f"]) > 0
+        assert r["binding_hardware"] == hardware[int(np.argmax(norm))]
     table = _rows(out / "table2.csv")
     assert [t["model"] for t in table] == ["single_cpu_int8", "single_ethos_u55",
-                                           "searched_avg", "searched_max", "random (best of K)",
+                                           "searched_avg", "searched_max",
+                                           "random @ single_cpu_int8", "random @ single_ethos_u55",
+                                           "random @ searched_avg", "random @ searched_max",
                                            "multi_max"]
     for t in table:
         for key, value in t.items():
@@ -164,8 +221,10 @@ def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path)
     md = (out / "table2.md").read_text()
     assert md.count("\n| ") == 1 + 1 + len(table)  # header, the normaliser, the models
     assert md.count("\n|---") == 1
-    assert "2 single-hardware searches" in (out / "table3.md").read_text()
-    assert [r["searches"] for r in _rows(out / "table3.csv")] == ["2", "1", "1"]
+    t3 = (out / "table3.md").read_text()
+    assert "2 single-hardware searches" in t3 and "| searched_max | MN-Norm max | 1 |" in t3
+    assert [r["searches"] for r in _rows(out / "table3.csv") if r["row"] == "cost"] == \
+        ["2", "1", "1"]
     structure = (out / "structure.md").read_text()
     for label in labels[:4]:
         assert f"| {label} | 0 |" in structure
@@ -178,5 +237,5 @@ def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path)
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "searches: 4 of 4 already done (kept)" in third.stdout
-    assert "trainings: 6 of 6 already done (kept)" in third.stdout
+    assert "trainings: 9 of 9 already done (kept)" in third.stdout
     assert (out / "results.csv").read_text() == before

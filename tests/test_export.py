@@ -2,7 +2,7 @@
 
 Real images: scikit-learn's digits (upscaled, RGB in [-1, 1]) and its two sample photos.
 Relative error: rel(a, b) = max|a - b| / max|a|, a the Keras reference.
-Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5, 64x64, plus
+Sizes: small by default (width 0.35, 32x32); MHMODELS_TEST_FULL=1: full (width 0.5, 64x64, plus
 the 224x224 int8 conversion timing). Tests marked slow cover every zoo model and the trained
 QAT parity.
 """
@@ -18,7 +18,8 @@ from mhmodels import images
 from mhmodels import export as E
 from mhmodels import qat as Q
 
-FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
+from conftest import FULL  # the one size switch, MHMODELS_TEST_FULL=1
+
 WIDTH = 0.5 if FULL else 0.35
 SIZE = 64 if FULL else 32
 SHAPE = (SIZE, SIZE, 3)
@@ -214,6 +215,31 @@ def test_unwritable_dir_and_bad_calibration_data_fail_before_converting(v3_small
     assert result.size_bytes > 0 and sorted(os.listdir(tmp_path)) == ["q.tflite"]
 
 
+def test_raw_pixel_calibration_is_refused_for_mhmodels_models(v3_small, digits, tmp_path):
+    """Raw [0, 255] pixels would make the int8 input scale ~1.0: three levels for [-1, 1]."""
+    import time
+
+    import keras
+    x, _ = digits
+    raw = np.round((x[:16] + 1.0) * 127.5)  # the same digits as uint8 pixel values
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"representative_data spans \[0, 255\], but mhmodels "
+                       r"models take RGB in \[-1, 1\] \(raw \[0, 255\] pixels\? map images "
+                       r"with mhmodels.preprocess_input\(images\)\)"):
+        E.export_tflite(v3_small, tmp_path / "raw.tflite", quantization="int8",
+                        representative_data=raw)
+    assert time.perf_counter() - start < 1.5 and not os.listdir(tmp_path)  # before converting
+    with pytest.raises(ValueError, match=r"spans \[-2.1\d*, 2.6\d*\]"):  # ImageNet mean/std
+        E.export_tflite(v3_small, tmp_path / "std.tflite", quantization="int8",
+                        representative_data=np.clip(x[:16] * 2.6, -2.1, 2.6))
+    # A model that is not mhmodels' own has its own input rule: [0, 255] is its business.
+    inp = keras.Input((8, 8, 3))
+    own = keras.Model(inp, keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 127.5, -1)(inp)))
+    result = E.export_tflite(own, tmp_path / "own.tflite", quantization="int8",
+                             representative_data=raw[:, :8, :8])
+    assert result.size_bytes > 0
+
+
 # --------------------------------------------------------------------------------------------
 # QAT: trained briefly on digits so the logits mean something, then converted to int8.
 
@@ -271,7 +297,7 @@ def test_qat_int8_matches_qat_keras(trained_qat, tmp_path):
 
 # Float parity in CI for the models that together hold every layer kind of the zoo
 # (depthwise-separable, plain and fused IBNs, ReLU6, 5x5 and 7x7 depthwise, squeeze-excite,
-# hard-swish; the others combine these); every model at full size (MHMODELS_TEST_SIZE=full).
+# hard-swish; the others combine these); every model at full size (MHMODELS_TEST_FULL=1).
 # The int8 / NPU half below runs for every model always.
 FLOAT_PARITY_CI = {"mobilenet_v1", "multi_max", "mobilenet_edgetpu", "mobilenet_v3_large",
                    "proxylessnas_mobile"}
@@ -325,7 +351,7 @@ def test_every_zoo_model(name, digits, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="224x224 timing runs with MHMODELS_TEST_SIZE=full")
+@pytest.mark.skipif(not FULL, reason="224x224 timing runs with MHMODELS_TEST_FULL=1")
 def test_224_qat_int8_conversion_time(tmp_path):
     model = mhmodels.build("multi_avg", 1.0, input_shape=(224, 224, 3))
     qat = Q.quantize(model)

@@ -25,6 +25,7 @@ import pytest
 
 import mhmodels
 from mhmodels import pretrained as P
+from mhmodels.features import endpoint_blocks
 from mhmodels import weights as W
 from mhmodels.images import sample_photos
 
@@ -324,7 +325,7 @@ def test_cli_fetches_a_published_tflite_file(published):
     assert path.read_bytes()[4:8] == b"TFL3" and "unpinned" in done.stderr
     assert "takes imagenet_mean_std input" in done.stderr  # the Model Garden's convention
     missing = _cli("fetch", "multi_max", "--format=tflite_int8", "--noprogress")
-    assert missing.returncode == 1 and "no checkpoints for 'multi_max'" in missing.stderr
+    assert missing.returncode == 2 and "no checkpoints for 'multi_max'" in missing.stderr
 
 
 def test_fetch_exports_a_tflite_from_converted_weights_once(published):
@@ -396,11 +397,11 @@ def test_a_background_first_checkpoint_fills_a_1000_class_model(tmp_path):
 @pytest.mark.parametrize("name", ["multi_avg", "mobilenet_v3_small", "mobilenet_v1"])
 def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
     model = mhmodels.build(name, 0.5, input_shape=(64, 64, 3), num_classes=10)
-    features = P.feature_extractor(model)
+    features = mhmodels.feature_extractor(model)
     x = photos({"input_size": 64})
     maps = [m.numpy() for m in features(x, training=False)]
     assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
-    ends = P.endpoint_blocks(mhmodels.get_spec(name))
+    ends = endpoint_blocks(mhmodels.get_spec(name))
     spec = mhmodels.get_spec(name)
     for stride, got in zip((4, 8, 16, 32), maps):
         index = int(ends[stride][len("block"):])  # last block at that stride
@@ -412,15 +413,50 @@ def test_feature_extractor_endpoints_are_the_classifiers_tensors(name):
         np.testing.assert_array_equal(got, probe(x, training=False).numpy())
     assert features.get_layer("stem").kernel is model.get_layer("stem").kernel  # shared
     with pytest.raises(ValueError, match="strides"):
-        P.feature_extractor(model, strides=(64,))
+        mhmodels.feature_extractor(model, strides=(64,))
 
 
 def test_feature_extractor_on_pretrained_weights(files):
     model = mhmodels.build("mobilenet_v2", 0.35, input_shape=(96, 96, 3),
                            weights=str(files["mobilenet_v2"]), include_top=False)
-    c4, c8, c16, c32 = P.feature_extractor(model).output_shape
+    c4, c8, c16, c32 = mhmodels.feature_extractor(model).output_shape
     assert (c4[1:3], c8[1:3], c16[1:3], c32[1:3]) == ((24, 24), (12, 12), (6, 6), (3, 3))
     assert (c4[3], c32[3]) == (8, 112)  # round8(24 * 0.35), round8(320 * 0.35)
+
+
+def test_build_features_only_gives_the_classifiers_tensors_with_pretrained_weights(files):
+    """build(features_only=True, weights=...): the stride 4/8/16/32 maps are the tensors the
+    pretrained classifier computes at the end of each stride, to the last bit."""
+    shape = (96, 96, 3)
+    classifier = mhmodels.build("mobilenet_v2", 0.35, input_shape=shape,
+                                weights=str(files["mobilenet_v2"]))
+    backbone = mhmodels.build("mobilenet_v2", 0.35, input_shape=shape, features_only=True,
+                              weights=str(files["mobilenet_v2"]))
+    x = photos({"input_size": 96})
+    maps = [m.numpy() for m in backbone(x, training=False)]
+    assert [m.shape for m in maps] == [(4, 24, 24, 8), (4, 12, 12, 16), (4, 6, 6, 32),
+                                       (4, 3, 3, 112)]
+    ends = endpoint_blocks(mhmodels.get_spec("mobilenet_v2"))
+    taps = [[l for l in classifier.layers if l.name.split("_")[0] == ends[s]][-1].output
+            for s in (4, 8, 16, 32)]
+    expected = type(classifier)(classifier.inputs[0], taps)(x, training=False)
+    for got, want in zip(maps, expected):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert np.abs(maps[-1]).mean() > 0.01  # real activations, not zeros
+    stride8, stride32 = mhmodels.build("mobilenet_v2", 0.35, input_shape=(None, None, 3),
+                                       features_only=True, out_indices=(2, -1)).output_shape
+    assert (stride8, stride32) == ((None, None, None, 16), (None, None, None, 112))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"out_indices": (1, 2)}, "features_only=True"),
+    ({"features_only": True, "out_indices": (5,)}, "out_indices must be"),
+    ({"features_only": True, "out_indices": (1, 1)}, "out_indices must be"),
+    ({"features_only": True, "pooling": "avg"}, "pooling does not apply"),
+])
+def test_build_features_only_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mhmodels.build("multi_max", 0.5, input_shape=(64, 64, 3), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

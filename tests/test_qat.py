@@ -1,6 +1,6 @@
 """mhmodels.quantize (mhmodels/qat.py): the QAT twin built with tfmot on the tf_keras build.
 
-Sizes: MHMODELS_TEST_SIZE=small (default: width 0.35, 32x32) or full (width 0.5, 64x64).
+Sizes: small by default (width 0.35, 32x32); MHMODELS_TEST_FULL=1: full (width 0.5, 64x64).
 Per-model coverage (twin + one fit step for every zoo model) is in test_export.py, where the
 same QAT twin is also exported; here: the twin's structure, weight transfer, calibration,
 build-argument handling, and Keras 3 + tfmot in one process.
@@ -18,7 +18,8 @@ from mhmodels import images
 
 from mhmodels import qat as Q
 
-FULL = os.environ.get("MHMODELS_TEST_SIZE", "small") == "full"
+from conftest import FULL  # the one size switch, MHMODELS_TEST_FULL=1
+
 WIDTH = 0.5 if FULL else 0.35
 SIZE = 64 if FULL else 32
 SHAPE = (SIZE, SIZE, 3)
@@ -148,6 +149,9 @@ def test_calibrate_sets_ranges_from_data(v3_small, digits):
     # the input quantizer covers exactly the data's range
     (quant_input,) = [l for l in qat.layers if type(l).__name__ == "QuantizeLayer"]
     assert float(quant_input.quantizer_vars["min_var"].numpy()) == pytest.approx(x[:64].min())
+    with pytest.raises(ValueError, match=r"calibration data spans \[0, 255\].*"
+                       r"mhmodels.preprocess_input\(images\)"):
+        Q.calibrate(qat, np.round((x[:16] + 1.0) * 127.5))
     assert float(quant_input.quantizer_vars["max_var"].numpy()) == pytest.approx(x[:64].max())
     # the logits' range is the range of training-mode logits on that data (up to the small
     # change from refined upstream ranges between the two passes)

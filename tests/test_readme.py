@@ -58,7 +58,7 @@ def _public_functions():
 
 
 # Functions of modules owned elsewhere whose docstrings are not yet in Args/Returns/Raises form.
-DOCSTRINGS_TODO = {"export_tflite", "tflite_ops", "download_tflite", "profile"}
+DOCSTRINGS_TODO = {"download_tflite"}  # mhmodels/weights.py is being rewritten (issue 22)
 
 
 @pytest.mark.parametrize("name, function", list(_public_functions()))

@@ -102,6 +102,9 @@ def test_missing_zoo_dir_is_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ZOO_PATH_ENV, str(tmp_path / "nope"))
     with pytest.warns(UserWarning, match="nope"):
         assert "multi_max" in mhmodels.list_models()
+    # what the docstring promises is what it does: no FileNotFoundError / SpecError
+    raises = mhmodels.list_models.__doc__.split("Raises:")[1]
+    assert "Error" not in raises and "warning" in raises
 
 
 def test_user_zoo_dir_is_listed(tmp_path, monkeypatch):

@@ -138,3 +138,86 @@ def test_reinforce_gradient_direction():
     ctrl.update(tf.constant([2, 1]), tf.constant(1.0), tf.constant(1, tf.int64))
     probs = ctrl.probabilities().numpy()
     assert probs[0].argmax() == 2 and probs[1].argmax() == 1
+
+
+def _synthetic_search(hardware, metric, target, steps=600, seed=3, valid_batch=128):
+    """The real controller and reward over the multi_hw space with the shipped cost models and a
+    synthetic accuracy: smaller models slightly more accurate (as on the digits proxy), plus the
+    binomial noise of a ``valid_batch``-image batch. Returns the controller and f of a batch."""
+    from search.config import scaled_beta
+    from search.cost_model import load_cost_model
+    from search.reward import latency_metric, reward
+    from search.space import get_space
+    space = get_space("multi_hw")
+    models = [load_cost_model(hw, space=space) for hw in hardware]
+    norms = [float(m.normalizer_ms) for m in models]
+    ctrl = Controller(space.num_choices, learning_rate=0.05, rl_delay_steps=steps // 2)
+    beta = scaled_beta(valid_batch)
+    noise = np.random.default_rng(seed).standard_normal(steps).astype(np.float32)
+
+    @tf.function
+    def step(i, z):
+        c = ctrl.sample(tf.stack([tf.constant(seed, tf.int64), i]))
+        lat = tf.stack([tf.reshape(tf.cast(m.predict_tf(c), tf.float32), []) for m in models])
+        f = tf.cast(latency_metric(lat, norms, metric), tf.float32)
+        p = tf.clip_by_value(0.85 - 0.05 * tf.math.log(f), 0.05, 0.99)
+        accuracy = p + tf.sqrt(p * (1 - p) / valid_batch) * z
+        ctrl.update(c, reward(accuracy, lat, norms, metric, beta, target), i)
+
+    for i in range(steps):
+        step(tf.constant(i, tf.int64), tf.constant(noise[i]))
+
+    def f_of(batch):
+        lat = np.stack([np.asarray(m.predict(batch), np.float64).reshape(-1) for m in models], -1)
+        return np.asarray(latency_metric(lat, norms, metric))
+    return ctrl, f_of
+
+
+@pytest.mark.parametrize("hardware, metric, target", [
+    (("ethos_u55",), "single", 0.85),
+    (("cpu_float", "ethos_u55", "ethos_u85"), "max", 1.0),
+])
+def test_search_lands_on_its_target(hardware, metric, target):
+    """A seeded synthetic search: the policy's argmax misses T (the decisions are not
+    converged at this budget), its most likely on-target architecture is within 2%."""
+    from search.controller import most_probable_on_target
+    ctrl, f_of = _synthetic_search(hardware, metric, target)
+    argmax = ctrl.argmax()
+    log_probs = ctrl.log_probs().numpy()
+    final = most_probable_on_target(log_probs, argmax, f_of, target, tolerance=0.02)
+    assert abs(f_of(argmax[None])[0] / target - 1) > 0.04  # the paper's decode misses here
+    assert abs(f_of(final[None])[0] / target - 1) <= 0.02
+    moved = np.flatnonzero(final != argmax)
+    assert 1 <= moved.size <= 6  # a few decisions, each to a choice the policy still weighs
+    assert all(log_probs[d, final[d]] > np.log(0.02) for d in moved)
+
+
+def test_on_target_decode_keeps_an_argmax_already_on_target():
+    from search.controller import most_probable_on_target
+    log_probs = np.log(np.array([[0.7, 0.3], [0.6, 0.4]]))
+    cost = np.array([[1.0, 2.0], [1.0, 3.0]])
+
+    def f_of(batch):
+        return cost[0, batch[:, 0]] + cost[1, batch[:, 1]]
+    start = np.array([0, 0])  # f = 2
+    assert list(most_probable_on_target(log_probs, start, f_of, 2.0)) == [0, 0]
+    # T = 3: decision 0 -> 1 lands exactly (0.85 nats); decision 1 -> 1 (f = 4) is no closer.
+    assert list(most_probable_on_target(log_probs, start, f_of, 3.0)) == [1, 0]
+    # T = 4: decision 1 -> 1 lands exactly for 0.41 nats (score 0.81 nats per unit of
+    # distance) where decision 0 -> 1 gets half way for 0.85 (score 3.4).
+    assert list(most_probable_on_target(log_probs, start, f_of, 4.0)) == [0, 1]
+
+
+def test_scaled_beta_keeps_the_papers_penalty_to_noise_ratio():
+    from search.config import PAPER_BETA, SearchConfig, resolve_reward_settings, scaled_beta
+    assert scaled_beta(4096) == pytest.approx(PAPER_BETA)
+    assert scaled_beta(128) == pytest.approx(-0.07 * 32 ** 0.5)  # -0.396
+    # 10% off target costs the largest standard deviation of the batch accuracy, 0.5/sqrt(n)
+    for n in (32, 128, 1024):
+        assert abs(scaled_beta(n)) * 0.1 == pytest.approx(0.5 / n ** 0.5, rel=0.11)
+    config = SearchConfig(model_dir="x", batch_size=32)
+    resolve_reward_settings(config)
+    assert config.valid_batch_size == 128 and config.beta == pytest.approx(-0.395980, abs=1e-6)
+    config = SearchConfig(model_dir="x", batch_size=32, valid_batch_size=64, beta=-0.1)
+    resolve_reward_settings(config)
+    assert (config.valid_batch_size, config.beta) == (64, -0.1)

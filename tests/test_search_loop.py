@@ -247,6 +247,33 @@ def test_keep_checkpoints(tmp_path, monkeypatch):
     assert again.already_finished and again.entry_path == done.entry_path
 
 
+def test_a_running_search_holds_its_model_dir(tmp_path):
+    """While run_search works, a second search on its --model_dir stops at once, naming it."""
+    import socket
+    import time
+    from mhmodels.locking import LOCK_NAME
+    run_dir = tmp_path / "run"
+    seen = []
+
+    def second_search(step, values):
+        if seen:
+            return
+        holder = json.loads((run_dir / LOCK_NAME).read_text())
+        start = time.perf_counter()
+        other = subprocess.run([sys.executable, "-m", "search", f"--model_dir={run_dir}",
+                                "--nomeasure"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        seen.append((holder, other, time.perf_counter() - start))
+
+    result = run_tiny(run_dir, steps=2, checkpoint_every=2, on_step=second_search)
+    (holder, other, seconds), = seen
+    assert holder["pid"] == os.getpid() and holder["what"] == "search"
+    assert other.returncode == 2 and seconds < 4.0  # before TensorFlow loads (see test_cli)
+    assert other.stderr.startswith(f"error: --model_dir={run_dir} is in use by search on host "
+                                   f"{socket.gethostname()}, pid {os.getpid()}, started ")
+    assert result.finished and not (run_dir / LOCK_NAME).exists()  # released at the end
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     """Run 8 steps killed after step 5 (checkpoints every 4), resume to 8 in a new process:
     same controller logits and reward history as one uninterrupted 8-step run."""
@@ -359,3 +386,50 @@ def test_compare_latency_normalises_measured_rows_by_mobilenet_v1_measured_here(
 
 if __name__ == "__main__":
     subprocess_main(*sys.argv[1:5])
+
+
+def test_checkpoints_without_their_state_files_are_refused_with_true_advice(tmp_path):
+    """Deleting history.json or search_config.json of a run with checkpoints would resume the
+    old weights under new flags or a renumbered history: refused, naming what to delete."""
+    run = tmp_path / "run"
+    run_tiny(run, max_steps=4)
+    for name in ("history.json", "search_config.json"):
+        saved = (run / name).read_bytes()
+        (run / name).unlink()
+        with pytest.raises(ValueError) as err:
+            run_tiny(run, seed=8 if name == "search_config.json" else 7)
+        message = str(err.value)
+        assert f"no {name}" in message and str(run / "checkpoints") in message
+        (run / name).write_bytes(saved)
+    # The advice works: deleting what it names starts from step 0 with the new flags.
+    import shutil
+    shutil.rmtree(run / "checkpoints")
+    for name in ("history.json", "search_config.json"):
+        (run / name).unlink()
+    fresh = run_tiny(run, seed=8)
+    assert fresh.steps_done == 8 and len(fresh.history["reward"]) == 8
+    assert json.loads((run / "search_config.json").read_text())["seed"] == 8
+
+
+def test_entry_records_predicted_f_and_lands_on_target(tmp_path, monkeypatch):
+    """The entry's provenance holds f_i = L_i / C_i per hardware and how the architecture was
+    read off the policy; the published one is within the tolerance of T, the argmax is not."""
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
+    space = tiny_space()
+    cms = [StandInCostModel(space, "hw_a", 1), StandInCostModel(space, "hw_b", 2, 0.5)]
+    uniform = np.stack([space.sample(np.random.default_rng(i)) for i in range(200)])
+    f_max = np.maximum(cms[0].predict(uniform) / 10.0, cms[1].predict(uniform) / 10.0)
+    target = float(np.quantile(f_max, 0.1))  # far from where 8 steps leave the argmax (0.92)
+    result = run_tiny(tmp_path / "run", write_entry=True, entry_name="tiny_on_target",
+                      zoo_dir=str(tmp_path / "zoo"), target=target)
+    prov = json.loads(Path(result.entry_path).read_text())["provenance"]
+    lat = prov["predicted_latency_ms"]
+    assert prov["predicted_f"] == pytest.approx({hw: lat[hw] / 10.0 for hw in lat})
+    assert prov["predicted_f_max"] == pytest.approx(max(prov["predicted_f"].values()))
+    final = prov["final_architecture"]
+    assert final["rule"] == "on_target" and final["decisions_moved"] >= 1
+    assert abs(final["argmax_predicted_f"] / target - 1) > 0.02
+    assert abs(prov["predicted_f_max"] / target - 1) <= 0.02
+    assert final["predicted_f"] == pytest.approx(prov["predicted_f_max"])
+    argmax = run_tiny(tmp_path / "argmax", target=target, final="argmax")
+    assert argmax.choices.tolist() == final["argmax_choices"]

@@ -106,7 +106,29 @@ def test_bad_settings_fail_before_training(tmp_path):
         T.make_strategy("tpu", None)
     with pytest.raises(ValueError, match="--sync_batch_norm is for float training"):
         T.train(config(tmp_path, qat=True, sync_batch_norm=True))
+    # a bucket URL is not silently turned into a local 'gs:/b/run' directory
+    with pytest.raises(ValueError, match="--model_dir=gs://b/run: training writes a local"):
+        T.train(config("gs://b/run"))
     assert not any(tmp_path.iterdir())  # refused before anything was written
+    assert not (Path.cwd() / "gs:").exists()
+
+
+def test_run_files_are_written_atomically(tmp_path):
+    """Run files go through files.atomic_write (a unique temporary name, fsync, rename), not
+    a fixed '<name>.tmp' that a second writer or a leftover of a crash would collide with."""
+    path = tmp_path / "run.json"
+    (tmp_path / "run.json.tmp").mkdir()  # the old fixed temporary name, taken
+    T._write_json(path, {"step": 1})
+    T._write_json(path, {"step": 2})
+    assert json.loads(path.read_text()) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "run.json.tmp"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_sync_batch_norm_reaches_every_batch_norm():
@@ -150,14 +172,16 @@ def test_mismatched_checkpoint_says_which_and_why(tmp_path):
                        weights=str(path))
     assert str(path) in str(err.value) and "num_classes=10" in str(err.value)
     assert len(str(err.value)) < 400
+    assert err.value.head_only  # what training may replace (a new classifier), and only that
     with pytest.raises(WeightsMismatchError, match="another width") as err:
         mhmodels.build("multi_max", 0.5, input_shape=(32, 32, 3), num_classes=10,
                        weights=str(path))
-    assert len(str(err.value)) < 400
+    assert len(str(err.value)) < 400 and not err.value.head_only
     with pytest.raises(WeightsMismatchError, match="another architecture") as err:
         mhmodels.build("multi_avg", 0.25, input_shape=(32, 32, 3), num_classes=10,
                        weights=str(path))
     assert "'multi_avg_0.25_32'" in str(err.value) and len(str(err.value)) < 400
+    assert not err.value.head_only
     # the matching build still loads
     mhmodels.build("multi_max", 0.25, input_shape=(32, 32, 3), num_classes=10,
                    weights=str(path), include_top=False)
@@ -333,3 +357,30 @@ def test_qat_fine_tunes_the_fake_quant_twin(tmp_path):
     start = mhmodels.build("multi_max", 0.35, input_shape=(32, 32, 3), num_classes=10,
                            weights=base.weights_path)
     assert not np.array_equal(start.get_layer("stem").get_weights()[0], kernel)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+def test_top5_is_reported_only_with_more_than_5_classes(num_classes):
+    """On 2 classes every label is in the top 5: a 1.0 that says nothing is not reported."""
+    import keras
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(32, 4)).astype(np.float32)
+    labels = rng.integers(0, num_classes, 32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(num_classes)])
+    strategy = tf.distribute.get_strategy()
+    step = T._make_eval_step(tf, strategy, model, num_classes)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    metrics = T._run_eval(strategy, step, ds, "validation", num_classes)
+    logits = model(images).numpy()
+    assert metrics["top1"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert metrics["count"] == 32
+    text = T.format_metrics(metrics)
+    if num_classes > 5:
+        in_top5 = (np.argsort(-logits, 1)[:, :5] == labels[:, None]).any(1)
+        assert metrics["top5"] == pytest.approx(in_top5.mean()) and metrics["top5"] < 1.0
+        assert "top-5" in text
+    else:
+        assert "top5" not in metrics and "top-5" not in text
+        assert text.startswith(f"top-1 {metrics['top1']:.4f}  loss ")

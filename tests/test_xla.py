@@ -34,10 +34,10 @@ def _search(tmp_path, name, **overrides):
 def test_search_data_has_static_shapes():
     from search.loop import default_datasets
     from test_search_loop import tiny_config
-    train, valid = default_datasets(tiny_config("unused"), 8, 0)
-    for ds in (train, valid):
+    train, valid = default_datasets(tiny_config("unused"), 8, 24, 0)
+    for ds, n in ((train, 8), (valid, 24)):
         images, labels = ds.element_spec
-        assert images.shape.as_list() == [8, 16, 16, 3] and labels.shape.as_list() == [8]
+        assert images.shape.as_list() == [n, 16, 16, 3] and labels.shape.as_list() == [n]
 
 
 @pytest.mark.slow
