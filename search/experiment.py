@@ -82,6 +82,7 @@ class ExperimentConfig:
     random_k: int = 3  # per search group, matched on that group's predicted f
     random_tolerance: float = 0.05
     widths: tuple[float, ...] = (0.75, 1.0, 1.25)  # every model also at these multipliers
+    calibration_archs: int = 24  # CPU cost models calibrated on this host first (0: as found)
     measure_image_size: int = 224
     measure_rounds: int = 5  # timed hardware: rounds over all architectures, min kept
     dataset: str = "digits"
@@ -100,7 +101,7 @@ class ExperimentConfig:
 # --mode=small: every kind of unit once, each as small as it gets (CI).
 SMALL = dict(seeds=1, search_steps=8, train_steps=8, batch_size=16, random_k=1,
              measure_image_size=32, measure_rounds=2, baselines=("multi_max",), widths=(1.0,),
-             random_tolerance=0.2)
+             random_tolerance=0.2, calibration_archs=0)
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -126,9 +127,13 @@ def validate(config: ExperimentConfig) -> None:
                              ("random_k", config.random_k, 0),
                              ("image_size", config.image_size, 32),
                              ("measure_image_size", config.measure_image_size, 32),
-                             ("measure_rounds", config.measure_rounds, 1)):
+                             ("measure_rounds", config.measure_rounds, 1),
+                             ("calibration_archs", config.calibration_archs, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"--{flag}={value}: must be an integer >= {low}")
+    if 0 < config.calibration_archs < 10:
+        raise ValueError(f"--calibration_archs={config.calibration_archs}: 0 (no calibration) "
+                         "or at least 10")
     if not config.width > 0:
         raise ValueError(f"--width={config.width}: must be > 0")
     if not config.target > 0:
@@ -176,6 +181,34 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
     return read_json(path, what, hint="delete it to redo that unit")
 
 
+def experiment_cost_models(config: ExperimentConfig) -> str:
+    """<output_dir>/cost_models: the cost models every search of the experiment uses, the
+    files themselves (provenance). The CPU ones are calibrated on this host, the host that
+    measures the results (``--calibration_archs`` architectures and MobileNetV1 timed in
+    interleaved rounds), so search and evaluation share one scale; the NPU ones (vela is
+    host-independent) are copies of the loader's. Made once, reused by every rerun."""
+    from .cost_model import calibrate_cost_models, calibrated_file_name, load_cost_model
+    from .hardware import hardware_id
+    out = Path(config.output_dir) / "cost_models"
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = [h for h in config.hardware if calibrated_file_name(h)]
+    todo = [h for h in cpu if not (out / calibrated_file_name(h)).is_file()]
+    if todo and config.calibration_archs:
+        print(f"calibrating the {', '.join(todo)} cost model(s) on this host "
+              f"({config.calibration_archs} architectures)", flush=True)
+        calibrate_cost_models(todo, num_archs=config.calibration_archs,
+                              image_size=config.measure_image_size, output_dir=out,
+                              progress=False)
+    for hw in config.hardware:
+        target = out / f"{hardware_id(hw)}.json"
+        if hw in cpu and (out / calibrated_file_name(hw)).is_file() or target.is_file():
+            continue
+        source = Path(load_cost_model(hw).source)
+        from mhmodels.files import atomic_write
+        atomic_write(target, source.read_bytes())
+    return str(out)
+
+
 def run_search_unit(config: ExperimentConfig, seed: int, label: str, metric: str,
                     hardware: Sequence[str], done_path: str) -> dict:
     """One search (resuming from its checkpoint); its zoo entry goes to <output_dir>/zoo."""
@@ -189,7 +222,7 @@ def run_search_unit(config: ExperimentConfig, seed: int, label: str, metric: str
         model_dir=str(model_dir), hardware=tuple(hardware), metric=metric, beta=config.beta,
         target=config.target, dataset=config.dataset, data_dir=config.data_dir,
         image_size=config.image_size, batch_size=config.batch_size, steps=steps,
-        supernet_width=config.width, seed=seed, checkpoint_every=max(10, steps // 4),
+        cost_model_dir=experiment_cost_models(config), supernet_width=config.width, seed=seed, checkpoint_every=max(10, steps // 4),
         keep_checkpoints=1, log_every=max(1, steps // 4), entry_name=entry_name(seed, label),
         zoo_dir=str(out / "zoo"))
     start = time.time()
@@ -475,7 +508,7 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     seeds = list(range(config.seeds))
     hardware = [get_hardware(h) for h in config.hardware]
     space = get_space("multi_hw")
-    cost_models = load_cost_models(config.hardware, space)
+    cost_models = load_cost_models(config.hardware, space, experiment_cost_models(config))
 
     # 1. Searches.
     work = []
@@ -606,6 +639,9 @@ def define_flags() -> None:
     flags.DEFINE_float("random_tolerance", 0.05, "Relative tolerance of the random control's "
                        "match on predicted f.")
     flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency measurements.")
+    flags.DEFINE_integer("calibration_archs", 24, "Before searching, calibrate the CPU cost "
+                         "models on this host with this many architectures (0: use the ones "
+                         "found, shipped or yours), so that search and evaluation share a scale.")
     flags.DEFINE_integer("measure_rounds", 5, "Timing rounds over all architectures on timed "
                          "hardware (this CPU); each architecture's minimum is kept.")
     flags.DEFINE_string("dataset", "digits", "Dataset of search and training "
@@ -620,7 +656,7 @@ FLAG_GROUPS = {
     "searches": ("hardware", "search_steps", "target", "beta", "width", "widths"),
     "training": ("train_steps", "image_size", "batch_size", "dataset", "data_dir"),
     "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size",
-                   "measure_rounds"),
+                   "measure_rounds", "calibration_archs"),
 }
 
 

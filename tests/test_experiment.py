@@ -44,6 +44,8 @@ def test_validate_names_the_flag():
         (dict(random_tolerance=1.5), "--random_tolerance=1.5"),
         (dict(beta=0.1), "--beta=0.1"),
         (dict(image_size=16), "--image_size=16"),
+        (dict(calibration_archs=5), "--calibration_archs=5"),
+        (dict(widths=(0.75, 1.25)), "--widths=0.75,1.25"),
     ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -221,6 +223,8 @@ def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path)
     md = (out / "table2.md").read_text()
     assert md.count("\n| ") == 1 + 1 + len(table)  # header, the normaliser, the models
     assert md.count("\n|---") == 1
+    used = sorted(p.name for p in (out / "cost_models").glob("*.json"))
+    assert used == ["cpu_int8.json", "ethos_u55.json"]  # small mode: no calibration, copies
     t3 = (out / "table3.md").read_text()
     assert "2 single-hardware searches" in t3 and "| searched_max | MN-Norm max | 1 |" in t3
     assert [r["searches"] for r in _rows(out / "table3.csv") if r["row"] == "cost"] == \
