@@ -41,6 +41,8 @@ from mhmodels.latency import LatencyResult, measure_tflite
 from mhmodels.vela import PRESETS as NPU_PRESETS  # name -> (accelerator, system, memory mode)
 from mhmodels.vela import VelaConfig, VelaEstimate
 
+from .host import current_host
+
 # The per-model statistic the CPU cost models are fitted on: the minimum over the timed runs
 # of the calling thread's CPU time per invocation (mhmodels.latency, 1 thread). CPU time does
 # not count time spent pre-empted by other jobs on a shared machine (wall-clock medians and
@@ -173,7 +175,8 @@ class LiteRTHardware(Hardware):
         from importlib.metadata import version
         return {"tool": "litert", "litert_version": version("ai-edge-litert"),
                 "quantization": self.quantization, "use_xnnpack": self.use_xnnpack,
-                "threads": self.threads, "statistic": self.statistic, "host": _host()}
+                "threads": self.threads, "statistic": self.statistic,
+                "host": current_host(self.threads)["cpu_model"]}
 
     def column_suffixes(self) -> tuple[str, ...]:
         return ("ms", "median_ms", "min_ms")
@@ -339,18 +342,6 @@ def export_zoo_models(models: Mapping[str, Mapping[str, Any]], formats: Sequence
             except Exception as err:
                 out[name] = err
     return out
-
-
-def _host() -> str:
-    """The CPU model name: CPU milliseconds belong to the host they were measured on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
 
 
 def read_latency_csv(path: str | os.PathLike) -> dict[str, float]:
