@@ -455,8 +455,13 @@ def with_grouped_conv(model, form: str):
     The same function: a copy built by `build_model` from the model's build record in the same
     front-end, the weights copied by name, a native grouped kernel (K, K, Cin/g, Cout) handed
     to the split form's per-group convs `{name}_g{i}` as its output-channel slices (and
-    concatenated back the other way). `model` itself when it is already in `form`.
+    concatenated back the other way).
 
+    Args:
+      model: a Keras 3 or tf_keras model built by `build_model` (it carries a build record).
+      form: 'native' (one grouped Conv2D) or 'split' (split -> conv per group -> concat).
+    Returns:
+      The model in `form`, computing the same logits; `model` itself when already in `form`.
     Raises:
       ValueError: `form` is not a known form, or `model` has no build record (not built by
         `build_model` in this process).
@@ -471,7 +476,7 @@ def with_grouped_conv(model, form: str):
                          f"build_model(..., grouped_conv={form!r})")
     if args.grouped_conv == form:
         return model
-    frontend = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras"
+    frontend = frontend_of(model)
     target = build_model(**{**args.kwargs(), "grouped_conv": form}, frontend=frontend,
                          name=model.name)
     source = {layer.name: layer for layer in model.layers if layer.weights}

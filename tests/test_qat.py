@@ -259,6 +259,7 @@ def test_quantize_a_model_reloaded_from_a_keras_file(tmp_path, digits):
 
 def _wrapping_models():
     import keras
+    keras.utils.set_random_seed(3)  # untrained outputs are ~1e-3: the same ones in every order
     base = mhmodels.build("mobilenet_v3_small", WIDTH, input_shape=SHAPE, include_top=False,
                           pooling="avg")
     image = keras.Input(SHAPE)
@@ -278,7 +279,7 @@ def test_quantize_a_model_that_wraps_a_zoo_backbone(tmp_path, digits):
         assert not any(hasattr(layer, "layers") for layer in twin.layers)  # flat for tfmot
         a = outer(x[:8], training=False).numpy()
         b = twin(x[:8], training=False).numpy()
-        assert np.abs(a).max() > 1e-3
+        assert np.abs(a).max() > 1e-4  # not all zero: the tolerance below is relative to it
         np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max())
     qat = Q.quantize(functional, calibration_data=x)
     wrapped = {layer.layer.name for layer in qat.layers if hasattr(layer, "layer")}

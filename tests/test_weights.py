@@ -21,6 +21,8 @@ import pytest
 from archives import tar_gz
 from mhmodels import weights as W
 
+ROOT = Path(__file__).resolve().parents[1]
+
 DATA = random.Random(1234).randbytes(300_000)  # several 64 KiB chunks
 SHA = hashlib.sha256(DATA).hexdigest()
 
@@ -104,12 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
         if srv.truncate_at is not None:
             body = body[: srv.truncate_at]  # announce everything, send part, hang up
             self.close_connection = True
-        if srv.interrupt_client:  # send part, then Ctrl-C the client while it waits for more
+        if srv.interrupt_client:  # send part, then hold on while the test Ctrl-C's the client
             self.wfile.write(body[: len(body) // 3])
             self.wfile.flush()
-            time.sleep(0.1)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            srv.stop.wait(5)
+            srv.partial_sent.set()
+            srv.stop.wait(60)
             self.close_connection = True
             return
         self.wfile.write(body)
@@ -137,6 +138,7 @@ class _Server(ThreadingHTTPServer):
         self.redirects: dict[str, str] = {}
         self.trickle: tuple[int, float] | None = None
         self.interrupt_client = False
+        self.partial_sent = threading.Event()  # an interrupted response sent its first part
         self.stop = threading.Event()  # ends trickles and interrupted responses
 
     def url(self, path: str) -> str:
@@ -274,9 +276,22 @@ def test_ctrl_c_then_another_file_of_the_same_size_is_never_spliced(server, isol
     server.files["/s.bin"] = DATA
     server.etags["/s.bin"] = '"one"'
     server.interrupt_client = True
-    with pytest.raises(KeyboardInterrupt):
-        W.fetch(server.url("/s.bin"), progress=False)  # unpinned: no hash could catch a splice
-    server.stop.set()
+    # A real Ctrl-C, of a real process (pytest-xdist workers do not turn SIGINT into
+    # KeyboardInterrupt): the fetch is unpinned, so no hash could catch a splice.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mhmodels import weights as W; "
+         "W.fetch(sys.argv[1], progress=False)", server.url("/s.bin")],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.partial_sent.wait(120), "the download never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        server.stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
     assert cache_entries(isolated_env) == []
     server.interrupt_client = False
     server.files["/s.bin"] = other
