@@ -76,7 +76,8 @@ def build_rows(hardware, searches: dict, trainings: dict, normalizers: list[floa
 
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # every row's, in order
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -226,9 +227,10 @@ def table3(single_labels: Sequence[str], rows: list[dict]) -> tuple[str, list[di
         digits = 1 if c["quantity"] == "top-1" else 3
         ci = (f"[{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]" if np.isfinite(c["low"])
               else "-")
+        t = f"{c['t']:.2f}" if np.isfinite(c["t"]) else "-"
         lines.append(f"| searched_{c['metric']} | {c['quantity']} | {c['n']} | "
                      f"{c['multi_mean']:.{digits}f} | {c['best_single_mean']:.{digits}f} | "
-                     f"{c['mean']:+.{digits}f} | {ci} | {c['t']:.2f} | {_verdict(c)} |")
+                     f"{c['mean']:+.{digits}f} | {ci} | {t} | {_verdict(c)} |")
     for m in MULTI_METRICS:
         winners = next((c["winners"] for c in comps if c["metric"] == m), [])
         if winners:
