@@ -325,15 +325,14 @@ def draw_matched(space, cost_models, metric: str, target_f: float, k: int, toler
                  rng: np.random.Generator, max_draws: int = 200_000) -> tuple[list, int]:
     """``k`` uniform architectures whose predicted f (``metric`` over ``cost_models``) is
     within ``tolerance`` of ``target_f``, and how many draws that took."""
-    from .reward import latency_metric
+    from .loop import predicted_f
     normalizers = [float(c.normalizer_ms) for c in cost_models]
     found: list[np.ndarray] = []
     tries = 0
     while len(found) < k and tries < max_draws:
         batch = np.stack([space.sample(rng) for _ in range(256)])
         tries += len(batch)
-        lat = np.stack([np.asarray(c.predict(batch)).reshape(-1) for c in cost_models], -1)
-        f = np.asarray(latency_metric(lat, normalizers, metric))
+        f = predicted_f(cost_models, normalizers, metric, batch)
         found += list(batch[np.abs(f / target_f - 1.0) <= tolerance][: k - len(found)])
     return found, tries
 

@@ -512,16 +512,26 @@ def _log_progress(config, history, step, steps, last, rate) -> None:
              float(np.mean(last["rl_learning_rate"])), rate)
 
 
+def predicted_latencies(cost_models, batch) -> np.ndarray:
+    """``[n, H]`` ms: every cost model's prediction for a batch ``[n, D]`` of architectures."""
+    return np.stack([np.asarray(cm.predict(np.asarray(batch)), np.float64).reshape(-1)
+                     for cm in cost_models], axis=-1)
+
+
+def predicted_f(cost_models, normalizers, metric: str, batch) -> np.ndarray:
+    """``[n]``: the metric's f (search.reward) of each architecture, from the cost models."""
+    return np.asarray(reward_lib.latency_metric(predicted_latencies(cost_models, batch),
+                                                normalizers, metric))
+
+
 def predicted_metrics(config: SearchConfig, cost_models, normalizers, choices) -> dict:
-    """The cost models' latency (ms), f_i = L_i / C_i per hardware, f_avg, f_max and the
-    search metric's f of one architecture."""
+    """The cost models' latency (ms), f_i = L_i / C_i per hardware, f_avg and f_max of one
+    architecture."""
     from mhmodels.metrics import f_avg, f_max
-    lat = np.array([float(np.asarray(cm.predict(np.asarray(choices)[None, :])).reshape(-1)[0])
-                    for cm in cost_models])
+    lat = predicted_latencies(cost_models, np.asarray(choices)[None, :])[0]
     return {"latency_ms": dict(zip(config.hardware, lat.tolist())),
             "f": {hw: float(l / c) for hw, l, c in zip(config.hardware, lat, normalizers)},
-            "f_avg": float(f_avg(lat, normalizers)), "f_max": float(f_max(lat, normalizers)),
-            "metric_f": float(reward_lib.latency_metric(lat, normalizers, config.metric))}
+            "f_avg": float(f_avg(lat, normalizers)), "f_max": float(f_max(lat, normalizers))}
 
 
 def final_architecture(run: _Run) -> tuple[np.ndarray, dict]:
@@ -529,18 +539,15 @@ def final_architecture(run: _Run) -> tuple[np.ndarray, dict]:
     policy: the argmax's predicted f, the published one's, and the decisions moved."""
     config = run.config
     argmax = run.controller.argmax()
+    log_probs = run.controller.log_probs().numpy()
 
     def predict_f(batch):
-        lat = np.stack([np.asarray(cm.predict(batch), np.float64).reshape(-1)
-                        for cm in run.cost_models], axis=-1)
-        return np.asarray(reward_lib.latency_metric(lat, run.normalizers, config.metric))
+        return predicted_f(run.cost_models, run.normalizers, config.metric, batch)
 
     choices = argmax
     if config.final == "on_target":
-        choices = most_probable_on_target(run.controller.log_probs().numpy(), argmax,
-                                          predict_f, float(config.target),
+        choices = most_probable_on_target(log_probs, argmax, predict_f, float(config.target),
                                           float(config.target_tolerance))
-    log_probs = run.controller.log_probs().numpy()
     rows = np.arange(len(argmax))
     return choices, {
         "rule": config.final, "target": float(config.target),
