@@ -43,7 +43,7 @@ from typing import Any, Mapping
 from mhmodels.cli import filtered_native_stderr
 from mhmodels.files import atomic_write, check_writable_dir
 
-from mhmodels.weights import QUANTIZATIONS  # one definition, on the low floor
+from mhmodels.weights_manifest import QUANTIZATIONS  # one definition, on the low floor
 # Dtypes allowed on every op of a full-integer graph (int32: biases, shapes, axes).
 INTEGER_DTYPES = frozenset({"int8", "int32"})
 DEFAULT_CALIBRATION_SAMPLES = 200

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -483,43 +482,19 @@ def test_model_garden_mismatches_are_refused(mg_checkpoints):
         P.from_model_garden(mg_checkpoints["multi_avg"], "mobilenet_v2", 0.35)
 
 
-@pytest.fixture
-def mg_published(mg_checkpoints, http_root, tmp_path, monkeypatch):
-    """The Multi-AVG 0.35 fixture served as a Model Garden checkpoint archive (the trainer's
-    files in a tar.gz) with a manifest entry like one for a published float checkpoint."""
-    root, base = http_root
-    prefix = mg_checkpoints["multi_avg"]
-    with tarfile.open(root / "multi_avg_ckpt.tar.gz", "w:gz") as tar:
-        for path in sorted(prefix.parent.glob(prefix.name + ".*")):
-            tar.add(path, arcname=f"multi_avg/{path.name}")
-    entry = {"model": "multi_avg", "width": 0.35, "resolution": 64, "format": "tf_checkpoint",
-             "dataset": "imagenet", "classes": 10, "source": "model_garden",
-             "input": "imagenet_mean_std", "url": f"{base}/multi_avg_ckpt.tar.gz",
-             "archive": "tar.gz", "member": f"multi_avg/{prefix.name}.index", "sha256": None,
-             "size": None}
-    use_manifest(monkeypatch, tmp_path / "weights.json", [entry])
-    return entry
-
-
-def test_build_weights_imagenet_downloads_a_model_garden_checkpoint(mg_published,
-                                                                    mg_checkpoints, tmp_path):
+def test_build_weights_loads_a_model_garden_checkpoint(mg_checkpoints, tmp_path):
+    """A TF checkpoint is several files and the Model Garden publishes none for these models
+    (zoo/weights.json), so it is loaded from a local path: `weights='<prefix>.index'`."""
     entry = MG_INDEX["multi_avg"]
-    with pytest.warns(W.UnpinnedCheckpointWarning):
-        model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), weights="imagenet")
+    index = str(mg_checkpoints["multi_avg"]) + ".index"
+    model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), weights=index)
     assert model.output_shape == (None, 10)  # the class count comes from the checkpoint
     assert model.layers[1].name == "input_normalization"  # [-1, 1] in, like every model
     theirs = np.load(MG_FIXTURES / entry["logits"])
     assert rel_err(model(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
-    by_path = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3),
-                             weights=str(mg_checkpoints["multi_avg"]) + ".index")
-    assert rel_err(by_path(photos(entry), training=False).numpy(), theirs) <= TOLERANCE
-    from mhmodels import weights_cli
-
-    with pytest.raises(ValueError, match="would not carry the input normalisation"):
-        weights_cli.fetch_file("multi_avg", 0.35, "keras", None, progress=False)
     plain = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), num_classes=10)
     with pytest.raises(P.ArchitectureMismatch, match="input normalisation"):
-        P.load_weights(plain, "imagenet")  # never loaded into a network fed another input
+        P.load_weights(plain, index)  # never loaded into a network fed another input
     P.load_model_garden(plain, mg_checkpoints["multi_avg"])  # what that would give: off by
     assert rel_err(plain(photos(entry), training=False).numpy(), theirs) > 1e-3  # 5.6e-3
     import keras
@@ -569,9 +544,9 @@ def _train_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # two training-CLI runs, ~70 s
-def test_train_evaluates_and_fine_tunes_the_published_checkpoint_offline(
-        mg_published, mg_checkpoints, tmp_path):
-    """`python -m mhmodels.train --mode=eval --init_weights=imagenet` downloads, converts and
+def test_train_evaluates_and_fine_tunes_a_model_garden_checkpoint_offline(
+        mg_checkpoints, tmp_path):
+    """`python -m mhmodels.train --mode=eval --init_weights=<prefix>.index` converts and
     scores the checkpoint exactly as mhmodels.build(weights=<file>) does on the same images;
     `--mode=train` starts from it with a new 3-class head, and evaluating that run scores it
     as its final weights in the checkpoint's network do."""
@@ -579,13 +554,13 @@ def test_train_evaluates_and_fine_tunes_the_published_checkpoint_offline(
 
     from mhmodels import data as D
 
+    index = str(mg_checkpoints["multi_avg"]) + ".index"
     data = image_folder(tmp_path / "data", classes=10, per_class=1)
-    done = _train_cli("--mode=eval", "--init_weights=imagenet", f"--dataset=folder:{data}",
+    done = _train_cli("--mode=eval", f"--init_weights={index}", f"--dataset=folder:{data}",
                       f"--model_dir={tmp_path / 'e'}")
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads((tmp_path / "e" / "eval_validation.json").read_text())
-    model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3),
-                           weights=str(mg_checkpoints["multi_avg"]) + ".index")
+    model = mhmodels.build("multi_avg", 0.35, input_shape=(64, 64, 3), weights=index)
 
     def check_scores(got: dict, model, folder: Path, count: int) -> None:
         logits, labels = [], []
@@ -603,7 +578,7 @@ def test_train_evaluates_and_fine_tunes_the_published_checkpoint_offline(
     check_scores(got, model, data, 10)
 
     three = image_folder(tmp_path / "three", classes=3, per_class=2)
-    done = _train_cli("--mode=train", "--init_weights=imagenet", f"--dataset=folder:{three}",
+    done = _train_cli("--mode=train", f"--init_weights={index}", f"--dataset=folder:{three}",
                       "--steps=1",
                       "--learning_rate=1e-9", "--seed=0", f"--model_dir={tmp_path / 't'}")
     assert done.returncode == 0, done.stderr[-3000:]
