@@ -19,7 +19,7 @@ widths x 4 resolutions and MobileNetV2 at 6 x 5), and each field has one source,
   for Multi-AVG / Multi-MAX / MobileNet-EdgeTPU as a downloadable file (the QAT configs'
   `pretrained_original_checkpoint` paths are redacted, 'gs://**/...'; the segmentation config's
   'gs://tf_model_garden/vision/mobilenet/v3.5multiavg_seg_float/' is a folder whose file names
-  are not published). mhmodels loads such a checkpoint from a path or a manifest entry.
+  are not published). mhmodels loads such a checkpoint from its local files only.
 
     python tools/make_weights_manifest.py      # rewrites zoo/weights.json
 """
