@@ -515,6 +515,32 @@ def test_keras_cached_file_is_used_without_download(server, isolated_env, tmp_pa
     assert got.is_relative_to(isolated_env) and got.read_bytes() == data
 
 
+def test_unpinned_keras_cached_file_is_pinned_on_first_use(server, tmp_path, monkeypatch):
+    """keras publishes no hash for its V1/V2 files: the copy keras cached is used in place, its
+    sha256 recorded like a first download's, and a later change of it is never trusted."""
+    data = _hdf5_bytes(tmp_path)
+    entry = {"model": "mobilenet_v1", "width": 1.0, "format": "keras_h5", "dataset": "imagenet",
+             "url": server.url("/k/mobilenet_1_0_224_tf.h5"), "sha256": None, "size": None,
+             "resolution": 224, "classes": 1000, "source": "keras_applications"}
+    (tmp_path / "m.json").write_text(json.dumps({"format_version": 1, "checkpoints": [entry]}))
+    monkeypatch.setenv("MHMODELS_WEIGHTS_MANIFEST", str(tmp_path / "m.json"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    mirror = tmp_path / "keras_home" / "models" / "mobilenet_1_0_224_tf.h5"
+    mirror.parent.mkdir(parents=True)
+    mirror.write_bytes(data[: len(data) // 2])  # a copy cut short is never trusted
+    server.files["/k/mobilenet_1_0_224_tf.h5"] = data
+    with pytest.warns(W.UnpinnedCheckpointWarning, match="this first download"):
+        assert W.resolve_weights("mobilenet_v1", 1.0, "imagenet", progress=False) != mirror
+    W.pins_path().unlink()
+    mirror.write_bytes(data)
+    with pytest.warns(W.UnpinnedCheckpointWarning, match="keras's cached copy"):
+        assert W.resolve_weights("mobilenet_v1", 1.0, "imagenet", progress=False) == mirror
+    assert W.read_pins()[entry["url"]]["sha256"] == sha(data)
+    mirror.write_bytes(data[:-1] + b"x")  # changed after it was pinned: our verified copy
+    got = W.resolve_weights("mobilenet_v1", 1.0, "imagenet", progress=False)
+    assert got != mirror and got.read_bytes() == data and len(server.requests) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Local sources
 # --------------------------------------------------------------------------------------------
@@ -730,7 +756,7 @@ def test_checkpoint_formats_have_one_suffix_table_and_quantizations_one_definiti
     import mhmodels.export
 
     assert mhmodels.export.QUANTIZATIONS is W.QUANTIZATIONS
-    assert not hasattr(W, "_sha256_file")  # dead code gone (hashing is pooch's and _digests)
+    assert not hasattr(W, "_sha256_file")  # dead code gone (hashing is pooch.file_hash)
 
 
 def test_weights_fetch_offline_is_one_error_line(tmp_path):
