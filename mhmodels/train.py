@@ -262,7 +262,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError("training needs --model_dir (checkpoints, logs and weights go there)")
     if cfg.mode == "eval" and not cfg.model_dir and not cfg.init_weights:
         raise ValueError("--mode=eval needs the weights to evaluate: --model_dir of a training "
-                         "run or --init_weights (a .weights.h5 path, a URL or 'imagenet'); "
+                         "run or --init_weights (a .weights.h5 path, a URL, 'imagenet' or a "
+                         "Model Garden <prefix>.index); "
                          "evaluating random initial weights says nothing")
     if cfg.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
@@ -274,18 +275,25 @@ def _check_config(cfg: TrainConfig) -> None:
 PUBLISHED_DATASETS = ("imagenet",)
 
 
+def _publisher_network(weights: str | None) -> bool:
+    """Whether `weights` needs its publisher's exact network (`pretrained.build_pretrained`):
+    a published dataset name, or the `.index` of a TF (Model Garden) checkpoint, which no
+    manifest lists (none is published as a download) and which Keras cannot load as is."""
+    return weights in PUBLISHED_DATASETS or str(weights or "").endswith(".index")
+
+
 def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
            network_of: str | None = None):
     """The Keras 3 float model (init weights loaded) and, with qat, its fake-quant twin.
 
-    network_of: a published dataset (`PUBLISHED_DATASETS`) whose checkpoint's exact network
+    network_of: a published checkpoint (`_publisher_network`) whose exact network
     (input normalisation included) a run was fine-tuned as; `cfg.init_weights` then replaces
     its weights.
     """
     import mhmodels
 
     shape = (image_size, image_size, 3)
-    if network_of in PUBLISHED_DATASETS and cfg.init_weights not in PUBLISHED_DATASETS:
+    if _publisher_network(network_of) and not _publisher_network(cfg.init_weights):
         from mhmodels import pretrained
         from mhmodels.loading import load_weights
 
@@ -294,7 +302,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
                                             skip_mismatched_head=True)
         if cfg.init_weights:
             load_weights(model, cfg.init_weights)
-    elif cfg.init_weights and cfg.init_weights in PUBLISHED_DATASETS:
+    elif _publisher_network(cfg.init_weights):
         # A published checkpoint (keras.applications, Model Garden): the publisher's exact
         # network (input normalisation included) with its weights converted onto our layers;
         # its classifier is replaced when fine-tuning on another class count.
@@ -305,7 +313,7 @@ def _build(cfg: TrainConfig, spec, num_classes: int, image_size: int,
     else:
         model = mhmodels.build(spec, cfg.width, input_shape=shape, num_classes=num_classes,
                                dropout=cfg.dropout)
-    if cfg.init_weights and network_of is None and cfg.init_weights not in PUBLISHED_DATASETS:
+    if cfg.init_weights and network_of is None and not _publisher_network(cfg.init_weights):
         from mhmodels import weights as weights_lib
 
         from mhmodels.loading import WeightsMismatchError, load_weights
@@ -1045,9 +1053,9 @@ def _define_run_flags(define, d: TrainConfig) -> None:
     define(_BOOL, "qat", False, "Fine-tune the fake-quant (QAT) twin of the model "
            "(mhmodels.quantize) instead of the float model; usually with "
            "--init_weights of a trained float model.")
-    define(_STR, "init_weights", None, "Initial weights: a .weights.h5 path, a URL or "
-           "'imagenet' (a mismatched head is skipped). In eval mode: the weights "
-           "to evaluate.")
+    define(_STR, "init_weights", None, "Initial weights: a .weights.h5 path, a URL, "
+           "'imagenet' or a Model Garden <prefix>.index (a mismatched head is skipped). "
+           "In eval mode: the weights to evaluate.")
     define(_ENUM, "mode", d.mode, list(MODES), "train, eval (top-1 / top-5 of "
            "--init_weights or --model_dir), or train_and_eval (evaluate every "
            "epoch and at the end).")

@@ -460,13 +460,14 @@ def fetch_checkpoint(ckpt: Checkpoint, *, progress: bool = True) -> Path:
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
     mirror = keras_home / "models" / ckpt.cache_filename  # where keras caches it
     if ckpt.format == "keras_h5" and mirror.is_file():
-        from pooch.hashes import hash_matches
+        import pooch
 
         recorded = read_pins().get(ckpt.url, {}).get("sha256")
-        known = _known_hash(ckpt.sha256 or recorded, ckpt.md5)
-        if hash_matches(str(mirror), known) and _content_problem(
-                mirror, None, check_complete=known is None) is None:
-            if known is None:
+        alg, want = (("md5", ckpt.md5) if ckpt.md5 and not ckpt.sha256
+                     else ("sha256", ckpt.sha256 or recorded))
+        if want in (None, pooch.file_hash(str(mirror), alg=alg)) and _content_problem(
+                mirror, None, check_complete=want is None) is None:
+            if want is None:
                 _record_pin(ckpt.url, mirror, f"keras's cached copy {mirror}")
             logger.info("using keras's cached %s", mirror)
             return mirror
