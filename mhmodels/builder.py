@@ -248,44 +248,20 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
     k = keras_module(frontend)
     check_data_format(k)
     shape = _input_shape_of(spec, input_shape, input_tensor, include_top)
-    if include_top:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if grouped_conv not in GROUPED_CONV_FORMS:
-        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {grouped_conv!r}")
-
+    _check_head_options(num_classes, include_top, pooling, dropout, grouped_conv)
     resolved = resolve(spec, width, in_channels=shape[2])
     inputs, x = _inputs(k, shape, input_tensor)
     if input_normalization is not None:
-        scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
-        if len(scale) != shape[2] or len(offset) != shape[2]:
-            raise ValueError(f"input_normalization needs {shape[2]} scales and offsets, got "
-                             f"{input_normalization!r}")
-        input_normalization = (scale, offset)
+        input_normalization = _checked_normalization(input_normalization, shape[2])
+        scale, offset = input_normalization
         x = k.layers.Rescaling(list(scale), list(offset), name="input_normalization")(x)
     for r in resolved:
         if r.name.startswith("top"):
             break
         x = L.block(k, x, r.layer, r.filters, r.hidden, r.se_squeeze, r.name,
                     groups=r.groups, grouped_conv=grouped_conv)
-
     if include_top:
-        x = k.layers.GlobalAveragePooling2D(keepdims=bool(spec.top), name="pool")(x)
-        for r in resolved:
-            if r.name.startswith("top"):
-                x = L.block(k, x, r.layer, r.filters, r.hidden, r.se_squeeze, r.name)
-        if spec.top:
-            x = k.layers.Flatten(name="flatten")(x)
-        if dropout > 0:
-            x = k.layers.Dropout(dropout, name="dropout")(x)
-        # Logits in float32 under mixed precision (float16 logits overflow the softmax).
-        x = k.layers.Dense(num_classes, activation=classifier_activation,
-                           kernel_initializer=L.dense_init(k), name="classifier",
-                           dtype="float32" if _mixed_compute(k) else None)(x)
+        x = _classifier(k, x, spec, resolved, num_classes, dropout, classifier_activation)
     elif pooling == "avg":
         x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     elif pooling == "max":
@@ -296,6 +272,46 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
                                            pooling, float(dropout), classifier_activation,
                                            input_normalization, grouped_conv))
     return model
+
+
+def _check_head_options(num_classes, include_top: bool, pooling, dropout,
+                        grouped_conv) -> None:
+    """Refuse a bad num_classes (with a top), pooling, dropout or grouped-conv form."""
+    if include_top:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if grouped_conv not in GROUPED_CONV_FORMS:
+        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {grouped_conv!r}")
+
+
+def _checked_normalization(input_normalization, channels: int) -> tuple[tuple, tuple]:
+    """(scale, offset) as tuples of floats, one per input channel."""
+    scale, offset = (tuple(float(v) for v in part) for part in input_normalization)
+    if len(scale) != channels or len(offset) != channels:
+        raise ValueError(f"input_normalization needs {channels} scales and offsets, got "
+                         f"{input_normalization!r}")
+    return scale, offset
+
+
+def _classifier(k: ModuleType, x, spec: ModelSpec, resolved, num_classes: int, dropout: float,
+                classifier_activation: str | None):
+    """The top: global pooling, the spec's top layers, dropout and the Dense classifier."""
+    x = k.layers.GlobalAveragePooling2D(keepdims=bool(spec.top), name="pool")(x)
+    for r in resolved:
+        if r.name.startswith("top"):
+            x = L.block(k, x, r.layer, r.filters, r.hidden, r.se_squeeze, r.name)
+    if spec.top:
+        x = k.layers.Flatten(name="flatten")(x)
+    if dropout > 0:
+        x = k.layers.Dropout(dropout, name="dropout")(x)
+    # Logits in float32 under mixed precision (float16 logits overflow the softmax).
+    return k.layers.Dense(num_classes, activation=classifier_activation,
+                          kernel_initializer=L.dense_init(k), name="classifier",
+                          dtype="float32" if _mixed_compute(k) else None)(x)
 
 
 def _input_shape_of(spec: ModelSpec, input_shape, input_tensor, include_top: bool) -> tuple:

@@ -64,25 +64,15 @@ def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
         input shape, classes, pooling, dropout, data format; the message names the problem).
       SpecError: a malformed zoo entry.
     """
-    if out_indices is not None and not features_only:
-        raise ValueError("out_indices picks feature maps: pass features_only=True with it")
-    if features_only:
-        if pooling is not None:
-            raise ValueError("features_only=True returns feature maps; pooling does not apply")
-        include_top = False
-    if num_classes is not None and classes is not None and num_classes != classes:
-        raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
-    num_classes = num_classes if num_classes is not None else classes
+    include_top, num_classes = _check_options(features_only, out_indices, pooling,
+                                              include_top, num_classes, classes)
     spec = spec_or_name if isinstance(spec_or_name, ModelSpec) else get_spec(spec_or_name)
     strides = strides_of(spec, DEFAULT_OUT_INDICES if out_indices is None else out_indices
                          ) if features_only else None
     loader = None
     if weights is not None:  # the checkpoint decides the class layout and exact network
-        shape = tuple(input_shape) if input_shape is not None else (
-            tuple(input_tensor.shape[1:]) if input_tensor is not None else (224, 224, 3))
-        shape = tuple(224 if d is None else int(d) for d in shape[:2]) + (3,)
-        loader = pretrained.prepare(spec, width, weights, input_shape=shape,
-                                    include_top=include_top, num_classes=num_classes)
+        loader = _prepare_weights(spec, width, weights, input_shape, input_tensor, include_top,
+                                  num_classes)
         spec, num_classes = loader.spec, loader.num_classes
     num_classes = 1001 if num_classes is None else num_classes
     normalization = loader.input_normalization if loader is not None else None
@@ -97,3 +87,29 @@ def build(spec_or_name: str | ModelSpec, /, width: float = 1.0, *,
     if features_only:
         return feature_extractor(model, strides, name=name or f"{model.name}_features")
     return model
+
+
+def _check_options(features_only: bool, out_indices, pooling, include_top: bool,
+                   num_classes: int | None, classes: int | None) -> tuple[bool, int | None]:
+    """Refuse arguments that contradict each other. -> (include_top, num_classes): no top
+    for feature maps; `classes` is the keras.applications alias of num_classes."""
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices picks feature maps: pass features_only=True with it")
+    if features_only:
+        if pooling is not None:
+            raise ValueError("features_only=True returns feature maps; pooling does not apply")
+        include_top = False
+    if num_classes is not None and classes is not None and num_classes != classes:
+        raise ValueError(f"num_classes={num_classes} and classes={classes} disagree; pass one")
+    return include_top, (num_classes if num_classes is not None else classes)
+
+
+def _prepare_weights(spec: ModelSpec, width: float, weights, input_shape, input_tensor,
+                     include_top: bool, num_classes: int | None):
+    """`pretrained.prepare` at the fixed input size the model will have (224 for a
+    dynamic one): the loader that fixes the spec, class count and input normalisation."""
+    shape = tuple(input_shape) if input_shape is not None else (
+        tuple(input_tensor.shape[1:]) if input_tensor is not None else (224, 224, 3))
+    shape = tuple(224 if d is None else int(d) for d in shape[:2]) + (3,)
+    return pretrained.prepare(spec, width, weights, input_shape=shape,
+                              include_top=include_top, num_classes=num_classes)

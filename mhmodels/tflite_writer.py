@@ -33,6 +33,7 @@ convolution is one more argument of `GraphWriter.conv` (filter shape [out, k, k,
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ def _schema(name: str):
                           "pip install 'ethos-u-vela>=5.2'") from None
 
 
+@functools.lru_cache(maxsize=None)
 def _enum(name: str) -> dict[str, int]:
+    """A schema enum's names -> values (read once; do not modify the dict)."""
     cls = getattr(_schema(name), name)
     return {k: v for k, v in vars(cls).items() if not k.startswith("_")}
 
@@ -325,121 +328,20 @@ class GraphWriter:
 
     # -- serialisation ---------------------------------------------------------------------
     def to_bytes(self, description: str = "mhmodels.tflite_writer") -> bytes:
+        """The .tflite flatbuffer: buffers, tensors, operators, the subgraph, operator codes,
+        then the model table (flatbuffers are written back to front, in this order)."""
         import flatbuffers
-
         opcodes = list(dict.fromkeys(op[0] for op in self.ops))
-        builtin = _enum("BuiltinOperator")
-        ttype = _enum("TensorType")
         b = flatbuffers.Builder(1024 + sum(len(t.data or b"") for t in self.tensors))
-
-        def vector(start, values, prepend):
-            start(b, len(values))
-            for v in reversed(values):
-                prepend(v)
-            return b.EndVector()
-
-        def table_vector(start, offsets):
-            return vector(start, offsets, b.PrependUOffsetTRelative)
-
-        # Buffers: 0 is the empty sentinel; one per constant tensor, data 16-byte aligned.
-        Buf = _schema("Buffer")
-        buffer_of: dict[int, int] = {}
-        buffer_offsets = []
-        Buf.BufferStart(b)
-        buffer_offsets.append(Buf.BufferEnd(b))
-        for i, t in enumerate(self.tensors):
-            if t.data is None:
-                continue
-            b.StartVector(1, len(t.data), 16)
-            b.head -= len(t.data)
-            b.Bytes[b.head:b.head + len(t.data)] = t.data
-            data = b.EndVector()
-            Buf.BufferStart(b)
-            Buf.BufferAddData(b, data)
-            buffer_of[i] = len(buffer_offsets)
-            buffer_offsets.append(Buf.BufferEnd(b))
-
-        Q, T = _schema("QuantizationParameters"), _schema("Tensor")
-        tensor_offsets = []
-        for i, t in enumerate(self.tensors):
-            quant = None
-            if t.scale is not None:
-                scale = b.CreateNumpyVector(np.asarray(t.scale, np.float32))
-                zero = b.CreateNumpyVector(np.asarray(t.zero_point, np.int64))
-                Q.QuantizationParametersStart(b)
-                Q.QuantizationParametersAddScale(b, scale)
-                Q.QuantizationParametersAddZeroPoint(b, zero)
-                Q.QuantizationParametersAddQuantizedDimension(b, t.quantized_dimension)
-                quant = Q.QuantizationParametersEnd(b)
-            name = b.CreateString(t.name)
-            shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
-            T.TensorStart(b)
-            T.TensorAddShape(b, shape)
-            T.TensorAddType(b, ttype[t.dtype.upper()])
-            T.TensorAddBuffer(b, buffer_of.get(i, 0))
-            T.TensorAddName(b, name)
-            if quant is not None:
-                T.TensorAddQuantization(b, quant)
-            tensor_offsets.append(T.TensorEnd(b))
-
-        Op, options_types = _schema("Operator"), _enum("BuiltinOptions")
-        act, pad = _enum("ActivationFunctionType"), _enum("Padding")
-        fc_format = _enum("FullyConnectedOptionsWeightsFormat")
-        op_offsets = []
-        for name, inputs, outputs, options_type, options in self.ops:
-            opts = 0
-            if options_type != "NONE":
-                module = _schema(options_type)
-                getattr(module, f"{options_type}Start")(b)
-                for key, value in options.items():
-                    if key == "FusedActivationFunction":
-                        value = act[value]
-                    elif key == "Padding":
-                        value = pad[value]
-                    elif key == "WeightsFormat":
-                        value = fc_format[value]
-                    getattr(module, f"{options_type}Add{key}")(b, value)
-                opts = getattr(module, f"{options_type}End")(b)
-            ins = b.CreateNumpyVector(np.asarray(inputs, np.int32))
-            outs = b.CreateNumpyVector(np.asarray(outputs, np.int32))
-            Op.OperatorStart(b)
-            Op.OperatorAddOpcodeIndex(b, opcodes.index(name))
-            Op.OperatorAddInputs(b, ins)
-            Op.OperatorAddOutputs(b, outs)
-            if options_type != "NONE":
-                Op.OperatorAddBuiltinOptionsType(b, options_types[options_type])
-                Op.OperatorAddBuiltinOptions(b, opts)
-            op_offsets.append(Op.OperatorEnd(b))
-
-        SG = _schema("SubGraph")
-        tensors = table_vector(SG.SubGraphStartTensorsVector, tensor_offsets)
-        sg_inputs = b.CreateNumpyVector(np.asarray(self.inputs, np.int32))
-        sg_outputs = b.CreateNumpyVector(np.asarray(self.outputs, np.int32))
-        operators = table_vector(SG.SubGraphStartOperatorsVector, op_offsets)
-        sg_name = b.CreateString("main")
-        SG.SubGraphStart(b)
-        SG.SubGraphAddTensors(b, tensors)
-        SG.SubGraphAddInputs(b, sg_inputs)
-        SG.SubGraphAddOutputs(b, sg_outputs)
-        SG.SubGraphAddOperators(b, operators)
-        SG.SubGraphAddName(b, sg_name)
-        subgraph = SG.SubGraphEnd(b)
-
-        OC = _schema("OperatorCode")
-        code_offsets = []
-        for name in opcodes:
-            code = builtin[name]
-            version = _INT8_VERSIONS.get(name, 1) if self.int8 else 1
-            OC.OperatorCodeStart(b)
-            OC.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
-            OC.OperatorCodeAddBuiltinCode(b, code)
-            OC.OperatorCodeAddVersion(b, version)
-            code_offsets.append(OC.OperatorCodeEnd(b))
-
+        buffer_offsets, buffer_of = _write_buffers(b, self.tensors)
+        tensor_offsets = _write_tensors(b, self.tensors, buffer_of)
+        op_offsets = [_write_operator(b, op, opcodes) for op in self.ops]
+        subgraph = _write_subgraph(b, tensor_offsets, op_offsets, self.inputs, self.outputs)
+        code_offsets = _write_opcodes(b, opcodes, self.int8)
         M = _schema("Model")
-        codes = table_vector(M.ModelStartOperatorCodesVector, code_offsets)
-        subgraphs = table_vector(M.ModelStartSubgraphsVector, [subgraph])
-        buffers = table_vector(M.ModelStartBuffersVector, buffer_offsets)
+        codes = _table_vector(b, M.ModelStartOperatorCodesVector, code_offsets)
+        subgraphs = _table_vector(b, M.ModelStartSubgraphsVector, [subgraph])
+        buffers = _table_vector(b, M.ModelStartBuffersVector, buffer_offsets)
         desc = b.CreateString(description)
         M.ModelStart(b)
         M.ModelAddVersion(b, TFLITE_SCHEMA_VERSION)
@@ -449,6 +351,134 @@ class GraphWriter:
         M.ModelAddBuffers(b, buffers)
         b.Finish(M.ModelEnd(b), file_identifier=b"TFL3")
         return bytes(b.Output())
+
+
+# --------------------------------------------------------------------------------------------
+# Serialisation: each part of the flatbuffer, in the order GraphWriter.to_bytes writes them.
+
+def _table_vector(b, start, offsets: list[int]) -> int:
+    """A vector of table offsets (prepended back to front, as flatbuffers lays them out)."""
+    start(b, len(offsets))
+    for v in reversed(offsets):
+        b.PrependUOffsetTRelative(v)
+    return b.EndVector()
+
+
+def _write_buffers(b, tensors: Sequence[_Tensor]) -> tuple[list[int], dict[int, int]]:
+    """Buffers: 0 is the empty sentinel; one per constant tensor, data 16-byte aligned.
+    -> (buffer offsets, tensor index -> buffer index)."""
+    Buf = _schema("Buffer")
+    buffer_of: dict[int, int] = {}
+    buffer_offsets = []
+    Buf.BufferStart(b)
+    buffer_offsets.append(Buf.BufferEnd(b))
+    for i, t in enumerate(tensors):
+        if t.data is None:
+            continue
+        b.StartVector(1, len(t.data), 16)
+        b.head -= len(t.data)
+        b.Bytes[b.head:b.head + len(t.data)] = t.data
+        data = b.EndVector()
+        Buf.BufferStart(b)
+        Buf.BufferAddData(b, data)
+        buffer_of[i] = len(buffer_offsets)
+        buffer_offsets.append(Buf.BufferEnd(b))
+    return buffer_offsets, buffer_of
+
+
+def _write_quantization(b, t: _Tensor) -> int:
+    """A tensor's scales and zero points along its quantized dimension."""
+    Q = _schema("QuantizationParameters")
+    scale = b.CreateNumpyVector(np.asarray(t.scale, np.float32))
+    zero = b.CreateNumpyVector(np.asarray(t.zero_point, np.int64))
+    Q.QuantizationParametersStart(b)
+    Q.QuantizationParametersAddScale(b, scale)
+    Q.QuantizationParametersAddZeroPoint(b, zero)
+    Q.QuantizationParametersAddQuantizedDimension(b, t.quantized_dimension)
+    return Q.QuantizationParametersEnd(b)
+
+
+def _write_tensors(b, tensors: Sequence[_Tensor], buffer_of: dict[int, int]) -> list[int]:
+    """Every tensor: shape, type, its buffer (0: none) and quantization."""
+    T, ttype = _schema("Tensor"), _enum("TensorType")
+    tensor_offsets = []
+    for i, t in enumerate(tensors):
+        quant = _write_quantization(b, t) if t.scale is not None else None
+        name = b.CreateString(t.name)
+        shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+        T.TensorStart(b)
+        T.TensorAddShape(b, shape)
+        T.TensorAddType(b, ttype[t.dtype.upper()])
+        T.TensorAddBuffer(b, buffer_of.get(i, 0))
+        T.TensorAddName(b, name)
+        if quant is not None:
+            T.TensorAddQuantization(b, quant)
+        tensor_offsets.append(T.TensorEnd(b))
+    return tensor_offsets
+
+
+def _write_options(b, options_type: str, options: dict[str, Any]) -> int:
+    """An operator's builtin options table; enum-valued options given by their names."""
+    enums = {"FusedActivationFunction": _enum("ActivationFunctionType"),
+             "Padding": _enum("Padding"),
+             "WeightsFormat": _enum("FullyConnectedOptionsWeightsFormat")}
+    module = _schema(options_type)
+    getattr(module, f"{options_type}Start")(b)
+    for key, value in options.items():
+        if key in enums:
+            value = enums[key][value]
+        getattr(module, f"{options_type}Add{key}")(b, value)
+    return getattr(module, f"{options_type}End")(b)
+
+
+def _write_operator(b, op: tuple, opcodes: list[str]) -> int:
+    """One operator: its opcode index, input and output tensors, builtin options."""
+    name, inputs, outputs, options_type, options = op
+    Op = _schema("Operator")
+    opts = _write_options(b, options_type, options) if options_type != "NONE" else 0
+    ins = b.CreateNumpyVector(np.asarray(inputs, np.int32))
+    outs = b.CreateNumpyVector(np.asarray(outputs, np.int32))
+    Op.OperatorStart(b)
+    Op.OperatorAddOpcodeIndex(b, opcodes.index(name))
+    Op.OperatorAddInputs(b, ins)
+    Op.OperatorAddOutputs(b, outs)
+    if options_type != "NONE":
+        Op.OperatorAddBuiltinOptionsType(b, _enum("BuiltinOptions")[options_type])
+        Op.OperatorAddBuiltinOptions(b, opts)
+    return Op.OperatorEnd(b)
+
+
+def _write_subgraph(b, tensor_offsets: list[int], op_offsets: list[int],
+                    inputs: Sequence[int], outputs: Sequence[int]) -> int:
+    """The one subgraph, 'main'."""
+    SG = _schema("SubGraph")
+    tensors = _table_vector(b, SG.SubGraphStartTensorsVector, tensor_offsets)
+    sg_inputs = b.CreateNumpyVector(np.asarray(inputs, np.int32))
+    sg_outputs = b.CreateNumpyVector(np.asarray(outputs, np.int32))
+    operators = _table_vector(b, SG.SubGraphStartOperatorsVector, op_offsets)
+    sg_name = b.CreateString("main")
+    SG.SubGraphStart(b)
+    SG.SubGraphAddTensors(b, tensors)
+    SG.SubGraphAddInputs(b, sg_inputs)
+    SG.SubGraphAddOutputs(b, sg_outputs)
+    SG.SubGraphAddOperators(b, operators)
+    SG.SubGraphAddName(b, sg_name)
+    return SG.SubGraphEnd(b)
+
+
+def _write_opcodes(b, opcodes: list[str], int8: bool) -> list[int]:
+    """The operator codes, at the versions the converter writes."""
+    OC, builtin = _schema("OperatorCode"), _enum("BuiltinOperator")
+    code_offsets = []
+    for name in opcodes:
+        code = builtin[name]
+        version = _INT8_VERSIONS.get(name, 1) if int8 else 1
+        OC.OperatorCodeStart(b)
+        OC.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
+        OC.OperatorCodeAddBuiltinCode(b, code)
+        OC.OperatorCodeAddVersion(b, version)
+        code_offsets.append(OC.OperatorCodeEnd(b))
+    return code_offsets
 
 
 def write_graph(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int8",

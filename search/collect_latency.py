@@ -292,16 +292,11 @@ def output_lock(output: str | os.PathLike):
     return run_lock(output, "latency collection", file=True, flag="--output")
 
 
-def _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
-             max_seconds, progress, fused_prob, anchors, workers, shard, num_shards,
-             export) -> int:
-    import mhmodels
+def _check_collect_args(hardware, workers, shard, num_shards, export) -> None:
+    """Refuse what cannot run, before any file is touched."""
     from .hardware import EXPORTS
-    from .space import get_space
-
     if export not in EXPORTS:
         raise ValueError(f"export must be one of {', '.join(EXPORTS)}, got {export!r}")
-
     for hw in hardware:
         if not hw.measurable:
             raise ValueError(f"hardware {hw.name!r} cannot be measured here")
@@ -310,120 +305,166 @@ def _collect(hardware, num_archs, output, space_name, image_size, seed, override
     if not isinstance(num_shards, int) or num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, num_shards) and num_shards >= 1, got shard "
                          f"{shard!r} of {num_shards!r}")
-    if num_shards > 1 and shard > 0:
-        anchors = ()
     if workers > 1 and any(isinstance(hw, LiteRTHardware) for hw in hardware):
         print("[collect] note: CPU timings taken beside other exporting processes are slower "
               "and noisier; collect CPU hardware with --workers=1 on a quiet machine",
               file=sys.stderr)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    space = get_space(space_name)
-    path = Path(output)
-    columns = columns_for(hardware)
+
+
+def _measured_keys(path: Path, columns, hardware, space, image_size: int) -> set[str]:
+    """The architectures `path` already holds (creating, repairing and checking it)."""
     fresh = not path.exists() or path.stat().st_size == 0
     rows = repair_and_read(path, columns)
     check_config(path, hardware, fresh, space)
     sizes = {int(r["image_size"]) for r in rows}
     if sizes and sizes != {image_size}:
         raise ValueError(f"{path} holds image sizes {sorted(sizes)}, not {image_size}")
-    done = {r["arch"] for r in rows}
-    start = time.time()
+    return {r["arch"] for r in rows}
 
-    def write(row):
-        _append(path, _format_row(columns, row))
-        done.add(row["arch"])
 
+def _first_keys(space, done: set[str], anchors: Sequence[str]) -> list[str]:
+    """What is measured before any sample: the normaliser, then the zoo `anchors`, each
+    unless the file has it."""
+    import mhmodels
     first = [] if NORMALIZER_MODEL in done else [NORMALIZER_MODEL]
     for name in anchors:
         key = space.encode(space.canonical(space.choices_for(mhmodels.get_spec(name))))
         if key not in done and key not in first:
             first.append(key)
-    have = len(done - {NORMALIZER_MODEL})
-    target = have + sum(k != NORMALIZER_MODEL for k in first)
-    rng = np.random.default_rng(seed)
-    attempts = 0
+    return first
 
-    def draw():
-        nonlocal attempts
-        attempts += 1
-        if attempts > 100 * num_archs + 1000:
+
+class _KeySource:
+    """The architectures to measure, in a deterministic order: the `first` keys, then the
+    seed's samples. `done` is the file's set of keys, which grows as rows are written."""
+
+    def __init__(self, space, seed: int, fused_prob, num_archs: int, first: list[str],
+                 done: set[str]):
+        self.space, self.fused_prob, self.num_archs = space, fused_prob, num_archs
+        self.first, self.done = first, done
+        self.rng = np.random.default_rng(seed)
+        self.attempts = 0
+
+    def draw(self) -> str:
+        self.attempts += 1
+        if self.attempts > 100 * self.num_archs + 1000:
             raise RuntimeError("could not sample enough distinct architectures")
-        return space.encode(space.canonical(sample(space, rng, fused_prob)))
+        return self.space.encode(self.space.canonical(sample(self.space, self.rng,
+                                                             self.fused_prob)))
 
-    def keys():
-        """The architectures to measure, in a deterministic order: normaliser, anchors, then
-        the seed's uniform samples not already in the file."""
-        nonlocal target
-        yield from first
-        queued = set(first)
-        while target < num_archs:
-            key = draw()
-            if key in done or key in queued:
+    def missing(self, target: int):
+        """The first keys, then samples not in the file until it would hold `num_archs`
+        (`target`: what it holds once the first keys are in)."""
+        yield from self.first
+        queued = set(self.first)
+        while target < self.num_archs:
+            key = self.draw()
+            if key in self.done or key in queued:
                 continue
             queued.add(key)
             target += 1
             yield key
 
-    def shard_keys():
-        """This shard's positions of the seed's first `num_archs` distinct architectures."""
-        yield from first
+    def of_shard(self, shard: int, num_shards: int):
+        """The first keys, then this shard's positions of the seed's first `num_archs`
+        distinct architectures."""
+        yield from self.first
         sequence: set = set()
-        while len(sequence) < num_archs:
-            key = draw()
+        while len(sequence) < self.num_archs:
+            key = self.draw()
             if key in sequence:
                 continue
             position = len(sequence)
             sequence.add(key)
-            if position % num_shards == shard and key not in done:
+            if position % num_shards == shard and key not in self.done:
                 yield key
 
-    total = num_archs
-    if num_shards > 1:
-        total = len(range(shard, num_archs, num_shards)) + \
-            sum(k != NORMALIZER_MODEL for k in first)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=min(have, total), desc="archs", unit="arch",
-                   dynamic_ncols=True, file=sys.stderr)
-    source = keys() if num_shards == 1 else shard_keys()
 
-    def finished(row):
-        nonlocal have
-        write(row)
+class _Recorder:
+    """Appends each finished row to the file, counts the architectures, shows progress."""
+
+    def __init__(self, path: Path, columns, done: set[str], have: int, total: int,
+                 progress: bool):
+        self.path, self.columns, self.done, self.have = path, columns, done, have
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=min(have, total), desc="archs", unit="arch",
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def finished(self, row: dict) -> None:
+        _append(self.path, _format_row(self.columns, row))
+        self.done.add(row["arch"])
         if row["arch"] != NORMALIZER_MODEL:
-            have += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(s_per_arch=f"{row['seconds']:.1f}")
+            self.have += 1
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(s_per_arch=f"{row['seconds']:.1f}")
 
-    stopped = []
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-    def out_of_time():
-        if max_seconds is not None and time.time() - start > max_seconds:
-            if not stopped:
+
+class _Deadline:
+    """`max_seconds` after `start` (None: never); says so once when it passes."""
+
+    def __init__(self, max_seconds: float | None, start: float):
+        self.max_seconds, self.start, self.said = max_seconds, start, False
+
+    def passed(self) -> bool:
+        if self.max_seconds is not None and time.time() - self.start > self.max_seconds:
+            if not self.said:
                 print("[collect] time limit reached: finishing the architectures in flight",
                       file=sys.stderr)
-                stopped.append(True)
+                self.said = True
             return True
         return False
 
+
+def _measure_in_process(keys, finished, out_of_time, hardware, image_size, overrides, space,
+                        export: str) -> None:
+    for i, key in enumerate(keys):
+        if out_of_time():
+            break
+        finished(MEASURE[export](key, hardware, image_size, overrides, space))
+        if export == "converter" and i % 20 == 19:
+            import keras
+            keras.backend.clear_session()
+
+
+def _collect(hardware, num_archs, output, space_name, image_size, seed, overrides,
+             max_seconds, progress, fused_prob, anchors, workers, shard, num_shards,
+             export) -> int:
+    from .space import get_space
+    _check_collect_args(hardware, workers, shard, num_shards, export)
+    if num_shards > 1 and shard > 0:
+        anchors = ()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    space = get_space(space_name)
+    path, columns = Path(output), columns_for(hardware)
+    done = _measured_keys(path, columns, hardware, space, image_size)
+    deadline = _Deadline(max_seconds, time.time())
+    first = _first_keys(space, done, anchors)
+    have = len(done - {NORMALIZER_MODEL})
+    new_first = sum(k != NORMALIZER_MODEL for k in first)
+    keys = _KeySource(space, seed, fused_prob, num_archs, first, done)
+    if num_shards == 1:
+        total, source = num_archs, keys.missing(have + new_first)
+    else:
+        total = len(range(shard, num_archs, num_shards)) + new_first
+        source = keys.of_shard(shard, num_shards)
+    recorder = _Recorder(path, columns, done, have, total, progress)
     try:
         if workers == 1:
-            for i, key in enumerate(source):
-                if out_of_time():
-                    break
-                finished(MEASURE[export](key, hardware, image_size, overrides, space))
-                if export == "converter" and i % 20 == 19:
-                    import keras
-                    keras.backend.clear_session()
+            _measure_in_process(source, recorder.finished, deadline.passed, hardware,
+                                image_size, overrides, space, export)
         else:
-            _collect_parallel(source, finished, out_of_time, hardware, image_size, overrides,
-                              space_name, workers, export)
+            _collect_parallel(source, recorder.finished, deadline.passed, hardware,
+                              image_size, overrides, space_name, workers, export)
     finally:
-        if bar is not None:
-            bar.close()
-    return have
+        recorder.close()
+    return recorder.have
 
 
 def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrides,
