@@ -22,6 +22,7 @@ def result(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_files_and_table_shape(result):
     out, res = result
     for name in ("benchmark.csv", "benchmark.json", "benchmark.png"):
@@ -45,6 +46,7 @@ def test_files_and_table_shape(result):
     assert float(rows[0]["cpu_float_ms"]) < float(v1["cpu_float_ms"])
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_json_matches_csv_and_metrics(result):
     out, res = result
     data = json.loads((out / "benchmark.json").read_text())

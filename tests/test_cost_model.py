@@ -513,6 +513,7 @@ def test_calibration_fit_picks_rescale_for_a_uniformly_slower_host(space):
         fit_calibration(choices[:9], y[:9], 14.6, "cpu_int8", 224, base)
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_calibration_measures_this_host_and_the_loader_prefers_it(tmp_path, monkeypatch, space):
     """Tiny mode: 10 architectures at 32x32, float only, 2 rounds of 3 runs."""
     from search.cost_model import calibrate_cost_model, current_host, host_mismatch

@@ -128,6 +128,7 @@ def test_dynamic_range_export(v3_small, digits, tmp_path):
     assert cosine(keras_logits, E.predict_tflite(result, x[:32])).min() > 0.95
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_post_training_int8_and_uint8_have_no_float_ops(v3_small, digits, tmp_path, capfd):
     x, _ = digits
     capfd.readouterr()

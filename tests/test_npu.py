@@ -105,6 +105,7 @@ def test_missing_vela_says_how_to_install():
     assert "pip install 'ethos-u-vela>=5.2'" in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_npus_disagree_with_the_cpu():
     """The point of multi-hardware search: MobileNet-EdgeTPU (regular and fused convs) is far
     slower than MobileNetV2 on the CPU but on par on the Ethos-U85 (measured here at 224:
@@ -128,6 +129,7 @@ def test_npus_disagree_with_the_cpu():
     assert ratio["cpu_float"] / ratio["ethos_u85"] >= 1.3, ratio
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_collection_records_and_enforces_the_configuration(tmp_path):
     out = tmp_path / "npu.csv"
     hws = parse_hardware_list("ethos_u55,ethos_u85")
@@ -181,6 +183,7 @@ def test_npu_cost_models_disagree_with_cpu_ones():
         spearman(pred["cpu_float"], pred["cpu_int8"]) - 0.03
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_zoo_models_export_in_worker_processes_as_in_process():
     """The latency table's exports run in 2 processes: the same graph as an export here (the
     weights are each build's random initial ones), and a model that fails is reported as its
@@ -198,6 +201,7 @@ def test_zoo_models_export_in_worker_processes_as_in_process():
     assert sum(op_counts(here).values()) > 50
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_shards_are_disjoint_and_merge(tmp_path):
     """Two shards of the same seed: disjoint sets whose union is the unsharded collection
     (collected by two worker processes: complete, distinct rows, the same estimates as

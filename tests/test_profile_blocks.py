@@ -108,6 +108,7 @@ def test_cross_check_counts_signs_and_ranks():
     assert [k for k, _, _ in check["disagreements"]] == ["d"]
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_small_mode_end_to_end(tmp_path):
     """`python -m search.profile_blocks`'s small mode: 16 architectures at 32x32 priced by
     vela on the Ethos-U55 from written files, every output written and sensible. (vela's

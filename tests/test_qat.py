@@ -269,6 +269,7 @@ def _wrapping_models():
     return functional, sequential
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_quantize_a_model_that_wraps_a_zoo_backbone(tmp_path, digits):
     import keras
     x, _ = digits

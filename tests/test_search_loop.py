@@ -145,6 +145,7 @@ def test_clashing_name_is_an_error_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_rerun_of_a_finished_search_reports_its_entry(tmp_path, monkeypatch):
     """Default name and location: one entry in the user zoo, however often the run is redone;
     an explicit --entry_name rerun reports the same instead of 'pick another --entry_name'."""
@@ -228,6 +229,7 @@ def test_state_files_on_a_remote_filesystem(tmp_path):
     assert tf.io.gfile.listdir("ram://state") == ["h.json"]
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_keep_checkpoints(tmp_path, monkeypatch):
     run_tiny(tmp_path / "run", steps=8, checkpoint_every=2, keep_checkpoints=1)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.index"))
@@ -274,6 +276,7 @@ def test_a_running_search_holds_its_model_dir(tmp_path):
     assert result.finished and not (run_dir / LOCK_NAME).exists()  # released at the end
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     """Run 8 steps killed after step 5 (checkpoints every 4), resume to 8 in a new process:
     same controller logits and reward history as one uninterrupted 8-step run."""
@@ -297,6 +300,7 @@ def test_resume_with_different_settings_is_refused(tmp_path):
         run_tiny(tmp_path / "run", steps=2, checkpoint_every=2, seed=8)
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_mirrored_replicas_sample_their_own_architectures(tmp_path):
     out = run_subprocess("mirrored", tmp_path / "m", tmp_path / "m.json")
     assert out["replicas"] == 2

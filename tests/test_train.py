@@ -195,6 +195,7 @@ def test_mismatched_checkpoint_says_which_and_why(tmp_path):
 # Exact resume
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_resume_is_exact(tmp_path):
     """12 steps straight == 6 steps, stop, rebuild everything, 6 more: same losses, weights."""
     straight = T.train(config(tmp_path / "a", checkpoint_every=5))

@@ -64,6 +64,7 @@ def test_search_step_compiles_with_xla_and_matches(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_steps_per_loop_gives_the_same_search(tmp_path):
     """6 steps as 6 host calls, and as loops of 4 + 2 (checkpoint every 4: a boundary)."""
     one, one_steps, one_w = _search(tmp_path, "one")
