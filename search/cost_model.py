@@ -23,6 +23,9 @@ folded into one weight per table entry, so prediction is the same gather either 
     m.predict(choices)        # numpy, (N, D) or (D,) ints -> ms
     m.predict_tf(choices)     # TF ops only (gather / matmul): tf.function, tf.distribute
     m.save('zoo/cost_models/cpu_float.json'); load_cost_model('cpu_float')
+
+This module computes; the held-out plot and printed summaries are search.cost_model_report,
+the command line search.cost_model_cli (what `python -m search.cost_model` runs).
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ import numpy as np
 
 from mhmodels.cli import command
 from mhmodels.registry import builtin_zoo_dir
+
+from .space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
 
 FORMAT_VERSION = 1
 # The shipped cost models, found through the package (the checkout's zoo/ or the installed
@@ -174,113 +179,158 @@ def _out_size(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def build_layout(space, image_size: int) -> FeatureLayout:
-    """The slots and per-entry physical descriptors for `space` at `image_size`."""
-    from .space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
-    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
-    ix = space.index
-    slots: list[Slot] = []
-    desc: list[np.ndarray] = []
-    stage_of: list[int] = []
-    offset = 0
+def _physical(**amounts: float) -> np.ndarray:
+    """A descriptor in PHYSICAL order: the named amounts, zero elsewhere."""
+    v = np.zeros(len(PHYSICAL))
+    for k, val in amounts.items():
+        v[PHYSICAL.index(k)] += val
+    return v
 
-    def add(name, shape, terms, present, describe, stage):
-        nonlocal offset
-        size = int(np.prod(shape))
-        slots.append(Slot(name, offset, size, tuple(terms), present))
+
+def _main_descriptor(cin: int, e: int, k: int, kind: str, stride: int, h_in: int,
+                     h_out: int) -> np.ndarray:
+    """A block's main part: the expand 1x1 + KxK depthwise, or the fused KxK conv."""
+    hid = cin * e
+    if kind == "fused_ibn" and e == 1 and stride != 1:
+        kind = "ibn"  # the space's strided fused-e1 fallback
+    if kind == "fused_ibn":
+        if e == 1:
+            return _physical()
+        return _physical(ops=1, act_melems=h_out * h_out * hid / 1e6,
+                         weights_m=k * k * cin * hid / 1e6,
+                         **{f"full{k}_madds": h_out * h_out * k * k * cin * hid / 1e6})
+    v = _physical(ops=1, act_melems=h_out * h_out * hid / 1e6, weights_m=k * k * hid / 1e6,
+                  **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
+    if e != 1:
+        v += _physical(ops=1, pw_madds=h_in * h_in * cin * hid / 1e6,
+                       act_melems=h_in * h_in * hid / 1e6, weights_m=cin * hid / 1e6)
+    return v
+
+
+def _proj_descriptor(cin: int, e: int, cout: int, stride: int, h_out: int) -> np.ndarray:
+    """A block's 1x1 projection, and the residual add when the shapes allow one."""
+    v = _physical(ops=1, pw_madds=h_out * h_out * cin * e * cout / 1e6,
+                  act_melems=h_out * h_out * cout / 1e6, weights_m=cin * e * cout / 1e6)
+    if stride == 1 and cin == cout:
+        v += _physical(ops=1, add_melems=h_out * h_out * cout / 1e6)
+    return v
+
+
+class _Tables:
+    """The layout as it is laid out: slots, and one descriptor and stage per table entry."""
+
+    def __init__(self, space):
+        self.space = space
+        self.slots: list[Slot] = []
+        self.desc: list[np.ndarray] = []
+        self.stage_of: list[int] = []
+        self.offset = 0
+
+    def add(self, name: str, shape: tuple, terms: list, present: tuple | None,
+            describe, stage: int) -> int:
+        """A new table of `shape` read by a slot; `describe(multi_index)` gives each entry's
+        physical descriptor. -> the table's offset."""
+        start, size = self.offset, int(np.prod(shape))
+        self.slots.append(Slot(name, start, size, tuple(terms), present))
         for flat in range(size):
-            desc.append(describe(np.unravel_index(flat, shape)))
-            stage_of.append(stage)
-        offset += size
+            self.desc.append(describe(np.unravel_index(flat, shape)))
+            self.stage_of.append(stage)
+        self.offset += size
+        return start
 
-    def vec(**kw):
-        v = np.zeros(len(PHYSICAL))
-        for k, val in kw.items():
-            v[PHYSICAL.index(k)] += val
-        return v
+    def share(self, name: str, offset: int, size: int, terms: list,
+              present: tuple | None) -> None:
+        """A slot that reads an existing table (blocks of one shape share their weights)."""
+        self.slots.append(Slot(name, offset, size, tuple(terms), present))
 
-    def main_part(cin, e, k, kind, stride, h_in, h_out):
-        hid = cin * e
-        if kind == "fused_ibn" and e == 1 and stride != 1:
-            kind = "ibn"  # the space's strided fused-e1 fallback
-        if kind == "fused_ibn":
-            if e == 1:
-                return vec()
-            return vec(ops=1, act_melems=h_out * h_out * hid / 1e6,
-                       weights_m=k * k * cin * hid / 1e6,
-                       **{f"full{k}_madds": h_out * h_out * k * k * cin * hid / 1e6})
-        v = vec(ops=1, act_melems=h_out * h_out * hid / 1e6, weights_m=k * k * hid / 1e6,
-                **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
-        if e != 1:
-            v += vec(ops=1, pw_madds=h_in * h_in * cin * hid / 1e6,
-                     act_melems=h_in * h_in * hid / 1e6, weights_m=cin * hid / 1e6)
-        return v
+    def layout(self) -> FeatureLayout:
+        return FeatureLayout(self.slots, self.offset, len(self.space.decisions),
+                             np.asarray(self.desc), np.asarray(self.stage_of))
 
-    def proj_part(cin, e, cout, stride, h_out):
-        v = vec(ops=1, pw_madds=h_out * h_out * cin * e * cout / 1e6,
-                act_melems=h_out * h_out * cout / 1e6, weights_m=cin * e * cout / 1e6)
-        if stride == 1 and cin == cout:
-            v += vec(ops=1, add_melems=h_out * h_out * cout / 1e6)
-        return v
 
+def _add_stage_table(tables: _Tables, s: int, h_out: int) -> None:
+    """Stage s's (num_blocks, output ratio) table: the last stage's also carries the fixed
+    head 1x1 conv, which reads that stage's output."""
+    space, ix, nr = tables.space, tables.space.index, len(FILTER_RATIOS)
+    last = s == len(space.stages) - 1
+
+    def describe(t):
+        f = space.stage_filters(s, t[1])
+        if last:
+            return _physical(ops=1, pw_madds=h_out * h_out * f * space.head_filters / 1e6,
+                             act_melems=h_out * h_out * f / 1e6,
+                             weights_m=f * space.head_filters / 1e6)
+        return _physical()
+    terms = [(ix[f"stage{s}/num_blocks"], nr), (ix[f"stage{s}/filter_ratio"], 1)]
+    tables.add(f"stage{s}", (len(NUM_BLOCKS), nr), terms, None, describe, s)
+
+
+def _block_columns(ix: Mapping[str, int], s: int, b: int) -> tuple[int, int, int]:
+    """The (expansion, kernel, type) decision columns of block b of stage s."""
+    return tuple(ix[f"stage{s}/block{b}/{f}"] for f in ("expansion", "kernel", "type"))
+
+
+def _add_first_block(tables: _Tables, s: int, stride: int, h_in: int, h_out: int) -> None:
+    """Block 0 of stage s, the one that may stride: its input width is the previous stage's
+    output ratio (the fixed stem for stage 0), a dimension of both of its tables."""
+    space, ix = tables.space, tables.space.index
+    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
+    e_c, k_c, t_c = _block_columns(ix, s, 0)
+    prev = ix[f"stage{s - 1}/filter_ratio"] if s > 0 else None
+    nin = 1 if s == 0 else nr
+
+    def cin_of(rin):
+        return space.stem_filters if s == 0 else space.stage_filters(s - 1, rin)
+    terms = [(e_c, nk * nt), (k_c, nt), (t_c, 1)] + \
+        ([] if prev is None else [(prev, ne * nk * nt)])
+    tables.add(f"stage{s}/block0/main", (nin, ne, nk, nt), terms, None,
+               lambda t: _main_descriptor(cin_of(t[0]), EXPANSIONS[t[1]], KERNELS[t[2]],
+                                          BLOCK_TYPES[t[3]], stride, h_in, h_out), s)
+    terms = [(e_c, nr), (ix[f"stage{s}/filter_ratio"], 1)] + \
+        ([] if prev is None else [(prev, ne * nr)])
+    tables.add(f"stage{s}/block0/proj", (nin, ne, nr), terms, None,
+               lambda t: _proj_descriptor(cin_of(t[0]), EXPANSIONS[t[1]],
+                                          space.stage_filters(s, t[2]), stride, h_out), s)
+
+
+def _add_later_blocks(tables: _Tables, s: int, h_out: int) -> None:
+    """Blocks 1.. of stage s: stride 1 at the stage's own width, so they have one shape and
+    share one (main, proj) table pair; block b counts when the stage has more than b blocks."""
+    space, ix = tables.space, tables.space.index
+    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
+    nb, rc = ix[f"stage{s}/num_blocks"], ix[f"stage{s}/filter_ratio"]
+    main_off = proj_off = None
+    for b in range(1, max(NUM_BLOCKS)):
+        e_c, k_c, t_c = _block_columns(ix, s, b)
+        main_terms = [(rc, ne * nk * nt), (e_c, nk * nt), (k_c, nt), (t_c, 1)]
+        proj_terms = [(rc, ne), (e_c, 1)]
+        if b > 1:  # blocks 2, 3 read block 1's tables
+            tables.share(f"stage{s}/block{b}/main", main_off, nr * ne * nk * nt, main_terms,
+                         (nb, b))
+            tables.share(f"stage{s}/block{b}/proj", proj_off, nr * ne, proj_terms, (nb, b))
+            continue
+        main_off = tables.add(
+            f"stage{s}/rest/main", (nr, ne, nk, nt), main_terms, (nb, b),
+            lambda t: _main_descriptor(space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
+                                       KERNELS[t[2]], BLOCK_TYPES[t[3]], 1, h_out, h_out), s)
+        proj_off = tables.add(
+            f"stage{s}/rest/proj", (nr, ne), proj_terms, (nb, b),
+            lambda t: _proj_descriptor(space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
+                                       space.stage_filters(s, t[0]), 1, h_out), s)
+
+
+def build_layout(space, image_size: int) -> FeatureLayout:
+    """The slots and per-entry physical descriptors for `space` at `image_size`: per stage,
+    its (num_blocks, ratio) table, block 0's tables, then the tables blocks 1.. share."""
+    tables = _Tables(space)
     size = _out_size(image_size, 2)  # after the stem
     for s, stage in enumerate(space.stages):
-        h_in, h_out = size, _out_size(size, stage.stride)
-        nb, rc = ix[f"stage{s}/num_blocks"], ix[f"stage{s}/filter_ratio"]
-        prev = ix[f"stage{s - 1}/filter_ratio"] if s > 0 else None
-        last = s == len(space.stages) - 1
-
-        def stage_desc(t, s=s, h_out=h_out, last=last):
-            n, r = t
-            f = space.stage_filters(s, r)
-            if last:  # the fixed head 1x1 conv reads this stage's output
-                return vec(ops=1, pw_madds=h_out * h_out * f * space.head_filters / 1e6,
-                           act_melems=h_out * h_out * f / 1e6,
-                           weights_m=f * space.head_filters / 1e6)
-            return vec()
-        add(f"stage{s}", (len(NUM_BLOCKS), nr), [(nb, nr), (rc, 1)], None, stage_desc, s)
-
-        def cin_of(rin, s=s):
-            return space.stem_filters if s == 0 else space.stage_filters(s - 1, rin)
-        nin = 1 if s == 0 else nr
-        for b in range(max(NUM_BLOCKS)):
-            e_c, k_c, t_c = (ix[f"stage{s}/block{b}/{f}"] for f in ("expansion", "kernel", "type"))
-            present = None if b == 0 else (nb, b)
-            if b == 0:
-                stride = stage.stride
-                terms = [(e_c, nk * nt), (k_c, nt), (t_c, 1)] + \
-                    ([] if prev is None else [(prev, ne * nk * nt)])
-                add(f"stage{s}/block0/main", (nin, ne, nk, nt), terms, present,
-                    lambda t, cin_of=cin_of, stride=stride, h_in=h_in, h_out=h_out: main_part(
-                        cin_of(t[0]), EXPANSIONS[t[1]], KERNELS[t[2]], BLOCK_TYPES[t[3]],
-                        stride, h_in, h_out), s)
-                terms = [(e_c, nr), (rc, 1)] + ([] if prev is None else [(prev, ne * nr)])
-                add(f"stage{s}/block0/proj", (nin, ne, nr), terms, present,
-                    lambda t, s=s, cin_of=cin_of, stride=stride, h_out=h_out: proj_part(
-                        cin_of(t[0]), EXPANSIONS[t[1]], space.stage_filters(s, t[2]), stride,
-                        h_out), s)
-            else:
-                if b == 1:
-                    main_off, proj_off = offset, None
-                    add(f"stage{s}/rest/main", (nr, ne, nk, nt),
-                        [(rc, ne * nk * nt), (e_c, nk * nt), (k_c, nt), (t_c, 1)], present,
-                        lambda t, s=s, h_out=h_out: main_part(
-                            space.stage_filters(s, t[0]), EXPANSIONS[t[1]], KERNELS[t[2]],
-                            BLOCK_TYPES[t[3]], 1, h_out, h_out), s)
-                    proj_off = offset
-                    add(f"stage{s}/rest/proj", (nr, ne), [(rc, ne), (e_c, 1)], present,
-                        lambda t, s=s, h_out=h_out: proj_part(
-                            space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
-                            space.stage_filters(s, t[0]), 1, h_out), s)
-                else:  # blocks 2, 3 share block 1's tables
-                    slots.append(Slot(f"stage{s}/block{b}/main", main_off, nr * ne * nk * nt,
-                                      ((rc, ne * nk * nt), (e_c, nk * nt), (k_c, nt), (t_c, 1)),
-                                      present))
-                    slots.append(Slot(f"stage{s}/block{b}/proj", proj_off, nr * ne,
-                                      ((rc, ne), (e_c, 1)), present))
+        h_out = _out_size(size, stage.stride)
+        _add_stage_table(tables, s, h_out)
+        _add_first_block(tables, s, stage.stride, size, h_out)
+        _add_later_blocks(tables, s, h_out)
         size = h_out
-    return FeatureLayout(slots, offset, len(space.decisions), np.asarray(desc),
-                         np.asarray(stage_of))
+    return tables.layout()
 
 
 # --------------------------------------------------------------------------------------------
@@ -796,62 +846,6 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
                            metrics=metrics, hardware_config=config, host=host)
 
 
-def scatter_plot(true, pred, path, title: str, cv=None) -> None:
-    """Predicted vs measured (paper Figure 4): held-out points, and optionally the pooled
-    out-of-fold predictions of the 5-fold CV over all rows (`cv` = (true, pred))."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
-    points = list(true) + list(pred)
-    if cv is not None:
-        ax.scatter(cv[0], cv[1], s=8, alpha=0.5, color="0.6", label="5-fold CV, all archs")
-        points += list(cv[0]) + list(cv[1])
-    ax.scatter(true, pred, s=12, alpha=0.8, color="tab:blue", label="held-out archs")
-    ax.legend(fontsize=7, loc="upper left")
-    lo, hi = min(points), max(points)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel("measured latency (ms)")
-    ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = None,
-                 space_name="multi_hw", plot: bool = True) -> LinearCostModel:
-    """Fit and write `<output_dir>/<hardware>.json` (+ a held-out PNG).
-
-    output_dir defaults to the user's `$MHMODELS_HOME/cost_models` (read by the search before
-    the shipped models); a shipped file is never overwritten (checked before fitting).
-    """
-    from mhmodels.files import check_writable_dir, refuse_shipped, user_cost_model_dir
-    from .hardware import hardware_id
-    out = Path(output_dir) if output_dir else user_cost_model_dir()
-    targets = [out / f"{hardware_id(hardware)}.json"]
-    if plot:
-        targets.append(out / f"{hardware_id(hardware)}_holdout.png")
-    for target in targets:
-        refuse_shipped(target, "--output_dir")
-    check_writable_dir(out, "--output_dir")
-    model = fit(data, hardware, space_name)
-    hardware = hardware_id(hardware)
-    holdout = model.metrics.pop("_holdout", None)
-    oof = model.metrics.pop("_oof", None)
-    model.save(out / f"{hardware_id(hardware)}.json")
-    if plot and holdout is not None:
-        true, pred = holdout
-        scatter_plot(true, pred, out / f"{hardware_id(hardware)}_holdout.png",
-                     f"{hardware}: held-out {len(true)} archs, Spearman "
-                     f"{model.metrics['holdout_spearman']:.3f}, MAPE "
-                     f"{model.metrics['holdout_mape']:.1f}%\n5-fold CV over {len(oof[0])}: "
-                     "Spearman "
-                     f"{model.metrics['cv_spearman']:.3f}, MAPE {model.metrics['cv_mape']:.1f}%",
-                     cv=oof)
-    return model
-
-
 # --------------------------------------------------------------------------------------------
 # Host calibration.
 
@@ -982,70 +976,6 @@ def calibrate_cost_model(hardware: str, **kwargs) -> Path:
     return calibrate_cost_models([hardware], **kwargs)[hardware]
 
 
-def main(argv):
-    from absl import flags
-    from mhmodels.files import user_cost_model_dir
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.calibrate:
-        hardware = FLAGS.hardware
-        if FLAGS["hardware"].using_default_value:  # the reference kernels: not by default
-            hardware = [h for h in hardware if h != "cpu_ref_float"]
-        paths = calibrate_cost_models(
-            hardware, num_archs=FLAGS.calibration_archs,
-            image_size=FLAGS.image_size, rounds=FLAGS.rounds, seed=FLAGS.seed,
-            output_dir=FLAGS.output_dir)
-        for hw, path in paths.items():
-            m = json.loads(path.read_text())["metrics"]
-            print(f"{hw}: {m['method']}, held-out MAPE {m['holdout_mape']}% Spearman "
-                  f"{m['holdout_spearman']} ({m['num_archs']} archs; every candidate in its "
-                  f"metrics.calibration) -> {path}")
-        return 0
-    if not FLAGS.fit:
-        raise ValueError("nothing to do: pass --fit or --calibrate (see --help)")
-    output_dir = Path(FLAGS.output_dir or user_cost_model_dir())
-    for hw in FLAGS.hardware:
-        model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
-        m = model.metrics
-        path = output_dir / (model.hardware + ".json")
-        print(f"{hw}: {m['num_archs']} archs, held-out ({m['holdout_archs']}) Spearman "
-              f"{m['holdout_spearman']} MAPE {m['holdout_mape']}%, train Spearman "
-              f"{m['train_spearman']} MAPE {m['train_mape']}%, normalizer "
-              f"{model.normalizer_ms} ms -> {path}")
-    if not FLAGS.output_dir:
-        print(f"{command('search')} reads these before the shipped models ({DEFAULT_DIR})")
-    else:
-        print(f"use them with {command('search')} --cost_model_dir={output_dir}")
-    return 0
-
-
-def _define_flags():
-    from absl import flags
-    flags.DEFINE_bool("fit", False, "Fit cost models from --data and write them.")
-    flags.DEFINE_string("data", str(DEFAULT_DIR / "data" / "cpu_latency.csv"),
-                        "CSV written by search.collect_latency (or arch,latency_ms).")
-    flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
-                      "Hardware columns of --data to fit (csv:<path> fits that file).")
-    flags.DEFINE_string("space", "multi_hw", "Search space name.")
-    flags.DEFINE_string("output_dir", None, "Where <hardware>.json (+ PNG) go; default "
-                        "$MHMODELS_HOME/cost_models (~/.cache/mhmodels/cost_models), which "
-                        "the search reads before the shipped models. Shipped files are never "
-                        "overwritten.")
-    flags.DEFINE_bool("plot", True, "Write a held-out predicted-vs-measured scatter PNG.")
-    flags.DEFINE_bool("calibrate", False, "Calibrate the CPU --hardware (default cpu_float, "
-                      "cpu_int8) to this host: time --calibration_archs architectures + "
-                      "MobileNetV1 in --rounds interleaved rounds and write <hw>@<host id>.json "
-                      "to --output_dir, which load_cost_model prefers on this host.")
-    flags.DEFINE_integer("calibration_archs", 48, "Architectures --calibrate measures.",
-                         lower_bound=10)
-    flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds of --calibrate (minimum "
-                         "kept).", lower_bound=1)
-    flags.DEFINE_integer("image_size", 224, "Input resolution --calibrate measures at.")
-    flags.DEFINE_integer("seed", 0, "Sampling seed of --calibrate's architectures.")
-
-
-if __name__ == "__main__":
-    from mhmodels import cli
-    _define_flags()
-    cli.run(main)
+if __name__ == "__main__":  # python -m search.cost_model: the command is in cost_model_cli
+    from .cost_model_cli import run
+    run()

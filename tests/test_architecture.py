@@ -23,13 +23,26 @@ def module_files() -> dict[str, Path]:
     return out
 
 
+def is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` at a module's top level."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package modules `name` imports anywhere in its file (functions included). A
     submodule importing its own package (`import mhmodels` for the public names) is not an
-    edge: the package's __init__ is checked as a module of its own."""
+    edge: the package's __init__ is checked as a module of its own. Nor is an import under
+    the top-level `if __name__ == "__main__":`: it runs only when the file is the script
+    (`python -m search.cost_model` hands over to its command module), as module `__main__`,
+    never when `name` is imported, so it cannot close a cycle."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in (n for top in tree.body if not is_main_guard(top) for n in ast.walk(top)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -107,6 +120,18 @@ def test_cycle_finder_finds_a_cycle_through_function_local_imports(tmp_path):
     graph = {n: imports_of(n, p, modules) for n, p in modules.items()}
     assert graph == {"a": {"b"}, "b": {"a"}}
     assert cycles(graph) == [["a", "b"]]
+
+
+def test_a_script_guard_hands_over_without_an_edge(tmp_path):
+    """`python -m a` may hand over to a command module that imports `a`: the guard's import
+    runs in module __main__ only. The same import in a function is still an edge."""
+    (tmp_path / "a.py").write_text("def f():\n    pass\n\n\nif __name__ == '__main__':\n"
+                                   "    from b import run\n    run()\n")
+    (tmp_path / "b.py").write_text("from a import f\n")
+    modules = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
+    assert {n: imports_of(n, p, modules) for n, p in modules.items()} == {"a": set(), "b": {"a"}}
+    (tmp_path / "a.py").write_text("def f():\n    from b import run\n")
+    assert imports_of("a", tmp_path / "a.py", modules) == {"b"}
 
 
 def test_no_import_cycle_in_mhmodels_or_search():

@@ -389,7 +389,7 @@ def test_fit_goes_to_the_user_dir_and_never_over_shipped_files(tmp_path, space, 
     import os
     import subprocess
     import sys
-    from search.cost_model import fit_and_save
+    from search.cost_model_report import fit_and_save
     monkeypatch.setenv("MHMODELS_HOME", str(tmp_path / "home"))
     shipped = DEFAULT_DIR / "cpu_float.json"
     before = shipped.read_bytes()
