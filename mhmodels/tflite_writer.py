@@ -17,6 +17,9 @@ BatchNormalization folded into conv biases, ReLU / ReLU6 fused into the producin
   conv  -> CONV_2D (+ HARD_SWISH)         ds  -> DEPTHWISE_CONV_2D, CONV_2D 1x1
   ibn   -> [CONV_2D 1x1] DEPTHWISE_CONV_2D [SE] CONV_2D 1x1 [ADD]
   fused -> [CONV_2D KxK] [SE] CONV_2D 1x1 [ADD]
+  grouped (group_size): the KxK conv (ibn: in place of the depthwise) is one CONV_2D of
+           filter depth in / groups ('native'), or SPLIT -> CONV_2D per group ->
+           CONCATENATION ('split'), as `export_tflite(..., grouped_conv=form)` writes it
   SE    -> MEAN, CONV_2D 1x1 (relu), CONV_2D 1x1 (relu6; the hard sigmoid's +3 in its bias),
            MUL (1/6, a scalar constant), MUL (broadcast over the image)
   top   -> MEAN (keep_dims when the spec has top layers), 1x1 CONV_2Ds, FULLY_CONNECTED
@@ -28,8 +31,7 @@ biases of scale input_scale * weight_scale, per-tensor int8 activations. float: 
 checks it equal to the converter's export for zoo models and random architectures of the
 search space, vela's estimates within 1% and LiteRT CPU latency within run-to-run noise.
 
-Not written (no effect on latency): tensor names, signature defs, metadata. A grouped
-convolution is one more argument of `GraphWriter.conv` (filter shape [out, k, k, in/groups]).
+Not written (no effect on latency): tensor names, signature defs, metadata.
 """
 from __future__ import annotations
 
@@ -48,7 +50,10 @@ QUANTIZATIONS = ("float", "int8")
 TFLITE_SCHEMA_VERSION = 3
 # Op versions the converter (TF 2.21) writes; LiteRT and vela accept them.
 _INT8_VERSIONS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "ADD": 2, "MEAN": 2, "MUL": 2,
-                  "FULLY_CONNECTED": 4, "HARD_SWISH": 1}
+                  "FULLY_CONNECTED": 4, "HARD_SWISH": 1, "SPLIT": 2, "CONCATENATION": 2}
+# A graph with a native grouped CONV_2D (filter depth < input depth) has CONV_2D version 6
+# for every conv, float and int8 (one operator code per op).
+_GROUPED_CONV_VERSION = 6
 _FUSED = {"relu": "RELU", "relu6": "RELU6", "linear": "NONE", "hard_swish": "NONE"}
 # Fixed activation quantization (per tensor): (scale, zero point) by what produced the tensor.
 # Values do not change latency; zero points at -128 after ReLU as a calibration gives.
@@ -113,11 +118,17 @@ class GraphWriter:
     quantization parameters of its op, so the block code reads like `mhmodels.layers`.
     """
 
-    def __init__(self, quantization: str, seed: int = 0):
+    def __init__(self, quantization: str, seed: int = 0, grouped_conv: str = "native"):
+        from mhmodels.builder import GROUPED_CONV_FORMS
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got "
                              f"{quantization!r}")
+        if grouped_conv not in GROUPED_CONV_FORMS:
+            raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got "
+                             f"{grouped_conv!r}")
         self.quantization = quantization
+        self.grouped_conv = grouped_conv
+        self.native_grouped = False  # a CONV_2D with groups > 1 was written
         self.rng = np.random.default_rng(seed)
         self.tensors: list[_Tensor] = []
         self.ops: list[tuple[str, list[int], list[int], str, dict]] = []
@@ -235,6 +246,7 @@ class GraphWriter:
         wt = self._weights(f"{name}/weights", (filters, kernel, kernel, cin // groups), 0,
                            kernel * kernel * cin // groups)
         b = self._bias(f"{name}/bias", x, wt, filters, bias_offset) if bias else -1
+        self.native_grouped |= groups > 1
         out = self.activation(name, (n, -(-h // stride), -(-w // stride), filters),
                               "relu6" if act == "relu6" else
                               "relu" if act == "relu" else "linear")
@@ -243,6 +255,28 @@ class GraphWriter:
                  StrideW=stride, StrideH=stride, FusedActivationFunction=_FUSED[act],
                  DilationWFactor=1, DilationHFactor=1)
         return self.hard_swish(out, name) if act == "hard_swish" else out
+
+    def grouped(self, x: int, filters: int, kernel: int, stride: int, act: str, name: str,
+                groups: int | None) -> int:
+        """A KxK conv of `groups` groups (None: a plain conv) in this writer's form:
+        'native' one CONV_2D, 'split' SPLIT -> CONV_2D per group -> CONCATENATION (the split
+        tensors keep the input's quantization, as the converter writes them)."""
+        if not groups or groups == 1 or self.grouped_conv == "native":
+            return self.conv(x, filters, kernel, stride, act, name, groups=groups or 1)
+        n, h, w, c = self.shape(x)
+        axis = self._constant(f"{name}/split_axis", np.array(3, np.int32))
+        source = self.tensors[x]
+        parts = [self._add(_Tensor(f"{name}/split{i}", (n, h, w, c // groups), source.dtype,
+                                   None, source.scale, source.zero_point))
+                 for i in range(groups)]
+        self._op("SPLIT", [axis, x], parts, "SplitOptions", NumSplits=groups)
+        outs = [self.conv(p, filters // groups, kernel, stride, act, f"{name}_g{i}")
+                for i, p in enumerate(parts)]
+        out = self.activation(f"{name}/concat", (*self.shape(outs[0])[:3], filters),
+                              "relu6" if act == "relu6" else
+                              "relu" if act == "relu" else "linear")
+        return self._op("CONCATENATION", outs, [out], "ConcatenationOptions", Axis=-1,
+                        FusedActivationFunction="NONE")
 
     def depthwise(self, x: int, kernel: int, stride: int, act: str, name: str) -> int:
         """DEPTHWISE_CONV_2D (depth multiplier 1), padding SAME, the activation fused."""
@@ -313,12 +347,17 @@ class GraphWriter:
         h = x
         if layer.kind == "fused_ibn":
             if layer.expansion != 1:
-                h = self.conv(h, r.hidden, layer.kernel, layer.stride, layer.activation,
-                              f"{name}/fused")
+                h = self.grouped(h, r.hidden, layer.kernel, layer.stride, layer.activation,
+                                 f"{name}/fused", r.groups)
         else:  # ibn
             if layer.expansion != 1:
                 h = self.conv(h, r.hidden, 1, 1, layer.activation, f"{name}/expand")
-            h = self.depthwise(h, layer.kernel, layer.stride, layer.activation, f"{name}/dw")
+            if r.groups:
+                h = self.grouped(h, r.hidden, layer.kernel, layer.stride, layer.activation,
+                                 f"{name}/group", r.groups)
+            else:
+                h = self.depthwise(h, layer.kernel, layer.stride, layer.activation,
+                                   f"{name}/dw")
         if r.se_squeeze is not None:
             h = self.squeeze_excite(h, r.se_squeeze, f"{name}/se")
         h = self.conv(h, r.filters, 1, 1, "linear", f"{name}/project")
@@ -337,7 +376,7 @@ class GraphWriter:
         tensor_offsets = _write_tensors(b, self.tensors, buffer_of)
         op_offsets = [_write_operator(b, op, opcodes) for op in self.ops]
         subgraph = _write_subgraph(b, tensor_offsets, op_offsets, self.inputs, self.outputs)
-        code_offsets = _write_opcodes(b, opcodes, self.int8)
+        code_offsets = _write_opcodes(b, opcodes, self.int8, self.native_grouped)
         M = _schema("Model")
         codes = _table_vector(b, M.ModelStartOperatorCodesVector, code_offsets)
         subgraphs = _table_vector(b, M.ModelStartSubgraphsVector, [subgraph])
@@ -466,13 +505,16 @@ def _write_subgraph(b, tensor_offsets: list[int], op_offsets: list[int],
     return SG.SubGraphEnd(b)
 
 
-def _write_opcodes(b, opcodes: list[str], int8: bool) -> list[int]:
-    """The operator codes, at the versions the converter writes."""
+def _write_opcodes(b, opcodes: list[str], int8: bool, native_grouped: bool = False
+                   ) -> list[int]:
+    """The operator codes, at the versions the converter writes (a native grouped CONV_2D
+    needs the version that infers groups from the filter depth)."""
     OC, builtin = _schema("OperatorCode"), _enum("BuiltinOperator")
     code_offsets = []
     for name in opcodes:
         code = builtin[name]
-        version = _INT8_VERSIONS.get(name, 1) if int8 else 1
+        version = _GROUPED_CONV_VERSION if name == "CONV_2D" and native_grouped \
+            else _INT8_VERSIONS.get(name, 1) if int8 else 1
         OC.OperatorCodeStart(b)
         OC.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
         OC.OperatorCodeAddBuiltinCode(b, code)
@@ -483,13 +525,13 @@ def _write_opcodes(b, opcodes: list[str], int8: bool) -> list[int]:
 
 def write_graph(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int8",
                 input_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1001,
-                seed: int = 0) -> GraphWriter:
+                seed: int = 0, grouped_conv: str = "native") -> GraphWriter:
     """The graph of `spec` (see `write_tflite`), before serialisation: `.profile` gives its
     params and MAdds without building a Keras model, `.to_bytes()` the file."""
     shape = check_input_shape(spec, input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    g = GraphWriter(quantization, seed)
+    g = GraphWriter(quantization, seed, grouped_conv)
     x = g.input((1, *shape))
     layers = resolve(spec, width, in_channels=shape[2])
     for r in layers:
@@ -505,7 +547,7 @@ def write_graph(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int
 
 def write_tflite(spec: ModelSpec, width: float = 1.0, *, quantization: str = "int8",
                  input_shape: Sequence[int] = (224, 224, 3), num_classes: int = 1001,
-                 seed: int = 0) -> bytes:
+                 seed: int = 0, grouped_conv: str = "native") -> bytes:
     """The TFLite flatbuffer of `spec` at `width`, as `export_tflite` would write the model
     `build_model(spec, width, input_shape=..., num_classes=...)` (batch 1, logits), with
     random weights and fixed quantization parameters: for latency, not for predictions.
@@ -517,13 +559,17 @@ def write_tflite(spec: ModelSpec, width: float = 1.0, *, quantization: str = "in
       input_shape: (height, width, 3), fixed.
       num_classes: classifier outputs.
       seed: of the random weights.
+      grouped_conv: the form of grouped convolutions, 'native' or 'split' (as
+        `export_tflite(..., grouped_conv=...)`; `mhmodels.export.grouped_conv_form(target)`
+        says which a hardware runs faster).
     Returns:
       The .tflite file's bytes.
     Raises:
       ValueError: a bad quantization, width, input shape or num_classes.
     """
     return write_graph(spec, width, quantization=quantization, input_shape=input_shape,
-                       num_classes=num_classes, seed=seed).to_bytes()
+                       num_classes=num_classes, seed=seed,
+                       grouped_conv=grouped_conv).to_bytes()
 
 
 def write_tflite_file(spec: ModelSpec, path: str | os.PathLike, **kwargs) -> str:

@@ -224,10 +224,10 @@ def measure_key_direct(key: str, hardware: Sequence[Hardware], image_size: int,
     t0 = time.time()
     spec = mhmodels.get_spec(NORMALIZER_MODEL) if key == NORMALIZER_MODEL else \
         space.decode(space.parse(key))
-    files, profile = write_formats(spec, [hw.quantization for hw in hardware], image_size)
+    files, profile = write_formats(spec, [hw.export_format for hw in hardware], image_size)
     row = {"madds_m": profile.madds / 1e6, "params_m": profile.params / 1e6}
     for hw in hardware:
-        result = hw.measure_tflite(files[hw.quantization], **overrides)
+        result = hw.measure_tflite(files[hw.export_format], **overrides)
         for suffix, value in hw.row_values(result).items():
             row[f"{hw.name}_{suffix}"] = value
     row.update(arch=key, image_size=image_size, seconds=time.time() - t0)
@@ -249,15 +249,17 @@ def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> 
 
     Uniform sampling makes half the blocks fused, whose MAdds then dominate most sampled
     networks; a second stream with few fused blocks covers the depthwise-heavy corner of the
-    space where Multi-AVG / Multi-MAX (and most search results) live.
+    space where Multi-AVG / Multi-MAX (and most search results) live. (In a space with more
+    block types, e.g. multi_hw_grouped, a non-fused block is uniform over the others.)
     """
     c = space.sample(rng)
     if fused_prob is not None:
-        from .space import BLOCK_TYPES
-        for d, name in enumerate(space.decisions):
-            if name.name.endswith("/type"):
-                c[d] = BLOCK_TYPES.index("fused_ibn") if rng.random() < fused_prob else \
-                    BLOCK_TYPES.index("ibn")
+        for d, decision in enumerate(space.decisions):
+            if decision.name.endswith("/type"):
+                # not fused: 'ibn' (the paper's space), or uniform over the other types
+                others = [i for i, t in enumerate(decision.choices) if t != "fused_ibn"]
+                c[d] = decision.choices.index("fused_ibn") if rng.random() < fused_prob else \
+                    others[0] if len(others) == 1 else others[int(rng.integers(len(others)))]
     return c
 
 
@@ -555,7 +557,7 @@ def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], outpu
             if key == NORMALIZER_MODEL else mhmodels.build(space.decode(space.parse(key)),
                                                            input_shape=shape)
         counts = count_layers(model)
-        exported[key] = export_formats(model, [hw.quantization for hw in hardware], image_size)
+        exported[key] = export_formats(model, [hw.export_format for hw in hardware], image_size)
         rows[key] = {"arch": key, "image_size": image_size, "madds_m": counts.madds / 1e6,
                      "params_m": counts.params / 1e6, "seconds": time.time() - t0}
         if i % 20 == 19:
@@ -570,7 +572,7 @@ def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], outpu
             key = keys[j]
             for hw in hardware:
                 results[key][hw.name].append(
-                    hw.measure_tflite(exported[key][hw.quantization], **overrides))
+                    hw.measure_tflite(exported[key][hw.export_format], **overrides))
             if bar is not None:
                 bar.update()
     if bar is not None:

@@ -35,7 +35,7 @@ def measure_models(names, hardware, image_size: int,
     (default: up to 2 cores); the CPU timings then run one at a time in this process.
     """
     measurable = [hw for hw in hardware if hw.measurable]
-    formats = [hw.quantization for hw in measurable]
+    formats = [hw.export_format for hw in measurable]
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     exports = export_zoo_models({name: _build_kwargs(name) for name in names}, formats,
@@ -49,7 +49,7 @@ def measure_models(names, hardware, image_size: int,
         elif exported is not None:
             for hw in measurable:
                 try:
-                    result = hw.measure_tflite(exported[hw.quantization])
+                    result = hw.measure_tflite(exported[hw.export_format])
                 except Exception as err:  # keep going: one failing hardware is not fatal
                     print(f"  ({name} on {hw.name}: measurement failed: {err})")
                     continue

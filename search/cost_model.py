@@ -43,14 +43,18 @@ import numpy as np
 from mhmodels.cli import command
 from mhmodels.registry import builtin_zoo_dir
 
-from .space import BLOCK_TYPES, EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
+from .space import EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
 
 FORMAT_VERSION = 1
 # The shipped cost models, found through the package (the checkout's zoo/ or the installed
 # mhmodels/zoo/); read-only: refits go to a user directory.
 DEFAULT_DIR = builtin_zoo_dir() / "cost_models"
 PHYSICAL = ("ops", "pw_madds", "dw3_madds", "dw5_madds", "full3_madds", "full5_madds",
-            "act_melems", "add_melems", "weights_m")
+            "act_melems", "add_melems", "weights_m", "group3_madds", "group5_madds",
+            "group_ops")
+# group*_madds / group_ops: grouped KxK convs (the multi_hw_grouped space), their MAdds and
+# group count (an Ethos-U runs each group as its own conv, the split form). Zero in the
+# paper's space, so its fits and shipped models are unchanged.
 # weights_m (millions of weights) matters on NPUs, which stream weights from flash or DRAM
 # (Ethos-U55 in shared-SRAM mode reads them at 0.5 GB/s): their cost is not in the MAdds.
 
@@ -187,20 +191,28 @@ def _physical(**amounts: float) -> np.ndarray:
     return v
 
 
-def _main_descriptor(cin: int, e: int, k: int, kind: str, stride: int, h_in: int,
+def _main_descriptor(space, cin: int, e: int, k: int, block_type: str, stride: int, h_in: int,
                      h_out: int) -> np.ndarray:
-    """A block's main part: the expand 1x1 + KxK depthwise, or the fused KxK conv."""
+    """A block's main part: the expand 1x1 + KxK depthwise (or grouped conv), or the fused
+    (or fused-grouped) KxK conv; kind and group size as `space.block_kind` decodes them."""
     hid = cin * e
-    if kind == "fused_ibn" and e == 1 and stride != 1:
-        kind = "ibn"  # the space's strided fused-e1 fallback
+    kind, group_size = space.block_kind(block_type, cin, e, stride)
+    groups = hid // group_size if group_size else 1
+    conv = f"group{k}_madds" if group_size else f"full{k}_madds"
+    extra = {"group_ops": groups} if group_size else {}
     if kind == "fused_ibn":
         if e == 1:
             return _physical()
         return _physical(ops=1, act_melems=h_out * h_out * hid / 1e6,
-                         weights_m=k * k * cin * hid / 1e6,
-                         **{f"full{k}_madds": h_out * h_out * k * k * cin * hid / 1e6})
-    v = _physical(ops=1, act_melems=h_out * h_out * hid / 1e6, weights_m=k * k * hid / 1e6,
-                  **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
+                         weights_m=k * k * cin * hid / groups / 1e6, **extra,
+                         **{conv: h_out * h_out * k * k * cin * hid / groups / 1e6})
+    if group_size:
+        v = _physical(ops=1, act_melems=h_out * h_out * hid / 1e6, **extra,
+                      weights_m=k * k * hid * hid / groups / 1e6,
+                      **{conv: h_out * h_out * k * k * hid * hid / groups / 1e6})
+    else:
+        v = _physical(ops=1, act_melems=h_out * h_out * hid / 1e6, weights_m=k * k * hid / 1e6,
+                      **{f"dw{k}_madds": h_out * h_out * k * k * hid / 1e6})
     if e != 1:
         v += _physical(ops=1, pw_madds=h_in * h_in * cin * hid / 1e6,
                        act_melems=h_in * h_in * hid / 1e6, weights_m=cin * hid / 1e6)
@@ -274,7 +286,8 @@ def _add_first_block(tables: _Tables, s: int, stride: int, h_in: int, h_out: int
     """Block 0 of stage s, the one that may stride: its input width is the previous stage's
     output ratio (the fixed stem for stage 0), a dimension of both of its tables."""
     space, ix = tables.space, tables.space.index
-    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
+    types = space.block_types
+    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(types)
     e_c, k_c, t_c = _block_columns(ix, s, 0)
     prev = ix[f"stage{s - 1}/filter_ratio"] if s > 0 else None
     nin = 1 if s == 0 else nr
@@ -284,8 +297,8 @@ def _add_first_block(tables: _Tables, s: int, stride: int, h_in: int, h_out: int
     terms = [(e_c, nk * nt), (k_c, nt), (t_c, 1)] + \
         ([] if prev is None else [(prev, ne * nk * nt)])
     tables.add(f"stage{s}/block0/main", (nin, ne, nk, nt), terms, None,
-               lambda t: _main_descriptor(cin_of(t[0]), EXPANSIONS[t[1]], KERNELS[t[2]],
-                                          BLOCK_TYPES[t[3]], stride, h_in, h_out), s)
+               lambda t: _main_descriptor(space, cin_of(t[0]), EXPANSIONS[t[1]], KERNELS[t[2]],
+                                          types[t[3]], stride, h_in, h_out), s)
     terms = [(e_c, nr), (ix[f"stage{s}/filter_ratio"], 1)] + \
         ([] if prev is None else [(prev, ne * nr)])
     tables.add(f"stage{s}/block0/proj", (nin, ne, nr), terms, None,
@@ -297,7 +310,8 @@ def _add_later_blocks(tables: _Tables, s: int, h_out: int) -> None:
     """Blocks 1.. of stage s: stride 1 at the stage's own width, so they have one shape and
     share one (main, proj) table pair; block b counts when the stage has more than b blocks."""
     space, ix = tables.space, tables.space.index
-    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(BLOCK_TYPES)
+    types = space.block_types
+    nr, ne, nk, nt = len(FILTER_RATIOS), len(EXPANSIONS), len(KERNELS), len(types)
     nb, rc = ix[f"stage{s}/num_blocks"], ix[f"stage{s}/filter_ratio"]
     main_off = proj_off = None
     for b in range(1, max(NUM_BLOCKS)):
@@ -311,8 +325,8 @@ def _add_later_blocks(tables: _Tables, s: int, h_out: int) -> None:
             continue
         main_off = tables.add(
             f"stage{s}/rest/main", (nr, ne, nk, nt), main_terms, (nb, b),
-            lambda t: _main_descriptor(space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
-                                       KERNELS[t[2]], BLOCK_TYPES[t[3]], 1, h_out, h_out), s)
+            lambda t: _main_descriptor(space, space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
+                                       KERNELS[t[2]], types[t[3]], 1, h_out, h_out), s)
         proj_off = tables.add(
             f"stage{s}/rest/proj", (nr, ne), proj_terms, (nb, b),
             lambda t: _proj_descriptor(space.stage_filters(s, t[0]), EXPANSIONS[t[1]],
@@ -509,6 +523,16 @@ def cost_model_dirs(directory: str | os.PathLike | None = None) -> list[Path]:
     return [user_cost_model_dir(), Path(DEFAULT_DIR)]
 
 
+DEFAULT_SPACE = "multi_hw"
+
+
+def model_file_name(hardware_id: str, space_name: str = DEFAULT_SPACE) -> str:
+    """`<hardware>.json` for the paper's space, `<hardware>.<space>.json` for another (e.g.
+    ethos_u55.multi_hw_grouped.json): the loader finds a model by (hardware, space)."""
+    return f"{hardware_id}.json" if space_name == DEFAULT_SPACE else \
+        f"{hardware_id}.{space_name}.json"
+
+
 def calibrated_file_name(hardware: str, host: Mapping[str, Any] | None = None) -> str | None:
     """`<hardware>@<host id>.json`: the name `calibrate_cost_model` gives a CPU hardware's
     model calibrated on `host` (default: this one); None for hardware that is not this CPU."""
@@ -527,15 +551,19 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
     With `space` given, its name and decision sizes must match the file's. The file read is
-    in the model's `source`.
+    in the model's `source`; a space other than multi_hw is looked up as
+    `<hardware>.<space>.json` (`model_file_name`) first.
     """
     from .hardware import hardware_id
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
         names = [f"{hardware_id(hardware)}.json"]
+        if space is not None and space.name != DEFAULT_SPACE:
+            names.insert(0, model_file_name(hardware_id(hardware), space.name))
         calibrated = calibrated_file_name(hardware)
-        if calibrated:  # a model calibrated on this very host beats every other
+        if calibrated and (space is None or space.name == DEFAULT_SPACE):
+            # a model calibrated on this very host beats every other
             names.insert(0, calibrated)
         candidates = [d / n for n in names for d in cost_model_dirs(directory)]
         path = next((c for c in candidates if c.is_file()), candidates[-1])

@@ -3,7 +3,8 @@
     python -m search.cost_model --fit [--data=...] [--hardware=cpu_float,...]
     python -m search.cost_model --calibrate [--hardware=cpu_float,cpu_int8]
 
---fit writes <hardware>.json (+ a held-out scatter PNG) per hardware column of --data;
+--fit writes <hardware>.json (<hardware>.<space>.json for a --space other than multi_hw; +
+a held-out scatter PNG) per hardware column of --data;
 --calibrate times a calibration set here and writes <hardware>@<host id>.json. Both go to
 --output_dir (default $MHMODELS_HOME/cost_models), which the search reads before the shipped
 models. (`python -m search.cost_model` runs this module: the computation is
@@ -18,7 +19,7 @@ from absl import flags
 from mhmodels import cli
 from mhmodels.cli import command
 
-from .cost_model import DEFAULT_DIR, calibrate_cost_models
+from .cost_model import DEFAULT_DIR, calibrate_cost_models, model_file_name
 from .cost_model_report import calibration_summary, fit_and_save, fit_summary
 
 
@@ -64,7 +65,8 @@ def _fit(FLAGS) -> int:
     output_dir = Path(FLAGS.output_dir or user_cost_model_dir())
     for hw in FLAGS.hardware:
         model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
-        print(fit_summary(hw, model, output_dir / f"{hardware_id(model.hardware)}.json"))
+        print(fit_summary(hw, model, output_dir / model_file_name(hardware_id(model.hardware),
+                                                                  FLAGS.space)))
     if not FLAGS.output_dir:
         print(f"{command('search')} reads these before the shipped models ({DEFAULT_DIR})")
     else:

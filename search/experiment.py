@@ -434,10 +434,10 @@ def measure_all_architectures(config: ExperimentConfig,
         latency = {hw.name: float("nan") for hw in hardware}
         try:
             model = mhmodels.build(spec, width, input_shape=(size, size, 3))
-            files = export_formats(model, [hw.quantization for hw in hardware], size)
+            files = export_formats(model, [hw.export_format for hw in hardware], size)
             for hw in hardware:
                 if hw.deterministic:
-                    latency[hw.name] = hw.latency_ms(hw.measure_tflite(files[hw.quantization]))
+                    latency[hw.name] = hw.latency_ms(hw.measure_tflite(files[hw.export_format]))
             exported[digest] = files
         except Exception as err:  # one failing export is not fatal: NaN, retried next run
             print(f"  ({label}: measurement failed: {err})", flush=True)
@@ -454,7 +454,7 @@ def measure_all_architectures(config: ExperimentConfig,
         for digest, files in sorted(exported.items()):
             record = records[digest]
             for hw in timed:
-                value = hw.latency_ms(hw.measure_tflite(files[hw.quantization]))
+                value = hw.latency_ms(hw.measure_tflite(files[hw.export_format]))
                 record["rounds_ms"][hw.name].append(value)
                 record["latency_ms"][hw.name] = min(record["rounds_ms"][hw.name])
         print(f"  timing round {r + 1}/{config.measure_rounds} on "

@@ -16,7 +16,10 @@ recorded with every measurement and cost model, and `measure_tflite` / `latency_
     architecture keyed by `space.encode(space.canonical(choices))`: columns `arch,latency_ms`.
     A row whose arch is `mobilenet_v1` gives the normaliser.
 
-One int8 export serves every int8 hardware (`measure_all` exports once per format).
+One int8 export serves every int8 hardware (`measure_all` exports once per format). A model
+with grouped convolutions (`LayerSpec.group_size`) is written in the form each hardware runs
+faster (`mhmodels.export.grouped_conv_form`): the format `int8+split` for the Ethos-U NPUs,
+`int8` (native) for the CPU; without grouped convolutions the two are one file.
 
 The normaliser C of a hardware is the latency of MobileNetV1 width 1.0 measured the same way
 (paper section 6.2); the cost model stores the value it was fitted with (`normalizer_ms`).
@@ -66,10 +69,27 @@ def representative_data(image_size: int, num_batches: int = 1, seed: int = 0):
             for _ in range(num_batches)]
 
 
+SPLIT_SUFFIX = "+split"
+
+
+def split_format(fmt: str) -> tuple[str, str]:
+    """An export format -> (quantization, grouped-conv form): 'int8+split' -> ('int8',
+    'split'), 'float' -> ('float', 'native')."""
+    if fmt.endswith(SPLIT_SUFFIX):
+        return fmt[:-len(SPLIT_SUFFIX)], "split"
+    return fmt, "native"
+
+
+def _has_grouped_conv(model) -> bool:
+    return any(getattr(layer, "groups", 1) > 1 for layer in model.layers)
+
+
 def export_bytes(model, quantization: str, image_size: int | None = None) -> bytes:
-    """Export a Keras model to TFLite bytes with the project's one exporter."""
+    """Export a Keras model to TFLite bytes with the project's one exporter. `quantization`
+    is an export format: with '+split' the grouped convolutions are written split."""
     from mhmodels.export import export_tflite
-    kwargs = {}
+    quantization, form = split_format(quantization)
+    kwargs = {"grouped_conv": form} if form == "split" and _has_grouped_conv(model) else {}
     if quantization in ("int8", "uint8"):
         size = image_size or int(model.input_shape[1])
         kwargs["representative_data"] = representative_data(size)
@@ -91,6 +111,21 @@ class Hardware:
     def measurable(self) -> bool:
         """True when this machine can produce the latency of a model (export + measure)."""
         return self.quantization is not None
+
+    @property
+    def export_format(self) -> str | None:
+        """The file this hardware runs: its quantization, + '+split' where grouped convs run
+        faster split (`mhmodels.export.grouped_conv_form`)."""
+        from mhmodels.export import grouped_conv_form
+        if self.quantization is None:
+            return None
+        form = grouped_conv_form(self.grouped_conv_target)
+        return self.quantization + (SPLIT_SUFFIX if form == "split" else "")
+
+    @property
+    def grouped_conv_target(self) -> str:
+        """The target name `grouped_conv_form` knows this hardware by."""
+        return self.name
 
     @property
     def statistic(self) -> str:
@@ -129,7 +164,7 @@ class Hardware:
 
     def export(self, keras_model, image_size: int | None = None) -> bytes:
         self._need_measurable()
-        return export_bytes(keras_model, self.quantization, image_size)
+        return export_bytes(keras_model, self.export_format, image_size)
 
     def measure_model(self, keras_model, **overrides):
         """Export `keras_model` in this hardware's format and measure it."""
@@ -198,6 +233,10 @@ class VelaHardware(Hardware):
 
     vela: VelaConfig | None = None
 
+    @property
+    def grouped_conv_target(self) -> str:
+        return "ethos-u"  # any vela configuration, e.g. vela:ethos-u55-128:...
+
     def config(self) -> dict:
         return {**self.vela.to_dict(), "quantization": self.quantization}
 
@@ -259,9 +298,18 @@ def same_config(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> boo
 
 def export_formats(model, formats: Sequence[str], image_size: int | None = None
                    ) -> dict[str, bytes]:
-    """{format: TFLite bytes} of a Keras model, one export per distinct format (one int8
-    export serves cpu_int8 and every NPU)."""
-    return {q: export_bytes(model, q, image_size) for q in dict.fromkeys(formats)}
+    """{format: TFLite bytes} of a Keras model, one export per distinct file (one int8
+    export serves cpu_int8 and every NPU; 'int8+split' is the 'int8' file for a model without
+    grouped convolutions)."""
+    grouped = _has_grouped_conv(model)
+    files: dict[str, bytes] = {}
+    out = {}
+    for fmt in dict.fromkeys(formats):
+        key = fmt if grouped else split_format(fmt)[0]
+        if key not in files:
+            files[key] = export_bytes(model, key, image_size)
+        out[fmt] = files[key]
+    return out
 
 
 # How collection makes the .tflite it measures: 'direct' writes it from the spec
@@ -273,12 +321,18 @@ EXPORTS = ("direct", "converter")
 
 def write_formats(spec, formats: Sequence[str], image_size: int = 224):
     """({format: TFLite bytes}, Profile) of a spec written directly, one file per distinct
-    format (one int8 file serves cpu_int8 and every NPU); the profile is its params / MAdds."""
+    file (as `export_formats`); the profile is its params / MAdds."""
     from mhmodels.tflite_writer import write_graph
-    out, profile = {}, None
-    for q in dict.fromkeys(formats):
-        graph = write_graph(spec, quantization=q, input_shape=(image_size, image_size, 3))
-        out[q], profile = graph.to_bytes(), graph.profile
+    grouped = any(b.group_size for b in spec.blocks)
+    files, out, profile = {}, {}, None
+    for fmt in dict.fromkeys(formats):
+        key = fmt if grouped else split_format(fmt)[0]
+        if key not in files:
+            q, form = split_format(key)
+            graph = write_graph(spec, quantization=q, input_shape=(image_size, image_size, 3),
+                                grouped_conv=form)
+            files[key], profile = graph.to_bytes(), graph.profile
+        out[fmt] = files[key]
     return out, profile
 
 
@@ -287,8 +341,8 @@ def measure_all(model, hardware: Sequence[Hardware], image_size: int | None = No
     """{hardware name: measure_tflite result}, exporting `model` once per format needed."""
     for hw in hardware:
         hw._need_measurable()
-    exported = export_formats(model, [hw.quantization for hw in hardware], image_size)
-    return {hw.name: hw.measure_tflite(exported[hw.quantization], **dict(overrides or {}))
+    exported = export_formats(model, [hw.export_format for hw in hardware], image_size)
+    return {hw.name: hw.measure_tflite(exported[hw.export_format], **dict(overrides or {}))
             for hw in hardware}
 
 

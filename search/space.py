@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import math
+
 import numpy as np
 
-from mhmodels.spec import LayerSpec, ModelSpec
+from mhmodels.spec import LayerSpec, ModelSpec, round8
 
 FILTER_RATIOS = (0.5, 0.625, 0.75, 1.0, 1.25, 1.5, 2.0)
 NUM_BLOCKS = (1, 2, 3, 4)
@@ -61,6 +63,7 @@ class ActiveBlock:
     kernel: int
     kind: str  # ibn | fused_ibn, after the strided fused-e1 fallback
     stride: int
+    group_size: int | None = None  # of a grouped KxK conv (the grouped spaces), else None
 
 
 # Stage widths (x1.0): MobileNetV3-Large's 24/40/80/112/160 stages moved to multiples of 32.
@@ -69,6 +72,9 @@ MULTI_HW_STAGES = (Stage(32, 2), Stage(64, 2), Stage(128, 2), Stage(160, 1), Sta
 
 class SearchSpace:
     """Decisions, sampling and decoding for one stage layout."""
+
+    # The choices of every block's type decision (a subclass adds grouped types).
+    block_types: tuple = BLOCK_TYPES
 
     def __init__(self, stages: Sequence[Stage] = MULTI_HW_STAGES, stem_filters: int = 32,
                  head_filters: int = 960, top_filters: int = 1280, name: str = "multi_hw"):
@@ -84,7 +90,7 @@ class SearchSpace:
             for b in range(max(NUM_BLOCKS)):
                 decisions.append(Decision(f"stage{s}/block{b}/expansion", EXPANSIONS))
                 decisions.append(Decision(f"stage{s}/block{b}/kernel", KERNELS))
-                decisions.append(Decision(f"stage{s}/block{b}/type", BLOCK_TYPES))
+                decisions.append(Decision(f"stage{s}/block{b}/type", self.block_types))
         self.decisions: tuple[Decision, ...] = tuple(decisions)
         self.index = {d.name: i for i, d in enumerate(self.decisions)}
 
@@ -157,18 +163,32 @@ class SearchSpace:
             for b in range(self.choice(arr, f"stage{s}/num_blocks")):
                 stride = stage.block_stride(b)
                 expansion = self.choice(arr, f"stage{s}/block{b}/expansion")
-                kind = self.choice(arr, f"stage{s}/block{b}/type")
-                if kind == "fused_ibn" and expansion == 1 and stride != 1:
-                    # A fused block of expansion 1 has no KxK conv to carry the stride: its
-                    # strided form is the depthwise-separable one.
-                    kind = "ibn"
+                kind, group_size = self.block_kind(self.choice(arr, f"stage{s}/block{b}/type"),
+                                                   in_filters, expansion, stride)
                 blocks.append(ActiveBlock(
                     stage=s, index=b, in_filters=in_filters, filters=filters,
                     in_ratio=in_ratio, out_ratio=ratio, expansion=expansion,
                     kernel=self.choice(arr, f"stage{s}/block{b}/kernel"), kind=kind,
-                    stride=stride))
+                    stride=stride, group_size=group_size))
                 in_filters, in_ratio = filters, ratio
         return blocks
+
+    def block_kind(self, block_type: str, in_filters: int, expansion: int,
+                   stride: int) -> tuple[str, int | None]:
+        """(spec kind, group_size) of a block of type choice `block_type`."""
+        del in_filters  # the grouped spaces' group sizes depend on it
+        if block_type == "fused_ibn" and expansion == 1 and stride != 1:
+            # A fused block of expansion 1 has no KxK conv to carry the stride: its strided
+            # form is the depthwise-separable one.
+            return "ibn", None
+        return block_type, None
+
+    def type_index(self, layer: LayerSpec, in_filters: int) -> int | None:
+        """The type choice that decodes to `layer` (kind, group size), or None."""
+        del in_filters
+        if layer.group_size is not None or layer.kind not in self.block_types:
+            return None
+        return self.block_types.index(layer.kind)
 
     def decode(self, choices: Sequence[int], name: str = "searched",
                description: str = "") -> ModelSpec:
@@ -176,7 +196,7 @@ class SearchSpace:
         blocks = tuple(
             LayerSpec(kind=a.kind, filters=a.filters, kernel=a.kernel, stride=a.stride,
                       expansion=float(a.expansion) if a.expansion != int(a.expansion)
-                      else a.expansion, activation="relu")
+                      else a.expansion, activation="relu", group_size=a.group_size)
             for a in self.active_blocks(choices))
         spec = ModelSpec(
             name=name,
@@ -199,9 +219,12 @@ class SearchSpace:
         """
         blocks = list(spec.blocks)
 
-        def fits(layer) -> bool:
-            return (layer.kind in BLOCK_TYPES and layer.expansion in EXPANSIONS and
-                    layer.kernel in KERNELS and not layer.se_ratio and layer.activation == "relu")
+        def fits(i: int) -> bool:
+            layer = blocks[i]
+            cin = blocks[i - 1].filters if i else self.stem_filters
+            return (layer.expansion in EXPANSIONS and layer.kernel in KERNELS and
+                    not layer.se_ratio and layer.activation == "relu" and
+                    self.type_index(layer, cin) is not None)
 
         def split(s: int, start: int) -> list[int] | None:
             """Blocks per stage for stages s.. covering blocks[start:], or None."""
@@ -215,7 +238,7 @@ class SearchSpace:
                 return None
             n_max = 0
             while (n_max < max(NUM_BLOCKS) and start + n_max < len(blocks) and
-                   fits(blocks[start + n_max]) and blocks[start + n_max].filters == filters and
+                   fits(start + n_max) and blocks[start + n_max].filters == filters and
                    blocks[start + n_max].stride == stage.block_stride(n_max)):
                 n_max += 1
             for n in range(n_max, 0, -1):
@@ -238,15 +261,87 @@ class SearchSpace:
                 r for r in range(len(FILTER_RATIOS))
                 if self.stage_filters(s, r) == group[0].filters)
             for b, layer in enumerate(group):
+                cin = blocks[start - n + b - 1].filters if start - n + b else self.stem_filters
                 arr[self.index[f"stage{s}/block{b}/expansion"]] = EXPANSIONS.index(layer.expansion)
                 arr[self.index[f"stage{s}/block{b}/kernel"]] = KERNELS.index(layer.kernel)
-                arr[self.index[f"stage{s}/block{b}/type"]] = BLOCK_TYPES.index(layer.kind)
+                arr[self.index[f"stage{s}/block{b}/type"]] = self.type_index(layer, cin)
         if self.decode(arr, spec.name).blocks != spec.blocks:
             raise ValueError(f"{spec.name} is not a point of the {self.name} space")
         return arr
 
 
-SPACES = {"multi_hw": SearchSpace}
+# -- the grouped space (issue #20) ------------------------------------------------------------
+
+# Nominal group sizes (output channels per group of the grouped KxK conv), the Model Garden's
+# `group_base_size` values: 64 its default (MobileNet-EdgeTPU-V2), 32 a finer step toward
+# depthwise.
+GROUP_SIZES = (32, 64)
+GROUPED_BLOCK_TYPES = BLOCK_TYPES + tuple(
+    f"{kind}_g{g}" for kind in ("ibn", "fused_ibn") for g in GROUP_SIZES)
+
+
+def grouped_type(block_type: str) -> tuple[str, int | None]:
+    """'ibn_g32' -> ('ibn', 32); 'fused_ibn' -> ('fused_ibn', None)."""
+    kind, sep, size = block_type.rpartition("_g")
+    return (kind, int(size)) if sep and size.isdigit() else (block_type, None)
+
+
+def group_size_for(kind: str, in_filters: int, expansion: int, nominal: int) -> int:
+    """The group size a grouped block of nominal size `nominal` gets, valid at every choice.
+
+    The Model Garden's rule (groups = expanded channels / group size) wherever it splits the
+    conv's channels evenly; else the nearest split that does, so that every choice of the
+    space builds (the spec's rule: `mhmodels.spec.group_count`):
+      * ibn (grouped KxK on the expanded channels, in = out): gcd(nominal, expanded); the
+        channels are multiples of 32, so a size of 32 or 64, and every group lies inside one
+        aligned block of 64 channels (the supernet stores one [K, K, 64, C] kernel for them).
+      * fused_ibn (grouped KxK from the block's input to the expanded channels): the group
+        count must also divide the input channels; the divisor of them nearest expanded /
+        nominal (ties: more groups, i.e. the smaller group) - e.g. 32 -> 96 channels at size
+        32 take 4 groups (size 24) instead of 3, which would split 32 inputs unevenly.
+    """
+    hidden = round8(expansion * in_filters)
+    if kind == "ibn":
+        return math.gcd(nominal, hidden)
+    target = hidden / nominal
+    groups = min((d for d in range(1, in_filters + 1) if in_filters % d == 0),
+                 key=lambda d: (abs(d - target), -d))
+    return hidden // groups
+
+
+class GroupedSearchSpace(SearchSpace):
+    """`multi_hw` with grouped blocks: each block's type is regular / fused (the paper's) or
+    grouped / fused-grouped (the Edge TPU NAS paper's `ibn_grouped` / `ibn_fused_grouped`)
+    at a nominal group size of `GROUP_SIZES` - one decision of 6 choices, the paper's two
+    first, so a `multi_hw` choice vector is one of this space too (same decisions, order and
+    sizes except the type's). Decodes to the spec's `group_size` (see `group_size_for`)."""
+
+    block_types = GROUPED_BLOCK_TYPES
+
+    def __init__(self, *args, name: str = "multi_hw_grouped", **kwargs):
+        super().__init__(*args, name=name, **kwargs)
+
+    def block_kind(self, block_type: str, in_filters: int, expansion: int,
+                   stride: int) -> tuple[str, int | None]:
+        kind, nominal = grouped_type(block_type)
+        if nominal is None or (kind == "fused_ibn" and expansion == 1):
+            # A fused block of expansion 1 has no KxK conv to group: it is the fused one.
+            return super().block_kind(kind, in_filters, expansion, stride)
+        return kind, group_size_for(kind, in_filters, expansion, nominal)
+
+    def type_index(self, layer: LayerSpec, in_filters: int) -> int | None:
+        if layer.group_size is None:
+            return super().type_index(layer, in_filters)
+        for i, block_type in enumerate(self.block_types):
+            kind, nominal = grouped_type(block_type)
+            if nominal is not None and kind == layer.kind and layer.expansion in EXPANSIONS \
+                    and group_size_for(kind, in_filters, int(layer.expansion),
+                                       nominal) == layer.group_size:
+                return i
+        return None
+
+
+SPACES = {"multi_hw": SearchSpace, "multi_hw_grouped": GroupedSearchSpace}
 
 
 def get_space(name: str = "multi_hw") -> SearchSpace:

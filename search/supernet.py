@@ -20,6 +20,15 @@ int vector, one entry per decision of ``space``) with weights shared by every ch
   expansion-1 ops (4 ops per position instead of 2) measured worse on digits: children that mix
   ops with unrelated output bases interfere, and a supernet trained on uniform random children
   stayed at chance. Children without expansion-1 blocks equal ``mhmodels.build`` exactly (tested).
+* **Grouped blocks** (the ``multi_hw_grouped`` space, issue #20): a fused-grouped block is the
+  fused 5x5 conv masked block-diagonally (input group i -> output group i, the group count of
+  ``space_lib.group_size_for``), so it shares that kernel with the fused block and across group
+  sizes; a grouped regular block runs the shared expand 1x1, then one grouped 5x5 kernel
+  [5, 5, 64, hidden] (Keras' grouped layout at group size 64: every group of size 32 or 64 lies
+  inside one aligned block of 64 channels) masked to its group size, then the shared
+  projection. Kernel 3 is its centre as above; op warm-up adds it (at group size 64) to the
+  sum. At width != 1.0 the group sizes scale with the width (64 -> round8(64 w)), a proxy.
+  Spaces without grouped types build exactly the variables and ops they had before.
 * **Number of blocks by skipping**: a block beyond the stage's ``num_blocks`` is the identity on
   the residual path.
 * **Op warm-up** (``all_ops=True``): every present block runs the sum of its regular and fused
@@ -57,6 +66,9 @@ from .controller import replicated_variable, stateless_uniform
 BN_EPSILON = 1e-3
 MAX_KERNEL = max(space_lib.KERNELS)
 MAX_EXPANSION = max(space_lib.EXPANSIONS)
+# Channels per aligned block of the grouped regular block's kernel (every group size of the
+# grouped space, 32 or 64 at width 1.0, divides it).
+GROUP_BLOCK = 64
 
 
 def _mask(total: int, active) -> tf.Tensor:
@@ -85,6 +97,10 @@ class Supernet(tf.Module):
         self._seed = int(seed)
         self._count = 0
         self.weights: dict[str, tf.Variable] = {}
+        types = [space_lib.grouped_type(t) for t in space.block_types]
+        self.grouped = any(nominal is not None for _, nominal in types)
+        self._type_fused = tf.constant([kind == "fused_ibn" for kind, _ in types])
+        self.group_max = self.scaled(GROUP_BLOCK)  # the grouped kernel's block at this width
         sc = self.scaled
         idx = space.index
         self.stem_filters = sc(space.stem_filters)
@@ -116,6 +132,8 @@ class Supernet(tf.Module):
                     i_expansion=idx[f"{prefix}/expansion"], i_kernel=idx[f"{prefix}/kernel"],
                     i_type=idx[f"{prefix}/type"], i_blocks=idx[f"stage{s}/num_blocks"],
                     i_ratio=idx[f"stage{s}/filter_ratio"]))
+                if self.grouped:
+                    self._add_grouped(self.blocks[-1])
                 cin_max = cout_max
         self.head_filters = sc(space.head_filters)
         self.top_filters = sc(space.top_filters)
@@ -173,6 +191,41 @@ class Supernet(tf.Module):
             [cin, cout], seed=[self._seed, self._count], minval=-limit, maxval=limit))
         self._var(f"{name}_bias", tf.zeros([cout]))
 
+    def _add_grouped(self, blk: dict) -> None:
+        """The grouped regular block's kernel and BN, and the tables of group sizes by (input
+        channel choice, expansion, type) at width 1.0: `fused_groups` (the fused-grouped
+        conv's group count, 1 for the other types) and `ibn_size` (the grouped regular
+        conv's group size, 0 for the other types)."""
+        s, b, p = blk["stage"], blk["index"], blk["key"]
+        space = self.space
+        pad = -(-blk["hidden_max"] // self.group_max) * self.group_max
+        blk["hidden_pad"] = pad
+        self._add_grouped_conv(f"{p}_group", MAX_KERNEL, self.group_max, pad)
+        self._add_bn(f"{p}_group_bn", blk["hidden_max"])
+        if b > 0:
+            cins, blk["i_cin"] = [space.stage_filters(s, r) for r in
+                                  range(len(space_lib.FILTER_RATIOS))], blk["i_ratio"]
+        elif s > 0:
+            cins = [space.stage_filters(s - 1, r) for r in range(len(space_lib.FILTER_RATIOS))]
+            blk["i_cin"] = space.index[f"stage{s - 1}/filter_ratio"]
+        else:
+            cins, blk["i_cin"] = [space.stem_filters], None
+        shape = (len(cins), len(space_lib.EXPANSIONS), len(space.block_types))
+        groups, sizes = np.ones(shape, np.int32), np.zeros(shape, np.int32)
+        for (c, e, t), _ in np.ndenumerate(groups):
+            kind, group_size = space.block_kind(space.block_types[t], cins[c],
+                                                space_lib.EXPANSIONS[e], 1)
+            if group_size is not None and kind == "fused_ibn":
+                groups[c, e, t] = space_lib.EXPANSIONS[e] * cins[c] // group_size
+            elif group_size is not None:
+                sizes[c, e, t] = group_size
+        blk["fused_groups"], blk["ibn_size"] = tf.constant(groups), tf.constant(sizes)
+
+    def _add_grouped_conv(self, name: str, kernel: int, group: int, channels: int) -> None:
+        """[K, K, group, channels]: Keras' grouped-conv layout (fan-out K * K * channels, as
+        the builder's grouped Conv2D is initialised)."""
+        self._var(name, self._init([kernel, kernel, group, channels], kernel * kernel * channels))
+
     @property
     def trainable_weights(self) -> list[tf.Variable]:
         return [self.weights[k] for k in sorted(self.weights)]
@@ -189,6 +242,29 @@ class Supernet(tf.Module):
         if kernel is not None:
             w = w * kernel
         return tf.nn.conv2d(x, w, strides=stride, padding="SAME")
+
+    def _fused_group_mask(self, blk, cin_act, hidden_act, groups):
+        """[1, 1, cin_max, hidden_max] 0/1: input channel i feeds output channel o when both
+        are in the same of `groups` groups (channel c of n active is in group c * groups // n:
+        the grouped conv's split at width 1.0, a proxy of it at other widths)."""
+        gi = tf.range(blk["cin_max"]) * groups // cin_act
+        go = tf.range(blk["hidden_max"]) * groups // hidden_act
+        return tf.cast(gi[:, None] == go[None, :], tf.float32)[None, None]
+
+    def _grouped_conv(self, h, blk, stride, kernel, size):
+        """The grouped regular block's KxK conv at group size `size` (width 1.0 channels; a
+        scalar tensor or int): the [K, K, group_max, hidden_pad] kernel, each output's
+        inputs masked to its own group of size * group_max / 64 channels."""
+        g = self.group_max * size // GROUP_BLOCK
+        local = tf.range(self.group_max) // g
+        out = tf.range(blk["hidden_pad"]) % self.group_max // g
+        mask = tf.cast(local[:, None] == out[None, :], tf.float32)[None, None]
+        w = self.weights[f"{blk['key']}_group"] * kernel * mask
+        extra = blk["hidden_pad"] - blk["hidden_max"]
+        if extra:
+            h = tf.pad(h, [[0, 0], [0, 0], [0, 0], [0, extra]])
+        y = tf.nn.conv2d(h, w, strides=stride, padding="SAME")
+        return y[..., :blk["hidden_max"]] if extra else y
 
     def _depthwise(self, x, name, stride, kernel):
         w = self.weights[name] * kernel
@@ -244,32 +320,54 @@ class Supernet(tf.Module):
         expansion = tf.gather(self._expansions, choices[blk["i_expansion"]])
         kernel = tf.where(choices[blk["i_kernel"]] == space_lib.KERNELS.index(5),
                           tf.ones_like(self._centre3), self._centre3)
-        fused = choices[blk["i_type"]] == space_lib.BLOCK_TYPES.index("fused_ibn")
         present = b < choices[blk["i_blocks"]] + 1
         m_hid = _mask(hidden_max, expansion * cin_act)
         m_out = _mask(cout_max, cout_act)
+        if self.grouped:
+            fused = tf.gather(self._type_fused, choices[blk["i_type"]])
+            at = [0 if blk["i_cin"] is None else choices[blk["i_cin"]],
+                  choices[blk["i_expansion"]], choices[blk["i_type"]]]
+            fused_groups = tf.gather_nd(blk["fused_groups"], at)
+            ibn_size = tf.gather_nd(blk["ibn_size"], at)
+            fused_kernel = kernel * self._fused_group_mask(blk, cin_act, expansion * cin_act,
+                                                           fused_groups)
+        else:
+            fused = choices[blk["i_type"]] == space_lib.BLOCK_TYPES.index("fused_ibn")
+            fused_kernel = kernel
 
         def project(h):
             return self._bn(self._conv(h, f"{p}_project"), f"{p}_project_bn") * m_out
 
-        def ibn_hidden():
-            h = tf.nn.relu(self._bn(self._conv(x, f"{p}_expand"), f"{p}_expand_bn")) * m_hid
+        def expanded():
+            return tf.nn.relu(self._bn(self._conv(x, f"{p}_expand"), f"{p}_expand_bn")) * m_hid
+
+        def ibn_hidden(h):
             h = self._depthwise(h, f"{p}_dw", stride, kernel)
             return tf.nn.relu(self._bn(h, f"{p}_dw_bn")) * m_hid
 
-        def fused_hidden():
-            h = self._conv(x, f"{p}_fused", stride=stride, kernel=kernel)
+        def fused_hidden(fused_kernel=fused_kernel):
+            h = self._conv(x, f"{p}_fused", stride=stride, kernel=fused_kernel)
             return tf.nn.relu(self._bn(h, f"{p}_fused_bn")) * m_hid
 
-        ops = [lambda: project(ibn_hidden()), lambda: project(fused_hidden()),
-               lambda: project(ibn_hidden() + fused_hidden())]  # the last: op warm-up
+        ops = [lambda: project(ibn_hidden(expanded())), lambda: project(fused_hidden())]
+        if self.grouped:  # + the grouped regular op; op warm-up: all three (grouped at 64)
+            def group_hidden(h, size):
+                return tf.nn.relu(self._bn(self._grouped_conv(h, blk, stride, kernel, size),
+                                           f"{p}_group_bn")) * m_hid
+            ops.append(lambda: project(ibn_hidden(h := expanded()) + fused_hidden(kernel) +
+                                       group_hidden(h, GROUP_BLOCK)))
+            ops.append(lambda: project(group_hidden(expanded(), ibn_size)))
+            kind = tf.where(ibn_size > 0, 3, tf.cast(fused, tf.int32))
+        else:
+            ops.append(lambda: project(ibn_hidden(expanded()) + fused_hidden()))  # op warm-up
+            kind = tf.cast(fused, tf.int32)
         if stride != 1:  # a strided fused block of expansion 1 is the depthwise-separable one
-            fused = tf.logical_and(fused, expansion > 1)
-        branch = tf.where(tf.convert_to_tensor(all_ops), 2, tf.cast(fused, tf.int32))
+            kind = tf.where(tf.logical_and(fused, expansion == 1), 0, kind)
+        branch = tf.where(tf.convert_to_tensor(all_ops), 2, kind)
         if b > 0:
             # Same stage, stride 1: same shapes, so the residual always applies and an absent
             # block is the identity.
-            branch = tf.where(present, branch, 3)
+            branch = tf.where(present, branch, len(ops))
             return x + tf.switch_case(branch, ops + [lambda: tf.zeros_like(x)]), cout_act
         out = tf.switch_case(branch, ops)
         if stride == 1:

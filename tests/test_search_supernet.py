@@ -119,8 +119,9 @@ def test_all_ops_sums_the_regular_and_fused_hidden_features(tiny):
             v.assign(value)
 
 
-def copy_into_keras(net, space, choices, model):
-    """Put the supernet's (sliced) weights into the standalone Keras child."""
+def copy_into_keras(net, space, choices, model, skip_grouped: bool = False):
+    """Put the supernet's (sliced) weights into the standalone Keras child (`skip_grouped`:
+    leave the grouped layers to the caller)."""
     w = {k: v.numpy() for k, v in net.weights.items()}
 
     def bn(layer_name, key, n):
@@ -138,7 +139,14 @@ def copy_into_keras(net, space, choices, model):
         assert ab.expansion > 1, "the supernet runs expansion 1 through the expansion layer"
         p, name = f"s{ab.stage}b{ab.index}", f"block{i}"
         hidden = ab.expansion * ab.in_filters
-        if ab.kind == "ibn":
+        grouped = skip_grouped and (
+            f"{name}_group" in [layer.name for layer in model.layers] or
+            (ab.kind == "fused_ibn" and model.get_layer(f"{name}_fused").groups > 1))
+        if grouped and ab.kind == "fused_ibn":
+            bn(f"{name}_fused_bn", f"{p}_fused_bn", hidden)
+        elif grouped:
+            pass
+        elif ab.kind == "ibn":
             model.get_layer(f"{name}_expand").set_weights([w[f"{p}_expand"][:, :, :cin, :hidden]])
             bn(f"{name}_expand_bn", f"{p}_expand_bn", hidden)
             model.get_layer(f"{name}_dw").set_weights([k(w[f"{p}_dw"][:, :, :hidden], ab.kernel)])
@@ -249,3 +257,133 @@ def test_full_space_supernet_runs_multi_max():
     c = space.choices_for(mhmodels.get_spec("multi_max"))
     logits = net(tf.random.stateless_normal([4, 32, 32, 3], seed=[1, 1]), c)
     assert logits.shape == (4, 10) and np.all(np.isfinite(logits.numpy()))
+
+
+# -- the grouped space (issue #20) ----------------------------------------------------------------
+
+def tiny_grouped_space():
+    return space_lib.GroupedSearchSpace(
+        stages=(space_lib.Stage(32, 2), space_lib.Stage(64, 1)), stem_filters=32,
+        head_filters=64, top_filters=64, name="tiny_grouped")
+
+
+@pytest.fixture(scope="module")
+def tiny_grouped():
+    space = tiny_grouped_space()
+    net = Supernet(space, num_classes=5, width=1.0, seed=2)
+    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 3])
+    fn = tf.function(lambda x, c: net(x, c, return_blocks=True))
+    return space, net, images, fn
+
+
+def copy_grouped_into_keras(net, space, choices, model):
+    """`copy_into_keras` for grouped blocks: the fused-grouped kernel is the fused kernel's
+    block diagonal, the grouped regular kernel a slice of the [K, K, 64, C] grouped kernel."""
+    w = {k: v.numpy() for k, v in net.weights.items()}
+    plain = np.array(choices)
+    for i, d in enumerate(space.decisions):  # the base copier sees only the two paper types
+        if d.name.endswith("/type"):
+            plain[i] = space_lib.BLOCK_TYPES.index(space_lib.grouped_type(d.choices[plain[i]])[0])
+    copy_into_keras(net, space_lib.SearchSpace(space.stages, space.stem_filters,
+                                               space.head_filters, space.top_filters),
+                    plain, model, skip_grouped=True)
+
+    def k(kernel, size):
+        return kernel if size == 5 else kernel[1:4, 1:4]
+
+    for i, ab in enumerate(space.active_blocks(choices)):
+        if ab.group_size is None:
+            continue
+        p, name, cin = f"s{ab.stage}b{ab.index}", f"block{i}", ab.in_filters
+        hidden, size = ab.expansion * cin, ab.group_size
+        groups = hidden // size
+        if ab.kind == "fused_ibn":
+            full, per_in = w[f"{p}_fused"], cin // groups
+            kernel = np.stack([full[:, :, (o // size) * per_in:(o // size + 1) * per_in, o]
+                               for o in range(hidden)], axis=-1)
+            model.get_layer(f"{name}_fused").set_weights([k(kernel, ab.kernel)])
+        else:
+            model.get_layer(f"{name}_expand").set_weights([w[f"{p}_expand"][:, :, :cin, :hidden]])
+            full = w[f"{p}_group"]
+            kernel = np.stack([full[:, :, (o % 64) // size * size:(o % 64) // size * size + size,
+                                    o] for o in range(hidden)], axis=-1)
+            model.get_layer(f"{name}_group").set_weights([k(kernel, ab.kernel)])
+            layer = model.get_layer(f"{name}_group_bn")
+            mm, mv = layer.get_weights()[2:]
+            layer.set_weights([w[f"{p}_group_bn_gamma"][:hidden], w[f"{p}_group_bn_beta"][:hidden],
+                               mm, mv])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_supernet_child_equals_standalone_child(tiny_grouped, seed):
+    """Same weights, batch statistics: the supernet's grouped child == mhmodels.build of the
+    decoded spec, with grouped regular and fused-grouped blocks of both group sizes."""
+    space, net, images, fn = tiny_grouped
+    rng = np.random.default_rng(200 + seed)
+    c = no_expansion_one(space, space.sample(rng), rng)
+    types = [("ibn_g32", "fused_ibn_g64"), ("fused_ibn_g32", "ibn_g64"),
+             ("ibn_g64", "fused_ibn_g32")][seed]
+    c = set_choice(space, c, "stage0/num_blocks", 2)
+    c = set_choice(space, c, "stage0/block0/type", types[0])
+    c = set_choice(space, c, "stage0/block1/type", types[1])
+    c = set_choice(space, c, "stage0/block0/expansion", (3, 4, 6)[seed])
+    c = set_choice(space, c, "stage1/block0/type", "ibn_g32")
+    spec = space.decode(c, "child")
+    assert sum(1 for b in spec.blocks if b.group_size) >= 3
+    model = mhmodels.build(spec, input_shape=(16, 16, 3), num_classes=5, dropout=0.0)
+    copy_grouped_into_keras(net, space, c, model)
+    want = model(images, training=True).numpy()
+    got, _ = fn(images, tf.constant(c, tf.int32))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_group_sizes_share_one_kernel(tiny_grouped):
+    """Group size 64 with the off-diagonal 32x32 blocks of the grouped kernel zeroed equals
+    group size 32; fused-grouped == fused with the fused kernel's off-diagonal blocks zeroed."""
+    space, net, images, fn = tiny_grouped
+    c = np.zeros(len(space.decisions), np.int64)
+    c = set_choice(space, c, "stage0/num_blocks", 2)
+    c = set_choice(space, c, "stage0/block1/expansion", 4)  # 128 hidden: 2 x 64 or 4 x 32
+    g32 = set_choice(space, c, "stage0/block1/type", "ibn_g32")
+    g64 = set_choice(space, c, "stage0/block1/type", "ibn_g64")
+    assert not np.allclose(net(images, g32).numpy(), net(images, g64).numpy())
+    v = net.weights["s0b1_group"]
+    saved = v.numpy()
+    try:
+        off = np.ones(saved.shape, np.float32)
+        for o in range(saved.shape[-1]):
+            off[:, :, (o % 64) // 32 * 32:(o % 64) // 32 * 32 + 32, o] = 0.0
+        v.assign(saved * (1.0 - off))
+        np.testing.assert_allclose(net(images, g32).numpy(), net(images, g64).numpy(),
+                                   atol=1e-5)
+    finally:
+        v.assign(saved)
+    fused = set_choice(space, c, "stage0/block1/type", "fused_ibn")
+    fg = set_choice(space, c, "stage0/block1/type", "fused_ibn_g32")  # 32 -> 128: 4 groups
+    v = net.weights["s0b1_fused"]
+    saved = v.numpy()
+    try:
+        mask = np.zeros(saved.shape, np.float32)
+        for g in range(4):
+            mask[:, :, g * 8:(g + 1) * 8, g * 32:(g + 1) * 32] = 1.0
+        v.assign(saved * mask)
+        np.testing.assert_allclose(net(images, fg).numpy(), net(images, fused).numpy(),
+                                   atol=1e-5)
+    finally:
+        v.assign(saved)
+
+
+def test_grouped_space_all_ops_and_widths_run():
+    space = tiny_grouped_space()
+    for width in (0.25, 0.5):
+        net = Supernet(space, num_classes=5, width=width, seed=4)
+        rng = np.random.default_rng(9)
+        images = tf.random.stateless_normal([4, 16, 16, 3], seed=[0, 4])
+        for all_ops in (False, True):
+            logits = net(images, space.sample(rng), all_ops=all_ops)
+            assert logits.shape == (4, 5) and np.all(np.isfinite(logits.numpy()))
+
+
+def test_paper_space_supernet_has_no_grouped_weights(tiny):
+    space, net, images, fn = tiny
+    assert not net.grouped and not any(k.endswith("_group") for k in net.weights)

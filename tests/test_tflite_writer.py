@@ -29,15 +29,24 @@ CASES = [(name, q) for name in ZOO for q in ("int8", "float")] + \
     [(f"space:{seed}", q) for seed in (1, 2, 3) for q in ("int8", "float")] if FULL else \
     [("mobilenet_v3_small", "int8"), ("mobilenet_edgetpu", "int8"), ("mobilenet_v1", "float"),
      ("space:1", "int8"), ("space:2", "float")]
+# The grouped space (issue #20) in both forms of its grouped convs: 'grouped:<seed>:<form>'.
+CASES += [(f"grouped:{seed}:{form}", q) for seed in (1, 2) for form in ("native", "split")
+          for q in ("int8", "float")] if FULL else \
+    [("grouped:1:split", "int8"), ("grouped:2:native", "float")]
 
 
 def spec_of(name: str):
-    if name.startswith("space:"):
+    if name.startswith(("space:", "grouped:")):
         from search.space import get_space
-        space = get_space()
+        space = get_space("multi_hw" if name.startswith("space:") else "multi_hw_grouped")
         choices = space.sample(np.random.default_rng(int(name.split(":")[1])))
         return space.decode(space.canonical(choices), name="space_arch")
     return mhmodels.get_spec(name)
+
+
+def form_of(name: str) -> str:
+    """The grouped-conv form a case is exported in ('grouped:<seed>:<form>'; else native)."""
+    return name.split(":")[2] if name.startswith("grouped:") else "native"
 
 
 def trained_like(model, seed: int = 0):
@@ -68,7 +77,7 @@ def converted(name: str, quantization: str) -> bytes:
         from mhmodels.builder import build_model
         from search.hardware import export_bytes
         model = trained_like(build_model(spec_of(name), WIDTH, input_shape=(SIZE, SIZE, 3),
-                                         num_classes=CLASSES))
+                                         num_classes=CLASSES, grouped_conv=form_of(name)))
         _CONVERTED[key] = export_bytes(model, quantization, SIZE)
         _PROFILES[name] = count_layers(model)
     return _CONVERTED[key]
@@ -76,7 +85,8 @@ def converted(name: str, quantization: str) -> bytes:
 
 def written(name: str, quantization: str) -> bytes:
     return write_tflite(spec_of(name), WIDTH, quantization=quantization,
-                        input_shape=(SIZE, SIZE, 3), num_classes=CLASSES)
+                        input_shape=(SIZE, SIZE, 3), num_classes=CLASSES,
+                        grouped_conv=form_of(name))
 
 
 @pytest.mark.parametrize("name,quantization", CASES)
@@ -87,7 +97,8 @@ def test_structure_equals_the_converters(name, quantization):
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert a == b, f"op {i} ({a.name}) differs:\n ours   {a}\ntheirs {b}"
     graph = write_graph(spec_of(name), WIDTH, quantization=quantization,
-                        input_shape=(SIZE, SIZE, 3), num_classes=CLASSES)
+                        input_shape=(SIZE, SIZE, 3), num_classes=CLASSES,
+                        grouped_conv=form_of(name))
     assert (graph.profile.params, graph.profile.madds) == \
         (_PROFILES[name].params, _PROFILES[name].madds)
     if quantization == "int8":  # the quantization layout the issue names, spelled out
@@ -147,15 +158,19 @@ def test_bad_input_is_one_clear_error():
         write_tflite(spec, num_classes=0)
 
 
-def test_collection_rows_equal_with_either_export():
+@pytest.mark.parametrize("space_name", ["multi_hw", "multi_hw_grouped"])
+def test_collection_rows_equal_with_either_export(space_name):
     """collect_latency's direct path gives the converter path's row: the same vela estimate
-    (within 1%), MAdds and params, for the normaliser and a space architecture."""
+    (within 1%), MAdds and params, for the normaliser and a space architecture (the grouped
+    space's written split, the form the NPUs get, on both paths)."""
     from search.collect_latency import measure_key, measure_key_direct
     from search.hardware import get_hardware
     from search.space import get_space
-    space = get_space()
+    space = get_space(space_name)
     hw = [get_hardware("ethos_u55")]
     arch = space.encode(space.canonical(space.sample(np.random.default_rng(5))))
+    assert any(b.group_size for b in space.decode(space.parse(arch)).blocks) == \
+        (space_name == "multi_hw_grouped")
     for key in ("mobilenet_v1", arch):
         slow = measure_key(key, hw, 32, {}, space)
         fast = measure_key_direct(key, hw, 32, {}, space)
@@ -163,3 +178,21 @@ def test_collection_rows_equal_with_either_export():
         assert fast["params_m"] == pytest.approx(slow["params_m"], abs=1e-9)
         assert fast["ethos_u55_ms"] == pytest.approx(slow["ethos_u55_ms"], rel=0.01)
         assert fast["ethos_u55_cpu_ops"] == slow["ethos_u55_cpu_ops"] == 0
+
+
+def test_each_hardware_gets_its_grouped_conv_form():
+    """Ethos-U files hold the grouped convs split (SPLIT / CONCATENATION), the CPU's native
+    (grouped CONV_2D, version 6); a spec without grouped convs is one int8 file for both."""
+    from search.hardware import get_hardware, write_formats
+    hws = [get_hardware(n) for n in ("cpu_int8", "ethos_u55", "ethos_u85", "cpu_float")]
+    assert [hw.export_format for hw in hws] == ["int8", "int8+split", "int8+split", "float"]
+    files, _ = write_formats(spec_of("grouped:2:native"), [hw.export_format for hw in hws],
+                             SIZE)
+    names = {f: [op.name for op in tflite_structure(data)] for f, data in files.items()}
+    assert "SPLIT" in names["int8+split"] and "CONCATENATION" in names["int8+split"]
+    assert "SPLIT" not in names["int8"] and "SPLIT" not in names["float"]
+    native = [op for op in tflite_structure(files["int8"]) if op.name == "CONV_2D"]
+    assert any(op.inputs[1].shape[-1] < op.inputs[0].shape[-1] and op.inputs[1].shape[1] > 1
+               for op in native) and {op.version for op in native} == {6}
+    files, _ = write_formats(mhmodels.get_spec("multi_max"), ["int8", "int8+split"], SIZE)
+    assert files["int8"] is files["int8+split"]
