@@ -95,6 +95,10 @@ def read_space(output: str | os.PathLike) -> dict | None:
 
 
 def space_record(space) -> dict:
+    """The space a CSV's keys belong to: a reduced space's base (same keys), so data sampled
+    in a reduced space fits the base space's cost model beside uniform data."""
+    from .space import base_space
+    space = base_space(space)
     return {"name": space.name, "decision_sizes": [int(n) for n in space.num_choices]}
 
 
@@ -253,9 +257,10 @@ def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> 
     """
     c = space.sample(rng)
     if fused_prob is not None:
-        from .space import BLOCK_TYPES
+        from .space import BLOCK_TYPES, choice_mask
+        allowed = choice_mask(space)
         for d, name in enumerate(space.decisions):
-            if name.name.endswith("/type"):
+            if name.name.endswith("/type") and allowed[d, :len(BLOCK_TYPES)].all():
                 c[d] = BLOCK_TYPES.index("fused_ibn") if rng.random() < fused_prob else \
                     BLOCK_TYPES.index("ibn")
     return c
@@ -643,7 +648,9 @@ def define_flags():
                       "via vela).")
     flags.DEFINE_integer("num_archs", 200, "Collect until the file holds this many architectures "
                          "(the normaliser row not counted).")
-    flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
+    flags.DEFINE_string("space", "multi_hw", "Search space: a name or a space file "
+                        "(search.space.get_space); a reduced space samples inside its mask "
+                        "and records its base space (same keys).")
     flags.DEFINE_string("output", "zoo/cost_models/data/cpu_latency.csv", "CSV to append to.")
     flags.DEFINE_integer("image_size", 224, "Input resolution of the measured models.")
     flags.DEFINE_integer("seed", 0, "Sampling seed (a rerun with the same seed continues the "
