@@ -43,7 +43,10 @@ flags.DEFINE_float("beta", None, "Reward latency coefficient beta (< 0): r = A +
                    "docs/search.md).")
 flags.DEFINE_float("target", 1.0, "Latency target T of the normalised metric f (1.0 = as fast "
                    "as MobileNetV1 on average/worst case).")
-flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
+flags.DEFINE_string("space", "multi_hw", "Search space: a registered name (multi_hw), a "
+                    "shipped reduced space (multi_hw@ethos_u55, ...) or a space file (.json) "
+                    "of search.reduce_space; a reduced space uses its base space's cost models "
+                    "and never samples a masked choice (docs/block_profiles.md).")
 flags.DEFINE_string("dataset", "digits", "Dataset for mhmodels.data.make_dataset: digits "
                     "(embedded, default), folder:<path>, or a prepared TFDS name.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir / image folder of --dataset.")

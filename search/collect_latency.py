@@ -95,6 +95,10 @@ def read_space(output: str | os.PathLike) -> dict | None:
 
 
 def space_record(space) -> dict:
+    """The space a CSV's keys belong to: a reduced space's base (same keys), so data sampled
+    in a reduced space fits the base space's cost model beside uniform data."""
+    from .space import base_space
+    space = base_space(space)
     return {"name": space.name, "decision_sizes": [int(n) for n in space.num_choices]}
 
 
@@ -254,12 +258,20 @@ def sample(space, rng: np.random.Generator, fused_prob: float | None = None) -> 
     """
     c = space.sample(rng)
     if fused_prob is not None:
+        from .space import choice_mask
+        allowed = choice_mask(space)  # a reduced space's mask: only its block types
         for d, decision in enumerate(space.decisions):
-            if decision.name.endswith("/type"):
-                # not fused: 'ibn' (the paper's space), or uniform over the other types
-                others = [i for i, t in enumerate(decision.choices) if t != "fused_ibn"]
-                c[d] = decision.choices.index("fused_ibn") if rng.random() < fused_prob else \
-                    others[0] if len(others) == 1 else others[int(rng.integers(len(others)))]
+            if not decision.name.endswith("/type"):
+                continue
+            # fused with fused_prob, else uniform over the other allowed types ('ibn' in the
+            # paper's space)
+            ok = [i for i in range(decision.size) if allowed[d, i]]
+            fused = decision.choices.index("fused_ibn")
+            others = [i for i in ok if i != fused]
+            if fused in ok and (rng.random() < fused_prob or not others):
+                c[d] = fused
+            elif others:
+                c[d] = others[0] if len(others) == 1 else others[int(rng.integers(len(others)))]
     return c
 
 
@@ -686,7 +698,9 @@ def define_flags():
                       "via vela).")
     flags.DEFINE_integer("num_archs", 200, "Collect until the file holds this many architectures "
                          "(the normaliser row not counted).")
-    flags.DEFINE_string("space", "multi_hw", "Search space name (search.space.get_space).")
+    flags.DEFINE_string("space", "multi_hw", "Search space: a name or a space file "
+                        "(search.space.get_space); a reduced space samples inside its mask "
+                        "and records its base space (same keys).")
     flags.DEFINE_string("output", "zoo/cost_models/data/cpu_latency.csv", "CSV to append to.")
     flags.DEFINE_integer("image_size", 224, "Input resolution of the measured models.")
     flags.DEFINE_integer("seed", 0, "Sampling seed (a rerun with the same seed continues the "

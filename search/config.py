@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Fields of the config that must match when resuming from a checkpoint.
-RESUME_KEYS = ("space", "hardware", "metric", "beta", "target", "dataset", "image_size",
+RESUME_KEYS = ("space", "space_digest", "hardware", "metric", "beta", "target", "dataset", "image_size",
                "batch_size", "valid_batch_size", "steps", "warmup_fraction", "rl_delay_fraction",
                "learning_rate",
                "momentum", "optimizer", "weight_decay", "rl_learning_rate", "supernet_width",
@@ -87,6 +87,7 @@ class SearchConfig:
     final: str = "on_target"  # the final architecture: FINAL_CHOICES
     target_tolerance: float = 0.02  # final='on_target': |f/T - 1| of the predicted f
     num_replicas: int = field(default=1, repr=False)  # filled in by run_search
+    space_digest: str | None = field(default=None, repr=False)  # filled in: a reduced mask
 
 
 def _check(ok: bool, flag: str, value, rule: str) -> None:

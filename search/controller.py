@@ -12,6 +12,9 @@
   While it is 0 nothing moves (not even Adam's second moment), so the delay is exactly
   "controller off".
 * The final architecture is the argmax of every decision's logits.
+* A reduced search space (``search.space.ReducedSpace``) masks choices: ``allowed`` puts its
+  masked slots at the padding's -1e9 too, so they are never sampled, get no gradient and are
+  never the argmax.
 
 Every variable is created with ``aggregation=ONLY_FIRST_REPLICA``: under a ``tf.distribute``
 strategy the gradients are all-reduced first, so every replica computes the same update and an
@@ -65,7 +68,9 @@ class Controller(tf.Module):
     def __init__(self, num_choices: Sequence[int], learning_rate: float = 0.0048,
                  beta2: float = 0.999, epsilon: float = 1e-8,
                  baseline_momentum: float = BASELINE_MOMENTUM, rl_delay_steps: int = 0,
-                 name: str = "controller"):
+                 allowed=None, name: str = "controller"):
+        """allowed: optional ``[D, >= max choices]`` bool, the choices that may be sampled
+        (``search.space.choice_mask``); default all."""
         super().__init__(name=name)
         self.num_choices = [int(n) for n in num_choices]
         if not self.num_choices or min(self.num_choices) < 1:
@@ -90,6 +95,12 @@ class Controller(tf.Module):
         pad = np.zeros([len(self.num_choices), self.max_choices], np.float32)
         for i, n in enumerate(self.num_choices):
             pad[i, n:] = PAD_LOGIT
+        if allowed is not None:
+            allowed = np.asarray(allowed, bool)[:, :self.max_choices]
+            if allowed.shape != pad.shape or not allowed.any(axis=1).all():
+                raise ValueError(f"allowed must be [{len(self.num_choices)}, "
+                                 f"{self.max_choices}] with a choice in every row")
+            pad[~allowed] = PAD_LOGIT
         self._pad = tf.constant(pad)
 
     # -- distribution ------------------------------------------------------------------------
@@ -123,8 +134,9 @@ class Controller(tf.Module):
         return -tf.reduce_sum(tf.exp(logp) * tf.maximum(logp, -1e4))
 
     def argmax(self) -> np.ndarray:
-        """The final architecture: argmax of every decision's logits (ties -> first)."""
-        return np.array([int(np.argmax(v.numpy())) for v in self.logits], dtype=np.int64)
+        """The final architecture: argmax of every decision's logits (ties -> first; masked
+        choices never)."""
+        return np.argmax(self.padded_logits().numpy(), axis=-1).astype(np.int64)
 
     def logits_numpy(self) -> list[list[float]]:
         return [v.numpy().tolist() for v in self.logits]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import sys
@@ -44,6 +45,8 @@ from mhmodels.cli import command
 from mhmodels.registry import builtin_zoo_dir
 
 from .space import EXPANSIONS, FILTER_RATIOS, KERNELS, NUM_BLOCKS
+
+log = logging.getLogger("search.cost_model")
 
 FORMAT_VERSION = 1
 # The shipped cost models, found through the package (the checkout's zoo/ or the installed
@@ -550,9 +553,11 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
     any of those directories comes first.
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
-    With `space` given, its name and decision sizes must match the file's. The file read is
-    in the model's `source`; a space other than multi_hw is looked up as
-    `<hardware>.<space>.json` (`model_file_name`) first.
+    With `space` given, its name and decision sizes must match the file's. A reduced space
+    (`search.space.ReducedSpace`: a mask over a base space, same decisions and indices) uses
+    its base space's model unchanged: the check is against the base. The file read is in the
+    model's `source`; a space other than multi_hw is looked up as `<hardware>.<space>.json`
+    (`model_file_name`) first.
     """
     from .hardware import hardware_id
     if str(hardware).endswith(".json"):
@@ -581,6 +586,12 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
         raise CostModelError(f"{path}: not valid JSON: {err}") from None
     model = LinearCostModel.from_dict(data, source=str(path))
     check_hardware_config(model, hardware, source=str(path))
+    if space is not None:
+        from .space import base_space
+        if base_space(space) is not space:
+            log.debug("space %s uses its base space %s's cost model %s", space.name,
+                      base_space(space).name, path)
+        space = base_space(space)  # a reduced space predicts with its base space's model
     if space is not None and (space.name != model.space_name or
                               tuple(space.num_choices) != tuple(model.decision_sizes)):
         raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
@@ -820,12 +831,19 @@ def image_size_of(path) -> int:
     return 224
 
 
+def model_space(space_name: str):
+    """The space a cost model of `space_name` is fitted for: a reduced space's base space
+    (same decisions and choice indices), so the model serves the base and all its reductions."""
+    from .space import base_space, get_space
+    return base_space(get_space(space_name))
+
+
 def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_hw",
         holdout: float = 0.2, seed: int = 0, version: str = "1") -> LinearCostModel:
     """Fit on `holdout`-split data to report held-out Spearman / MAPE, then refit on all rows."""
     from .hardware import CSV_PREFIX, hardware_id
-    from .space import get_space
-    space = get_space(space_name)
+    space = model_space(space_name)
+    space_name = space.name
     is_csv = hardware.startswith(CSV_PREFIX)
     if is_csv:  # csv:<path>: latencies measured elsewhere
         data = hardware[len(CSV_PREFIX):]  # its own file (--data is for collected CSVs)
@@ -899,8 +917,8 @@ def fit_calibration(choices: np.ndarray, y: np.ndarray, normalizer_ms: float, ha
       * refit: a full fit (`fit_arrays`) of the calibration set alone.
     The metrics record every candidate's held-out MAPE / Spearman, the base model unchanged
     included, and the chosen method."""
-    from .space import get_space
-    space = get_space(space_name)
+    space = model_space(space_name)
+    space_name = space.name
     n = len(y)
     if n < MIN_CALIBRATION_ARCHS:
         raise ValueError(f"{hardware}: {n} calibration architectures; at least "
@@ -983,6 +1001,7 @@ def calibrate_cost_models(hardware: Sequence[str] = ("cpu_float", "cpu_int8"),
                                out / "data" / f"calibration_{host_id(host)}.csv", image_size,
                                rounds, space_name, dict(overrides or {}), progress)
     written = {}
+    space = model_space(space_name)  # sampled from `space_name`, fitted for its base
     for hw in hws:
         choices, y, normalizer = read_dataset(data, hw.name, space)
         try:
@@ -992,7 +1011,7 @@ def calibrate_cost_models(hardware: Sequence[str] = ("cpu_float", "cpu_int8"),
             base.source = str(Path(DEFAULT_DIR) / f"{hw.name}.json")
         except (OSError, CostModelError):
             base = None
-        model = fit_calibration(choices, y, normalizer, hw.name, image_size, base, space_name)
+        model = fit_calibration(choices, y, normalizer, hw.name, image_size, base, space.name)
         model.metrics["data"] = str(data)
         model.metrics["rounds"] = int(rounds)
         written[hw.name] = model.save(targets[hw.name])

@@ -29,7 +29,9 @@ def define_flags() -> None:
                         "CSV written by search.collect_latency (or arch,latency_ms).")
     flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
                       "Hardware columns of --data to fit (csv:<path> fits that file).")
-    flags.DEFINE_string("space", "multi_hw", "Search space name.")
+    flags.DEFINE_string("space", "multi_hw", "Search space name or space file "
+                        "(search.space.get_space); a reduced space's model is its base "
+                        "space's (same decisions), fitted on all rows of --data.")
     flags.DEFINE_string("output_dir", None, "Where <hardware>.json (+ PNG) go; default "
                         "$MHMODELS_HOME/cost_models (~/.cache/mhmodels/cost_models), which "
                         "the search reads before the shipped models. Shipped files are never "

@@ -7,11 +7,14 @@ For every seed it runs, with one recipe for all:
 
 1. one single-hardware search per hardware (``--metric=single``, paper eq. 6) and one
    multi-hardware search with f_avg and one with f_max (eq. 7, 8), every one with the same
-   MobileNet-normalised target T (``--target``), so their results are comparable;
+   MobileNet-normalised target T (``--target``), so their results are comparable; every
+   search runs in ``--space`` (default the full ``multi_hw``), a single-hardware one in its
+   ``--space_for`` space where given (hardware-specific reduced spaces,
+   ``search.reduce_space``);
 2. the random-architecture control of every search: ``--random_k`` architectures drawn
    uniformly from the space whose predicted f (that search's metric over its hardware) is
    within ``--random_tolerance`` of the search's result, reported as the mean and spread of
-   all of them (never a best-of-K pick on the evaluation split);
+   all of them (never a best-of-K pick on the evaluation split), drawn from the search's space;
 3. trains every searched model, the random ones and the zoo baselines (``--baselines``) at the
    proxy width times every ``--widths`` multiplier with one identical recipe
    (``mhmodels.train``) and evaluates them on the held-out validation split;
@@ -87,6 +90,8 @@ class ExperimentConfig:
     measure_rounds: int = 5  # timed hardware: rounds over all architectures, min kept
     dataset: str = "digits"
     data_dir: str | None = None
+    space: str = "multi_hw"  # of every search (search.space.get_space: a name or a file)
+    space_for: tuple[str, ...] = ()  # "hw:space": that hardware's single-hardware search
 
     # Fields that may change between runs on one --output_dir (the rest must not).
     FREE = ("output_dir", "seeds", "measure_rounds")
@@ -95,6 +100,9 @@ class ExperimentConfig:
         data = dataclasses.asdict(self)
         data["hardware"], data["baselines"] = list(self.hardware), list(self.baselines)
         data["widths"] = list(self.widths)
+        data["space_for"] = list(self.space_for)
+        if data["space"] == "multi_hw" and not data["space_for"]:
+            data.pop("space"), data.pop("space_for")  # the settings of runs before --space
         return {k: v for k, v in data.items() if k not in self.FREE}
 
 
@@ -145,12 +153,45 @@ def validate(config: ExperimentConfig) -> None:
                          "that include 1.0 (the searched operating point)")
     if not 0 < config.random_tolerance < 1:
         raise ValueError(f"--random_tolerance={config.random_tolerance}: must be in (0, 1)")
+    search_spaces(config)
     import mhmodels
     for name in list(config.baselines) + [NORMALIZER]:
         try:
             mhmodels.get_spec(name)
         except ValueError as err:
             raise ValueError(f"--baselines: {err}") from None
+
+
+def search_spaces(config: ExperimentConfig) -> dict[str, str]:
+    """{hardware or '*': space} of the searches: `--space_for` for single-hardware searches,
+    `--space` for the rest. Every space must load and share one base space (the cost models
+    and the supernet are the base's)."""
+    from .space import base_space, get_space
+    spaces = {"*": config.space}
+    for item in config.space_for:
+        hw, sep, name = item.partition(":")
+        if not sep or not name:
+            raise ValueError(f"--space_for={item}: expected <hardware>:<space name or file>")
+        if hw not in config.hardware:
+            raise ValueError(f"--space_for={item}: {hw} is not one of --hardware "
+                             f"({','.join(config.hardware)})")
+        spaces[hw] = name
+    bases = set()
+    for hw, name in spaces.items():
+        try:
+            bases.add(base_space(get_space(name)).name)
+        except ValueError as err:
+            raise ValueError(f"--{'space' if hw == '*' else 'space_for'}: {err}") from None
+    if len(bases) > 1:
+        raise ValueError(f"--space / --space_for: spaces of different base spaces "
+                         f"({', '.join(sorted(bases))}); one experiment searches one base")
+    return spaces
+
+
+def space_of_search(config: ExperimentConfig, hardware: Sequence[str]) -> str:
+    """The space of a search over `hardware` (see `search_spaces`)."""
+    spaces = search_spaces(config)
+    return spaces.get(hardware[0], spaces["*"]) if len(hardware) == 1 else spaces["*"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +251,7 @@ def experiment_cost_models(config: ExperimentConfig) -> str:
 
 
 def run_search_unit(config: ExperimentConfig, seed: int, label: str, metric: str,
-                    hardware: Sequence[str], done_path: str) -> dict:
+                    hardware: Sequence[str], done_path: str, space: str = "multi_hw") -> dict:
     """One search (resuming from its checkpoint); its zoo entry goes to <output_dir>/zoo."""
     from .config import SearchConfig
     from .loop import run_search
@@ -220,7 +261,7 @@ def run_search_unit(config: ExperimentConfig, seed: int, label: str, metric: str
     steps = config.search_steps
     search = SearchConfig(
         model_dir=str(model_dir), hardware=tuple(hardware), metric=metric, beta=config.beta,
-        target=config.target, dataset=config.dataset, data_dir=config.data_dir,
+        target=config.target, space=space, dataset=config.dataset, data_dir=config.data_dir,
         image_size=config.image_size, batch_size=config.batch_size, steps=steps,
         cost_model_dir=experiment_cost_models(config), supernet_width=config.width, seed=seed, checkpoint_every=max(10, steps // 4),
         keep_checkpoints=1, log_every=max(1, steps // 4), entry_name=entry_name(seed, label),
@@ -228,7 +269,7 @@ def run_search_unit(config: ExperimentConfig, seed: int, label: str, metric: str
     start = time.time()
     result = run_search(search)
     record = {"kind": "search", "seed": seed, "label": label, "metric": metric,
-              "hardware": list(hardware), "entry_path": result.entry_path,
+              "hardware": list(hardware), "space": space, "entry_path": result.entry_path,
               "steps": int(result.total_steps), "wall_s": time.time() - start,
               "resumed": bool(resumed or result.already_finished),
               "choices": [int(c) for c in result.choices],
@@ -337,9 +378,10 @@ def draw_matched(space, cost_models, metric: str, target_f: float, k: int, toler
     return found, tries
 
 
-def random_control(config: ExperimentConfig, seed: int, search: dict, space,
+def random_control(config: ExperimentConfig, seed: int, search: dict,
                    cost_models: dict) -> dict[str, str]:
-    """{label: entry path} of `random_k` uniform architectures matched to one search group:
+    """{label: entry path} of `random_k` uniform architectures of the search's space matched
+    to one search group:
     their predicted f (the group's metric over the group's hardware) is within
     `random_tolerance` of the search's. Drawn once (deterministic in seed and group) and
     recorded, so a rerun trains the same ones."""
@@ -348,6 +390,8 @@ def random_control(config: ExperimentConfig, seed: int, search: dict, space,
     record_path = out / f"seed{seed}" / f"random_{label}.json"
     if record_path.is_file():
         return _read_json(record_path, "random control")["entries"]
+    from .space import get_space
+    space = get_space(search.get("space", "multi_hw"))
     target = float(search["predicted_f_metric"])
     models = [cost_models[h] for h in search["hardware"]]
     stream = int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)
@@ -497,7 +541,7 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     from mhmodels.registry import read_entry
     from .hardware import get_hardware
     from .loop import load_cost_models
-    from .space import get_space
+    from .space import base_space, get_space
 
     validate(config)
     check_writable_dir(config.output_dir, "--output_dir")
@@ -506,7 +550,7 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     out = Path(config.output_dir)
     seeds = list(range(config.seeds))
     hardware = [get_hardware(h) for h in config.hardware]
-    space = get_space("multi_hw")
+    space = base_space(get_space(config.space))  # the cost models are the base space's
     cost_models = load_cost_models(config.hardware, space, experiment_cost_models(config))
 
     # 1. Searches.
@@ -515,13 +559,14 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
         for label, metric, hws in _search_labels(config):
             done = str(out / f"seed{seed}" / "search" / f"{label}.done.json")
             work.append(("search", dict(seed=seed, label=label, metric=metric,
-                                        hardware=hws, done_path=done)))
+                                        hardware=hws, done_path=done,
+                                        space=space_of_search(config, hws))))
     _run_units(config, work, jobs, "searches")
     searches = {(kw["seed"], kw["label"]): _read_json(kw["done_path"], "search result")
                 for _, kw in work}
 
     # 2. The random control of every search group, 3. trainings at every width.
-    models = _models(config, seeds, searches, space, cost_models)
+    models = _models(config, seeds, searches, cost_models)
     work = []
     for (seed, label), model in models.items():
         for width in config.widths:
@@ -554,7 +599,7 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     return _report(config, seeds, searches, trainings, specs, hardware, normalizers)
 
 
-def _models(config: ExperimentConfig, seeds, searches: dict, space, cost_models
+def _models(config: ExperimentConfig, seeds, searches: dict, cost_models
             ) -> dict[tuple[int, str], str]:
     """{(seed, label): zoo entry path or model name} of every model to train: the searches,
     each search's random control, the baselines."""
@@ -564,7 +609,7 @@ def _models(config: ExperimentConfig, seeds, searches: dict, space, cost_models
         for label, _, _ in _search_labels(config):
             models[(seed, label)] = searches[(seed, label)]["entry_path"]
         for label, _, _ in _search_labels(config) if config.random_k else ():
-            for key, path in random_control(config, seed, searches[(seed, label)], space,
+            for key, path in random_control(config, seed, searches[(seed, label)],
                                             by_hw).items():
                 models[(seed, key)] = path
         models.update({(seed, name): name for name in config.baselines})
@@ -587,7 +632,9 @@ def _report(config: ExperimentConfig, seeds, searches, trainings, specs, hardwar
               f"{config.width}; {len(seeds)} seed(s); search {config.search_steps} steps, "
               f"training {config.train_steps} steps (batch {config.batch_size}); latency "
               f"measured at {config.measure_image_size}x{config.measure_image_size}, width 1.0, "
-              f"batch 1; target T = {config.target}.\n\n")
+              f"batch 1; target T = {config.target}; search space "
+              + ", ".join(f"{'all others' if k == '*' else k}: {v}"
+                          for k, v in search_spaces(config).items()) + ".\n\n")
     paths = {name: str(out / name) for name in ("results.csv", "table2.md", "table2.csv",
                                                 "table3.md", "table3.csv", "structure.md")}
     atomic_write(paths["results.csv"], report.csv_text(rows))
@@ -646,13 +693,20 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", "digits", "Dataset of search and training "
                         "(mhmodels.data.make_dataset names).")
     flags.DEFINE_string("data_dir", None, "Data dir of --dataset.")
+    flags.DEFINE_string("space", "multi_hw", "Search space of every search (and its random "
+                        "control): a name (multi_hw, a shipped reduced space such as "
+                        "multi_hw@ethos_u55) or a space file; see docs/block_profiles.md.")
+    flags.DEFINE_list("space_for", [], "<hardware>:<space>,...: the space of that hardware's "
+                      "single-hardware search instead of --space (e.g. "
+                      "ethos_u55:multi_hw@ethos_u55); spaces of one base space.")
     flags.DEFINE_integer("jobs", 1, "Searches / trainings run in this many processes at once "
                          "(measurements always run one at a time).")
     flags.mark_flag_as_required("output_dir")
 
 FLAG_GROUPS = {
     "experiment": ("output_dir", "mode", "seeds", "jobs"),
-    "searches": ("hardware", "search_steps", "target", "beta", "width", "widths"),
+    "searches": ("hardware", "space", "space_for", "search_steps", "target", "beta", "width",
+                 "widths"),
     "training": ("train_steps", "image_size", "batch_size", "dataset", "data_dir"),
     "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size",
                    "measure_rounds", "calibration_archs"),

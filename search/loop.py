@@ -281,6 +281,7 @@ def _prepare(config, strategy, cost_models, space, num_classes, datasets, write_
     resolve_reward_settings(config)
     space = space or space_lib.get_space(config.space)
     config.space = space.name
+    config.space_digest = space_lib.space_digest(space)  # a reduced space's mask: resume key
     config.hardware = tuple(config.hardware)
     model_dir = config.model_dir  # tf.io.gfile paths: local or gs://
     config_path = os.path.join(model_dir, STATE_FILES[0])
@@ -328,7 +329,8 @@ def _build_state(run: _Run) -> None:
                                 seed=config.seed)
         run.controller = Controller(run.space.num_choices, learning_rate=config.rl_learning_rate,
                                     rl_delay_steps=int(round(config.rl_delay_fraction
-                                                             * run.steps)))
+                                                             * run.steps)),
+                                    allowed=space_lib.choice_mask(run.space))
         run.optimizer = distribute.WeightOptimizer(
             run.supernet.trainable_weights, kind=config.optimizer, momentum=config.momentum,
             weight_decay=config.weight_decay)
@@ -661,6 +663,8 @@ def _provenance(config, space, cost_models, normalizers, result, strategy) -> di
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "space": space.name,
+        **({"space_file": space.record() | {"source": space.source}}
+           if space_lib.space_digest(space) else {}),
         "choices": [int(c) for c in result.choices],
         "architecture_key": space.encode(space.canonical(result.choices)),
         "hardware": list(config.hardware),

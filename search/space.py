@@ -10,8 +10,13 @@ An architecture is a vector of choice indices, one per `Decision`, in `space.dec
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import math
 
@@ -344,7 +349,199 @@ class GroupedSearchSpace(SearchSpace):
 SPACES = {"multi_hw": SearchSpace, "multi_hw_grouped": GroupedSearchSpace}
 
 
-def get_space(name: str = "multi_hw") -> SearchSpace:
-    if name not in SPACES:
-        raise ValueError(f"unknown search space {name!r}; known: {', '.join(SPACES)}")
-    return SPACES[name]()
+def get_space(name: str = "multi_hw"):
+    """A registered space (`SPACES`), a shipped reduced space by short name
+    (``multi_hw@ethos_u55``: ``search/spaces/<name>.json``) or a reduced-space file by path."""
+    if name in SPACES:
+        return SPACES[name]()
+    path = Path(os.path.expanduser(str(name)))
+    if str(name).endswith(".json") or os.sep in str(name):
+        if not path.is_file():
+            raise ValueError(f"no space file {name}")
+        return load_space_file(path)
+    shipped = SHIPPED_SPACES_DIR / f"{name}.json"
+    if shipped.is_file():
+        return load_space_file(shipped)
+    raise ValueError(f"unknown search space {name!r}; known: {', '.join(known_spaces())}, "
+                     "or the path of a space file (.json)")
+
+
+# --------------------------------------------------------------------------------------------
+# Reduced spaces: a mask over a base space's choices (docs/block_profiles.md)
+
+SPACE_FORMAT = "mhmodels-space/1"
+SHIPPED_SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # read, never written
+_BLOCK_DECISION = re.compile(r"^stage(\d+)/block(\d+)/(\w+)$")
+_STAGE_DECISION = re.compile(r"^stage(\d+)/(\w+)$")
+
+
+def known_spaces() -> list[str]:
+    """Registered names, then the shipped reduced spaces' short names."""
+    shipped = sorted(p.stem for p in SHIPPED_SPACES_DIR.glob("*.json")) \
+        if SHIPPED_SPACES_DIR.is_dir() else []
+    return list(SPACES) + shipped
+
+
+def mask_keys(decision: str) -> list[str]:
+    """The keys of a space file's ``allowed`` that may restrict `decision`, most specific
+    first: ``stage1/block2/kernel``, ``stage1/kernel`` (every block of the stage), ``kernel``."""
+    m = _BLOCK_DECISION.match(decision)
+    if m:
+        return [decision, f"stage{m.group(1)}/{m.group(3)}", m.group(3)]
+    m = _STAGE_DECISION.match(decision)
+    return [decision, m.group(2)] if m else [decision]
+
+
+def resolve_mask(base, allowed: Mapping[str, Sequence]) -> tuple[tuple[bool, ...], ...]:
+    """Per decision of `base`, which choice indices `allowed` ({key: values}) keeps; a key
+    that restricts nothing, a value the decision does not have, or a decision left with no
+    choice is a ValueError."""
+    used: set[str] = set()
+    mask = []
+    for d in base.decisions:
+        key = next((k for k in mask_keys(d.name) if k in allowed), None)
+        if key is None:
+            mask.append((True,) * d.size)
+            continue
+        used.add(key)
+        values = list(allowed[key])
+        bad = [v for v in values if v not in d.choices]
+        if bad:
+            raise ValueError(f"allowed[{key!r}]: {bad} not among {d.name}'s choices "
+                             f"{list(d.choices)}")
+        row = tuple(c in values for c in d.choices)
+        if not any(row):
+            raise ValueError(f"allowed[{key!r}] leaves {d.name} no choice")
+        mask.append(row)
+    unused = sorted(set(allowed) - used)
+    if unused:
+        raise ValueError(f"allowed keys {unused} match no decision of space {base.name!r}")
+    return tuple(mask)
+
+
+def choice_mask(space) -> np.ndarray:
+    """``[D, max choices]`` bool: the choices the controller may sample (padding: False)."""
+    sizes = space.num_choices
+    out = np.zeros((len(sizes), max(sizes)), bool)
+    rows = getattr(space, "mask", None) or [(True,) * n for n in sizes]
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def base_space(space):
+    """The space whose decisions, supernet and cost models `space` uses (itself unless
+    reduced)."""
+    return getattr(space, "base", space)
+
+
+def space_digest(space) -> str | None:
+    """A reduced space's identity (base and mask), None for a registered space: a resumed
+    search compares it, so an edited space file is not resumed as the old one."""
+    if space is base_space(space):
+        return None
+    text = json.dumps([base_space(space).name, [list(r) for r in space.mask]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ReducedSpace:
+    """A base space with some choices masked out: same decisions and choice indices (so the
+    supernet and the base space's cost models apply unchanged), but `sample` and the
+    controller never pick a masked choice and `check` refuses one.
+
+    Only choices that shape the network count: those of absent blocks (beyond a stage's
+    ``num_blocks``) are ignored, as `canonical` zeroes them. Everything else (stages,
+    decisions, ``stage_filters`` ...) is the base space's.
+    """
+
+    def __init__(self, base, allowed: Mapping[str, Sequence], name: str,
+                 rule: Mapping | None = None, source: str | None = None,
+                 description: str = ""):
+        if base_space(base) is not base:
+            raise ValueError(f"the base of a reduced space must be a registered space, not "
+                             f"{base.name!r}")
+        self.base = base
+        self.name = name
+        self.allowed = {k: list(v) for k, v in allowed.items()}
+        self.mask = resolve_mask(base, self.allowed)
+        self.rule = dict(rule or {})
+        self.source = source
+        self.description = description
+
+    def __getattr__(self, attr):  # the base's stages, decisions, index, decoding helpers
+        if attr == "base":
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
+
+    def size(self) -> float:
+        return float(np.prod([float(sum(row)) for row in self.mask]))
+
+    def _present(self, arr: np.ndarray, decision: str) -> bool:
+        m = _BLOCK_DECISION.match(decision)
+        if not m:
+            return True
+        key = f"stage{m.group(1)}/num_blocks"
+        return key not in self.base.index or int(m.group(2)) < self.base.choice(arr, key)
+
+    def check(self, choices: Sequence[int]) -> np.ndarray:
+        arr = self.base.check(choices)
+        for i, d in enumerate(self.base.decisions):
+            if not self.mask[i][arr[i]] and self._present(arr, d.name):
+                allowed = [c for c, ok in zip(d.choices, self.mask[i]) if ok]
+                raise ValueError(f"{d.name}={d.choices[arr[i]]!r} is outside space "
+                                 f"{self.name!r} (allowed: {allowed})")
+        return arr
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """Uniform over the allowed choices of every decision."""
+        return np.array([int(np.flatnonzero(row)[rng.integers(sum(row))]) for row in self.mask],
+                        dtype=np.int64)
+
+    def parse(self, key: str) -> np.ndarray:
+        return self.check(self.base.parse(key))
+
+    def encode(self, choices: Sequence[int]) -> str:
+        return self.base.encode(self.check(choices))
+
+    def canonical(self, choices: Sequence[int]) -> np.ndarray:
+        return self.base.canonical(self.check(choices))
+
+    def active_blocks(self, choices: Sequence[int]) -> list:
+        return self.base.active_blocks(self.check(choices))
+
+    def decode(self, choices: Sequence[int], name: str = "searched", description: str = ""):
+        return self.base.decode(self.check(choices), name,
+                                description or f"An architecture of the {self.name} space.")
+
+    def choices_for(self, spec: ModelSpec) -> np.ndarray:
+        return self.check(self.base.choices_for(spec))
+
+    def record(self) -> dict:
+        """The space file's content (what `load_space_file` reads back)."""
+        return {"format": SPACE_FORMAT, "name": self.name, "base": self.base.name,
+                "description": self.description, "allowed": self.allowed, "rule": self.rule}
+
+
+def load_space_file(path: str | os.PathLike) -> ReducedSpace:
+    """A reduced space from its JSON file (`ReducedSpace.record`); one ValueError naming the
+    file for anything wrong in it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != SPACE_FORMAT:
+            raise ValueError(f"format {data.get('format')!r} is not {SPACE_FORMAT!r}")
+        if data.get("base") not in SPACES:
+            raise ValueError(f"base {data.get('base')!r} is not a registered space "
+                             f"({', '.join(SPACES)})")
+        name = data.get("name") or path.stem
+        return ReducedSpace(SPACES[data["base"]](), data.get("allowed") or {}, name,
+                            rule=data.get("rule"), source=str(path),
+                            description=data.get("description", ""))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"space file {path}: {err}") from None
+
+
+def write_space_file(space: ReducedSpace, path: str | os.PathLike) -> None:
+    """Write `space` as a space file (atomically)."""
+    from mhmodels.files import atomic_write
+    atomic_write(path, json.dumps(space.record(), indent=1) + "\n")

@@ -141,8 +141,8 @@ def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
     drawn = {}
     for label, (metric, hws, f) in searches.items():
         entries = E.random_control(config, 3, {"label": label, "metric": metric,
-                                               "hardware": list(hws), "predicted_f_metric": f},
-                                   space, models)
+                                               "hardware": list(hws), "predicted_f_metric": f,
+                                               "space": "multi_hw"}, models)
         assert sorted(entries) == [f"random_{label}_0", f"random_{label}_1"]
         for path in entries.values():
             choices = np.array(json.loads(Path(path).read_text())["provenance"]["choices"])
@@ -152,7 +152,7 @@ def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
             assert abs(got / f - 1) <= config.random_tolerance
             drawn[path] = label
     assert len(drawn) == 6  # six distinct entries, two per group
-    again = E.random_control(config, 3, {"label": "searched_max"}, space, models)  # recorded
+    again = E.random_control(config, 3, {"label": "searched_max"}, models)  # recorded
     assert sorted(again.values()) == sorted(p for p, l in drawn.items() if l == "searched_max")
 
 
