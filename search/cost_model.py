@@ -1024,5 +1024,6 @@ def calibrate_cost_model(hardware: str, **kwargs) -> Path:
 
 
 if __name__ == "__main__":  # python -m search.cost_model: the command is in cost_model_cli
-    from .cost_model_cli import run
-    run()
+    import runpy  # by name, not an import: cost_model_cli imports this module
+
+    runpy.run_module(f"{__package__}.cost_model_cli", run_name="__main__", alter_sys=True)
