@@ -14,13 +14,17 @@ def tiny_space():
                                  stem_filters=32, head_filters=64, top_filters=64, name="tiny")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    space = tiny_space()
-    net = Supernet(space, num_classes=5, width=1.0, seed=1)
-    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 1])
+def supernet_setup(space, seed: int):
+    """(space, supernet, 8 images, traced forward returning the blocks): the fixtures' parts."""
+    net = Supernet(space, num_classes=5, width=1.0, seed=seed)
+    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 2 * seed - 1])
     fn = tf.function(lambda x, c: net(x, c, return_blocks=True))
     return space, net, images, fn
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return supernet_setup(tiny_space(), seed=1)
 
 
 def set_choice(space, choices, name, value):
@@ -269,11 +273,7 @@ def tiny_grouped_space():
 
 @pytest.fixture(scope="module")
 def tiny_grouped():
-    space = tiny_grouped_space()
-    net = Supernet(space, num_classes=5, width=1.0, seed=2)
-    images = tf.random.stateless_normal([8, 16, 16, 3], seed=[0, 3])
-    fn = tf.function(lambda x, c: net(x, c, return_blocks=True))
-    return space, net, images, fn
+    return supernet_setup(tiny_grouped_space(), seed=2)
 
 
 def copy_grouped_into_keras(net, space, choices, model):
