@@ -74,6 +74,7 @@ def test_unknown_model_fails_fast(tmp_path):
         run_benchmark(["no_such_model"], [1.0], ["float"], output_dir=tmp_path, progress=False)
 
 
+@pytest.mark.slow  # a fresh interpreter imports TensorFlow: ~35 s in CI
 def test_command_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mhmodels", "benchmark", "--models=mobilenet_v1",

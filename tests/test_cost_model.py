@@ -311,6 +311,7 @@ def test_biased_sampling(space):
         assert collect_latency.sample(space, rng, fused_prob=1.0)[types].all()
 
 
+@pytest.mark.slow
 def test_collection_measures_for_real(tmp_path):
     """One real architecture, small image, float: exported and timed through LiteRT."""
     out = tmp_path / "real.csv"

@@ -158,7 +158,8 @@ def test_bad_input_is_one_clear_error():
         write_tflite(spec, num_classes=0)
 
 
-@pytest.mark.parametrize("space_name", ["multi_hw", "multi_hw_grouped"])
+@pytest.mark.parametrize("space_name", ["multi_hw",
+                                        pytest.param("multi_hw_grouped", marks=pytest.mark.slow)])
 def test_collection_rows_equal_with_either_export(space_name):
     """collect_latency's direct path gives the converter path's row: the same vela estimate
     (within 1%), MAdds and params, for the normaliser and a space architecture (the grouped
