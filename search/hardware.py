@@ -18,8 +18,8 @@ recorded with every measurement and cost model, and `measure_tflite` / `latency_
 
 One int8 export serves every int8 hardware (`measure_all` exports once per format). A model
 with grouped convolutions (`LayerSpec.group_size`) is written in the form each hardware runs
-faster (`mhmodels.export.grouped_conv_form`): the format `int8+split` for the Ethos-U NPUs,
-`int8` (native) for the CPU; without grouped convolutions the two are one file.
+faster (`mhmodels.export.grouped_conv_form`): the format `int8+split` for the Ethos-U55 and
+U65, `int8` (native) for the U85 and the CPU; without grouped convolutions the two are one file.
 
 The normaliser C of a hardware is the latency of MobileNetV1 width 1.0 measured the same way
 (paper section 6.2); the cost model stores the value it was fitted with (`normalizer_ms`).
@@ -235,7 +235,8 @@ class VelaHardware(Hardware):
 
     @property
     def grouped_conv_target(self) -> str:
-        return "ethos-u"  # any vela configuration, e.g. vela:ethos-u55-128:...
+        # by accelerator, whatever the configuration (e.g. vela:ethos-u55-128:...)
+        return "ethos-u85" if self.vela.accelerator.startswith("ethos-u85") else "ethos-u"
 
     def config(self) -> dict:
         return {**self.vela.to_dict(), "quantization": self.quantization}

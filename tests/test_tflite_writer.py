@@ -182,11 +182,15 @@ def test_collection_rows_equal_with_either_export(space_name):
 
 
 def test_each_hardware_gets_its_grouped_conv_form():
-    """Ethos-U files hold the grouped convs split (SPLIT / CONCATENATION), the CPU's native
-    (grouped CONV_2D, version 6); a spec without grouped convs is one int8 file for both."""
+    """Ethos-U55 / U65 files hold the grouped convs split (SPLIT / CONCATENATION), the CPU's
+    and the U85's native (grouped CONV_2D, version 6); a spec without grouped convs is one int8
+    file for both."""
     from search.hardware import get_hardware, write_formats
-    hws = [get_hardware(n) for n in ("cpu_int8", "ethos_u55", "ethos_u85", "cpu_float")]
-    assert [hw.export_format for hw in hws] == ["int8", "int8+split", "int8+split", "float"]
+    hws = [get_hardware(n) for n in ("cpu_int8", "ethos_u55", "ethos_u65", "ethos_u85",
+                                     "cpu_float", "vela:ethos-u85-256:Ethos_U85_SYS_DRAM_Low:"
+                                     "Dedicated_Sram_384KB")]
+    assert [hw.export_format for hw in hws] == ["int8", "int8+split", "int8+split", "int8",
+                                                "float", "int8"]
     files, _ = write_formats(spec_of("grouped:2:native"), [hw.export_format for hw in hws],
                              SIZE)
     names = {f: [op.name for op in tflite_structure(data)] for f, data in files.items()}
