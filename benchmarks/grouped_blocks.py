@@ -247,18 +247,21 @@ def markdown(rows: list[dict], names: Sequence[str]) -> str:
 
 
 def plot(rows: list[dict], names: Sequence[str], path: Path) -> None:
-    """ms per GMAdd by stage, one panel per hardware, one line per variant (log scale;
-    a non-positive marginal time, CPU noise, is left out)."""
+    """ms per GMAdd by stage, one panel per hardware (three to a row), one line per variant
+    (log scale; a non-positive marginal time, CPU noise, is left out)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
     stages = sorted({r["stage"] for r in rows})
     labels = [next(f"s{r['stage']}\n{r['resolution']}²x{r['filters']}" for r in rows
                    if r["stage"] == s) for s in stages]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 1.2, 3.8),
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols + 1.4, 3.3 * nrows),
                              squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes.flat, names):
         for variant in variants:
             ys = [next(r[f"{name}_ms_per_gmadd"] for r in rows
                        if r["stage"] == s and r["variant"] == variant) for s in stages]
@@ -266,12 +269,20 @@ def plot(rows: list[dict], names: Sequence[str], path: Path) -> None:
                     ms=3, lw=1.2, ls="--" if variant.startswith("fused") else "-",
                     label=variant)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda y, _: f"{y:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="both", labelsize=7)
         ax.set_xticks(range(len(stages)), labels, fontsize=7)
-        ax.set(title=name, ylabel="marginal ms per GMAdd")
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("marginal ms per GMAdd", fontsize=8)
         ax.grid(True, which="both", lw=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    handles, legend_labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / (4.0 * cols + 1.4), 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
