@@ -626,6 +626,7 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
     if any(p.resolve() == output.resolve() for p in inputs):
         raise ValueError(f"{output} is also an input: merge into a new file")
     header = configs = space = None
+    hosts: list[dict] = []
     rows: dict[str, dict] = {}
     normalizers: list[dict] = []
     conflicts = 0
@@ -653,6 +654,8 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
         elif read_space(path) != space:
             raise ValueError(f"{path} holds architectures of space {read_space(path)}, "
                              f"{inputs[0]} of {space}")
+        if read_host(path):
+            hosts.append(read_host(path))
         sizes = {r["image_size"] for r in file_rows}
         if sizes - image_sizes:
             raise ValueError(f"{path} holds image sizes {sorted(sizes)}, {inputs[0]} "
@@ -668,7 +671,8 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
     lines = [header]
     if normalizers:
         norm = dict(normalizers[0])
-        if any(n != normalizers[0] for n in normalizers[1:]):
+        timed = [c for c in header if c.endswith("_ms")]
+        if any(n[c] != normalizers[0][c] for n in normalizers[1:] for c in timed):
             for c in header:
                 if c.endswith("_ms"):
                     norm[c] = f"{np.mean([float(n[c]) for n in normalizers]):.4f}"
@@ -687,6 +691,12 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
     record = {"hardware": configs}
     if space is not None:
         record["space"] = space
+    if hosts:  # the CPU rows' host, as check_config records it
+        from .host import host_id
+        record["host"] = hosts[0]
+        if len({host_id(h) for h in hosts}) > 1:
+            print(f"[merge] the inputs hold CPU timings of different hosts; recording the "
+                  f"first's ({hosts[0].get('cpu_model')})", file=sys.stderr)
     _write_json(config_path(output), record)
     return len(rows)
 

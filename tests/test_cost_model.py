@@ -479,6 +479,31 @@ def test_host_record_roundtrips_and_a_mismatch_is_one_line(tmp_path, space, caps
     assert len(err) == 1 and err[0].startswith("warning: --hardware=cpu_int8: cost model ")
 
 
+def test_merge_keeps_the_cpu_rows_host_and_warns_on_two(tmp_path, space, capsys):
+    """Merged CPU collections keep the host record the fit copies into the cost model (it was
+    dropped once, so a shipped CPU model said nothing of its host)."""
+    from search.cost_model import current_host
+    here = current_host()
+    arch = space.encode(space.canonical(space.sample(np.random.default_rng(0))))
+    config = {"hardware": {"cpu_float": get_hardware("cpu_float").config()}, "host": here}
+    files = []
+    for i, rows in enumerate([[("mobilenet_v1", 10.0)], [("mobilenet_v1", 10.0), (arch, 7.5)]]):
+        f = tmp_path / f"s{i}.csv"
+        f.write_text("arch,image_size,cpu_float_ms\n" +
+                     "".join(f"{a},224,{ms}\n" for a, ms in rows))
+        collect_latency.config_path(f).write_text(json.dumps(config))
+        files.append(f)
+    merged = tmp_path / "merged.csv"
+    assert collect_latency.merge(files, merged) == 1
+    assert collect_latency.read_host(merged) == here
+    assert "differ" not in capsys.readouterr().err  # equal normaliser rows: no averaging note
+    other = dict(config, host=dict(here, cpu_model="Some Other CPU"))
+    collect_latency.config_path(files[1]).write_text(json.dumps(other))
+    collect_latency.merge(files, tmp_path / "two.csv")
+    assert "different hosts" in capsys.readouterr().err
+    assert collect_latency.read_host(tmp_path / "two.csv") == here
+
+
 def test_the_loader_prefers_a_model_calibrated_on_this_host(tmp_path, space, monkeypatch):
     from search.cost_model import calibrated_file_name, current_host, host_id
     monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
