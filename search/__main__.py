@@ -116,6 +116,13 @@ flags.DEFINE_integer("max_steps", None, "Stop at this step without finishing (no
 flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 flags.DEFINE_bool("measure", True, "After the search, build the entry at 224x224, export it to "
                   "TFLite and time it on every measurable hardware beside --compare.")
+flags.DEFINE_bool("calibrate", True, "Before a new search, calibrate the CPU cost models of "
+                  "--hardware to this host if none is yet (--calibration_archs architectures "
+                  "and MobileNetV1 timed at 224x224, about a minute; kept in "
+                  "$MHMODELS_HOME/cost_models and preferred from then on), so the target means "
+                  "this host's latency. Not with --cost_model_dir or another --space.")
+flags.DEFINE_integer("calibration_archs", 12, "Architectures --calibrate times (>= 10).",
+                     lower_bound=10)
 flags.DEFINE_list("compare", ["multi_max", "multi_avg", "mobilenet_v2", "mobilenet_edgetpu"],
                   "Zoo models measured beside the searched one.")
 flags.DEFINE_integer("measure_image_size", 224, "Input size of the latency comparison.")
@@ -128,7 +135,8 @@ FLAG_GROUPS = {
                  "learning_rate", "momentum", "optimizer", "weight_decay", "seed"),
     "controller": ("rl_learning_rate", "rl_delay_fraction", "final", "target_tolerance"),
     "reward": ("metric", "beta", "target"),
-    "hardware": ("hardware", "cost_model_dir", "measure", "compare", "measure_image_size"),
+    "hardware": ("hardware", "cost_model_dir", "calibrate", "calibration_archs", "measure",
+                 "compare", "measure_image_size"),
     "distribution": ("strategy", "tpu", "num_cpu_devices", "steps_per_loop", "jit_compile"),
     "output": ("model_dir", "entry_name", "zoo_dir", "checkpoint_every", "keep_checkpoints",
                "summary_every", "log_every", "max_steps", "progress"),
@@ -195,6 +203,10 @@ def main(argv):
                                         num_cpu_devices=FLAGS.num_cpu_devices)
     from .loop import run_search
     config = config_from_flags()
+    if FLAGS.calibrate and FLAGS.strategy in ("default", "mirrored"):  # one host's models
+        from .config import calibrate_cpu_cost_models
+        if calibrate_cpu_cost_models(config, FLAGS.calibration_archs):
+            check_flags()  # the calibrated models load and fit the space
     print(f"search: {config.metric} over {', '.join(config.hardware)} on {config.dataset}, "
           f"strategy {FLAGS.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
           f"model_dir {config.model_dir}", flush=True)

@@ -540,13 +540,14 @@ def calibration_keys(space, num_archs: int, seed: int = 0,
 def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], output,
                         image_size: int = 224, rounds: int = 3, space_name: str = "multi_hw",
                         overrides: dict | None = None, progress: bool = True) -> Path:
-    """Export MobileNetV1 and every architecture of `keys` once per format, then time them all
-    in `rounds` rounds, each in a new random order (interleaved: a slow spell on a shared host
-    hits every model alike), keeping each model's minimum; write the rows to `output` (the
-    collect CSV format, written atomically, with its `.hardware.json` and host record)."""
+    """Write MobileNetV1 and every architecture of `keys` once per format (directly from the
+    spec, `search.hardware.write_formats`: the converter's graph, proven equal in latency),
+    then time them all in `rounds` rounds, each in a new random order (interleaved: a slow
+    spell on a shared host hits every model alike), keeping each model's minimum; write the
+    rows to `output` (the collect CSV format, written atomically, with its `.hardware.json`
+    and host record)."""
     import mhmodels
-    from mhmodels.profile import count_layers
-    from .hardware import export_formats
+    from .hardware import write_formats
     from .space import get_space
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -555,7 +556,6 @@ def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], outpu
             raise ValueError(f"hardware {hw.name!r} cannot be measured here")
     space = get_space(space_name)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    shape = (image_size, image_size, 3)
     keys = [NORMALIZER_MODEL] + [k for k in keys if k != NORMALIZER_MODEL]
     exported, rows = {}, {}
     bar = None
@@ -563,18 +563,14 @@ def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], outpu
         from tqdm import tqdm
         bar = tqdm(total=len(keys) * (1 + rounds), desc="export, then time", unit="model",
                    dynamic_ncols=True, file=sys.stderr)
-    for i, key in enumerate(keys):
+    for key in keys:
         t0 = time.time()
-        model = mhmodels.build(NORMALIZER_MODEL, 1.0, input_shape=shape) \
-            if key == NORMALIZER_MODEL else mhmodels.build(space.decode(space.parse(key)),
-                                                           input_shape=shape)
-        counts = count_layers(model)
-        exported[key] = export_formats(model, [hw.export_format for hw in hardware], image_size)
+        spec = mhmodels.get_spec(NORMALIZER_MODEL) if key == NORMALIZER_MODEL else \
+            space.decode(space.parse(key))
+        exported[key], counts = write_formats(spec, [hw.export_format for hw in hardware],
+                                              image_size)
         rows[key] = {"arch": key, "image_size": image_size, "madds_m": counts.madds / 1e6,
                      "params_m": counts.params / 1e6, "seconds": time.time() - t0}
-        if i % 20 == 19:
-            import keras
-            keras.backend.clear_session()
         if bar is not None:
             bar.update()
     results: dict = {key: {hw.name: [] for hw in hardware} for key in keys}

@@ -221,6 +221,35 @@ def check_cost_models(config: SearchConfig) -> list:
     return models
 
 
+
+CONFIG_FILE = "search_config.json"  # a search's flags in its --model_dir (search.loop)
+
+def calibrate_cpu_cost_models(config: SearchConfig, num_archs: int, image_size: int = 224,
+                              overrides: dict | None = None) -> list[str]:
+    """Calibrate the search's CPU cost models to this host where none is yet (written to the
+    user location, `$MHMODELS_HOME/cost_models`, which the loader then prefers), so the
+    latency target means this host's latency: the shipped CPU models describe the host they
+    were measured on (another host measured MobileNetV1 in int8 at 0.6x to 3.6x their
+    prediction). Nothing is done for --cost_model_dir (the models given are used as given),
+    for a space other than multi_hw (calibration refits that space's models), or for a
+    search being resumed (its cost models must not change). `overrides`: the timing's
+    (runs, warmup, ...; tests). -> the hardware calibrated."""
+    from .cost_model import calibrate_cost_models, calibrated_file_name, cost_model_dirs
+    from .space import get_space
+    if config.cost_model_dir or get_space(config.space).name != "multi_hw":
+        return []
+    if "://" in str(config.model_dir) or (Path(config.model_dir) / CONFIG_FILE).exists():
+        return []
+    todo = [hw for hw in config.hardware if calibrated_file_name(hw) and not any(
+        (d / calibrated_file_name(hw)).is_file() for d in cost_model_dirs())]
+    if todo:
+        print(f"calibrating the {', '.join(todo)} cost model(s) to this host: "
+              f"{num_archs} architectures and MobileNetV1 timed at {image_size}x{image_size} "
+              "(once per host; --nocalibrate skips it)", flush=True)
+        calibrate_cost_models(todo, num_archs=num_archs, rounds=2, image_size=image_size,
+                              overrides=overrides, progress=config.progress)
+    return todo
+
 # --------------------------------------------------------------------------------------------
 # The zoo entry
 

@@ -50,8 +50,9 @@ from .supernet import Supernet
 
 log = logging.getLogger("search")
 
-from .config import (RESULT_JSON, RESUME_KEYS, SearchConfig, check_entry_name,  # noqa: F401
-                     default_zoo_dir, resolve_reward_settings, validate_config)
+from .config import (CONFIG_FILE, RESULT_JSON, RESUME_KEYS, SearchConfig,  # noqa: F401
+                     check_entry_name, default_zoo_dir, resolve_reward_settings,
+                     validate_config)
 
 @dataclass
 class SearchResult:
@@ -129,7 +130,7 @@ def _json_config(config: SearchConfig) -> dict:
     return out
 
 
-STATE_FILES = ("search_config.json", "history.json")  # with checkpoints/: a run's state
+STATE_FILES = (CONFIG_FILE, "history.json")  # with checkpoints/: a run's state
 
 
 def _fresh_start_hint(model_dir: str) -> str:

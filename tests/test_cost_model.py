@@ -522,6 +522,34 @@ def test_the_loader_prefers_a_model_calibrated_on_this_host(tmp_path, space, mon
     assert calibrated_file_name("ethos_u85") is None
 
 
+
+def test_a_new_search_calibrates_its_cpu_models_once_per_host(tmp_path, monkeypatch, space):
+    """`python -m search` (--calibrate, the default) calibrates the CPU hardware it searches
+    for, once per host, and leaves given models, other spaces and resumed searches alone."""
+    from search.config import SearchConfig, calibrate_cpu_cost_models
+    from search.cost_model import calibrated_file_name
+    monkeypatch.setenv("MHMODELS_HOME", str(tmp_path))
+    run = tmp_path / "run"
+
+    def config(**kw):
+        return SearchConfig(**{"model_dir": str(run), "hardware": ("cpu_float", "ethos_u55"),
+                               "progress": False, **kw})
+    assert calibrate_cpu_cost_models(config(cost_model_dir=str(DEFAULT_DIR)), 10, 32) == []
+    assert calibrate_cpu_cost_models(config(space="multi_hw_grouped"), 10, 32) == []
+    assert calibrate_cpu_cost_models(config(hardware=("ethos_u55", "ethos_u85")), 10, 32) == []
+    run.mkdir()
+    (run / "search_config.json").write_text("{}")  # a search to resume: its models stay
+    assert calibrate_cpu_cost_models(config(), 10, 32) == []
+    (run / "search_config.json").unlink()
+    assert not (tmp_path / "cost_models").exists()
+    quick = {"runs": 3, "warmup": 1, "min_time_s": 0.01}
+    assert calibrate_cpu_cost_models(config(), 10, 32, quick) == ["cpu_float"]
+    path = tmp_path / "cost_models" / calibrated_file_name("cpu_float")
+    model = load_cost_model("cpu_float", space=space)
+    assert model.source == str(path) and model.image_size == 32
+    assert model.metrics["num_archs"] == 10 and model.metrics["rounds"] == 2
+    assert calibrate_cpu_cost_models(config(), 10, 32) == []  # once per host
+
 def test_calibration_fit_picks_rescale_for_a_uniformly_slower_host(space):
     from search.cost_model import fit_calibration
     base = load_cost_model("cpu_int8", space=space)
@@ -539,7 +567,6 @@ def test_calibration_fit_picks_rescale_for_a_uniformly_slower_host(space):
         fit_calibration(choices[:9], y[:9], 14.6, "cpu_int8", 224, base)
 
 
-@pytest.mark.slow  # over 20 s on 2 idle cores (CI durations)
 def test_calibration_measures_this_host_and_the_loader_prefers_it(tmp_path, monkeypatch, space):
     """Tiny mode: 10 architectures at 32x32, float only, 2 rounds of 3 runs."""
     from search.cost_model import calibrate_cost_model, current_host, host_mismatch

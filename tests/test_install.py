@@ -166,6 +166,7 @@ def test_empty_venv_gets_a_tensorflow_from_an_extra_and_runs_the_readme(wheel, o
     model_dir = outside / "runs" / "demo"
     proc = run([python, "-m", "mhmodels.search", f"--model_dir={model_dir}", "--steps=4",
                 "--batch_size=8", "--checkpoint_every=2", "--log_every=2", "--noprogress",
+                "--nocalibrate",  # (tested in test_search_loop; a minute here)
                 f"--zoo_dir={home / 'zoo'}", "--entry_name=pip_demo", "--compare=mobilenet_v2",
                 "--measure_image_size=32"], cwd=outside, env=env)
     entry = json.loads((home / "zoo" / "pip_demo.json").read_text())

@@ -330,7 +330,8 @@ def test_cli_end_to_end(tmp_path):
     zoo = tmp_path / "zoo"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, "-m", "search", f"--model_dir={tmp_path / 'run'}", "--steps=3",
-           "--batch_size=4", "--log_every=1", "--nomeasure", f"--zoo_dir={zoo}",
+           "--batch_size=4", "--log_every=1", "--nomeasure", "--nocalibrate",
+           f"--zoo_dir={zoo}",
            "--entry_name=cli_entry"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
