@@ -6,8 +6,8 @@
         --targets=0.85 --budgets=600 --seeds=1                                 # one cell
 
 For every budget (search steps), metric, target T and seed it runs one real search (the
-digits proxy, the shipped or host-calibrated cost models) and measures the architecture it
-publishes on every hardware of that search, the way the experiment does: vela's estimate for
+digits proxy; the CPU cost models calibrated to this host first unless --nocalibrate) and
+measures the architecture it publishes on every hardware of that search, the way the experiment does: vela's estimate for
 the Ethos-U NPUs, LiteRT on this CPU (minimum of --measure_rounds rounds, interleaved with
 MobileNetV1), with MobileNetV1 measured the same way as the normaliser C. Never the cost
 model: the predicted f is reported beside the measured one. `single` searches the first
@@ -48,6 +48,10 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (0 .. seeds-1).")
 flags.DEFINE_enum("final", "on_target", ["on_target", "argmax"], "The search's --final.")
 flags.DEFINE_integer("measure_rounds", 3, "Timed (CPU) hardware: rounds, minimum kept.")
 flags.DEFINE_integer("measure_image_size", 224, "Input size of the measured exports.")
+flags.DEFINE_bool("calibrate", True, "Calibrate the CPU cost models of --hardware to this host "
+                  "first (as `python -m search` does; full mode), so T means the milliseconds "
+                  "this host measures.")
+flags.DEFINE_integer("calibration_archs", 24, "Architectures the calibration times.")
 flags.mark_flag_as_required("output_dir")
 
 SMALL = dict(budgets=["8"], targets=["1.0"], seeds=1, measure_image_size=32, measure_rounds=1)
@@ -207,6 +211,11 @@ def main(argv):
         settings.update(SMALL)
     output_dir = Path(FLAGS.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if FLAGS.calibrate and FLAGS.mode == "full":
+        from search.config import SearchConfig, calibrate_cpu_cost_models
+        calibrate_cpu_cost_models(SearchConfig(model_dir=str(output_dir / "calibration"),
+                                               hardware=tuple(settings["hardware"])),
+                                  FLAGS.calibration_archs)
     todo = cells(settings)
     records = []
     for i, cell in enumerate(todo, 1):
