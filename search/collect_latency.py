@@ -607,6 +607,34 @@ def measure_interleaved(keys: Sequence[str], hardware: Sequence[Hardware], outpu
     return output
 
 
+def _merged_normalizer(header: list[str], normalizers: list[dict]) -> list[str]:
+    """The one normaliser row of a merge: the inputs' when their timings agree, else the mean
+    of each timed column (CPU timings from different processes), with a note."""
+    norm = dict(normalizers[0])
+    timed = [c for c in header if c.endswith("_ms")]
+    if any(n[c] != normalizers[0][c] for n in normalizers[1:] for c in timed):
+        for c in timed:
+            norm[c] = f"{np.mean([float(n[c]) for n in normalizers]):.4f}"
+        print(f"[merge] {NORMALIZER_MODEL}: {len(normalizers)} measurements differ; "
+              "keeping their mean", file=sys.stderr)
+    return [norm[c] for c in header]
+
+
+def _merged_record(configs: dict, space: dict | None, hosts: list[dict]) -> dict:
+    """The merged CSV's `.hardware.json`: the inputs' configuration, space and CPU host (as
+    check_config records it; the first's, with a note, when the inputs' hosts differ)."""
+    record = {"hardware": configs}
+    if space is not None:
+        record["space"] = space
+    if hosts:
+        from .host import host_id
+        record["host"] = hosts[0]
+        if len({host_id(h) for h in hosts}) > 1:
+            print(f"[merge] the inputs hold CPU timings of different hosts; recording the "
+                  f"first's ({hosts[0].get('cpu_model')})", file=sys.stderr)
+    return record
+
+
 def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int:
     """Combine collected CSVs (e.g. shards) into `output`; returns its architecture count.
 
@@ -664,17 +692,7 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
                                  if c.endswith("_ms"))
             else:
                 rows[r["arch"]] = r
-    lines = [header]
-    if normalizers:
-        norm = dict(normalizers[0])
-        timed = [c for c in header if c.endswith("_ms")]
-        if any(n[c] != normalizers[0][c] for n in normalizers[1:] for c in timed):
-            for c in header:
-                if c.endswith("_ms"):
-                    norm[c] = f"{np.mean([float(n[c]) for n in normalizers]):.4f}"
-            print(f"[merge] {NORMALIZER_MODEL}: {len(normalizers)} measurements differ; "
-                  "keeping their mean", file=sys.stderr)
-        lines.append([norm[c] for c in header])
+    lines = [header] + ([_merged_normalizer(header, normalizers)] if normalizers else [])
     lines += [[r[c] for c in header] for r in rows.values()]
     if conflicts:
         print(f"[merge] {conflicts} architecture(s) measured differently in two inputs: "
@@ -684,16 +702,7 @@ def merge(inputs: Sequence[str | os.PathLike], output: str | os.PathLike) -> int
     from mhmodels.files import atomic_write
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, out.getvalue())
-    record = {"hardware": configs}
-    if space is not None:
-        record["space"] = space
-    if hosts:  # the CPU rows' host, as check_config records it
-        from .host import host_id
-        record["host"] = hosts[0]
-        if len({host_id(h) for h in hosts}) > 1:
-            print(f"[merge] the inputs hold CPU timings of different hosts; recording the "
-                  f"first's ({hosts[0].get('cpu_model')})", file=sys.stderr)
-    _write_json(config_path(output), record)
+    _write_json(config_path(output), _merged_record(configs, space, hosts))
     return len(rows)
 
 
