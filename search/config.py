@@ -221,8 +221,8 @@ def check_cost_models(config: SearchConfig) -> list:
     return models
 
 
-
 CONFIG_FILE = "search_config.json"  # a search's flags in its --model_dir (search.loop)
+
 
 def calibrate_cpu_cost_models(config: SearchConfig, num_archs: int, image_size: int = 224,
                               overrides: dict | None = None) -> list[str]:
@@ -249,6 +249,7 @@ def calibrate_cpu_cost_models(config: SearchConfig, num_archs: int, image_size: 
         calibrate_cost_models(todo, num_archs=num_archs, rounds=2, image_size=image_size,
                               overrides=overrides, progress=config.progress)
     return todo
+
 
 # --------------------------------------------------------------------------------------------
 # The zoo entry
