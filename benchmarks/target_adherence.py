@@ -8,9 +8,9 @@
 For every budget (search steps), metric, target T and seed it runs one real search (the
 digits proxy; the CPU cost models calibrated to this host first unless --nocalibrate) and
 measures the architecture it publishes on every hardware of that search, the way the
-experiment does: vela's estimate for the Ethos-U NPUs, LiteRT on this CPU (minimum of --measure_rounds rounds, interleaved with
-MobileNetV1), with MobileNetV1 measured the same way as the normaliser C. Never the cost
-model: the predicted f is reported beside the measured one. `single` searches the first
+experiment does: vela's estimate for the Ethos-U NPUs, LiteRT on this CPU (minimum of
+--measure_rounds rounds, interleaved with MobileNetV1), with MobileNetV1 measured the same way
+as the normaliser C. Never the cost model: the predicted f is reported beside the measured one. `single` searches the first
 hardware of --single_hardware; `avg` and `max` search all of --hardware.
 
 Goal (issue #24): median |f/T - 1| <= 5% and every run within 10%, for every metric, at a
