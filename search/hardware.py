@@ -171,10 +171,11 @@ class Hardware:
         return self.measure_tflite(self.export(keras_model), **overrides)
 
     def measure_choices(self, space, choices, image_size: int = 224, **overrides) -> float:
-        """Latency (ms, `statistic`) of an architecture of `space`: measured or looked up."""
-        import mhmodels
-        model = mhmodels.build(space.decode(choices), input_shape=(image_size, image_size, 3))
-        return self.latency_ms(self.measure_model(model, **overrides))
+        """Latency (ms, `statistic`) of an architecture of `space`: measured (its file written
+        directly from the spec, `write_formats`: no Keras model, no converter) or looked up."""
+        self._need_measurable()
+        files, _ = write_formats(space.decode(choices), [self.export_format], image_size)
+        return self.latency_ms(self.measure_tflite(files[self.export_format], **overrides))
 
     def normalizer_ms(self, image_size: int = 224, **overrides) -> float:
         """C: the latency of MobileNetV1 width 1.0 on this hardware, measured the same way."""
