@@ -284,7 +284,9 @@ def test_ctrl_c_then_another_file_of_the_same_size_is_never_spliced(server, isol
     try:
         assert server.partial_sent.wait(120), "the download never started"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        # generous: on a loaded 2-core host the interrupted process (TensorFlow imported) once
+        # took over 60 s to unwind and exit; the test is about what it leaves, not how fast
+        _, err = proc.communicate(timeout=240)
     finally:
         server.stop.set()
         if proc.poll() is None:
