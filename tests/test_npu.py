@@ -210,25 +210,25 @@ def test_shards_are_disjoint_and_merge(tmp_path):
     files = [tmp_path / f"s{i}.csv" for i in range(2)]
     for i, f in enumerate(files):
         collect_latency.collect(hws, 2, f, image_size=32, progress=False, seed=3, shard=i,
-                                num_shards=2)
+                                num_shards=2, export="direct")
     keys = [[r["arch"] for r in csv.DictReader(f.open(newline=""))] for f in files]
     archs = [set(k) - {"mobilenet_v1"} for k in keys]
     assert all(k[0] == "mobilenet_v1" for k in keys)
     assert len(archs[0]) == len(archs[1]) == 1 and not archs[0] & archs[1]
     whole = tmp_path / "whole.csv"
     assert collect_latency.collect(hws, 2, whole, image_size=32, progress=False, seed=3,
-                                   workers=2) == 2
+                                   workers=2, export="direct") == 2
     rows = list(csv.DictReader(whole.open(newline="")))
     whole_keys = [r["arch"] for r in rows]
     assert len(whole_keys) == 3 == len(set(whole_keys)) and "mobilenet_v1" in whole_keys
     assert set(whole_keys) - {"mobilenet_v1"} == archs[0] | archs[1]
-    # The shards measured in-process, the whole collection in workers: a worker converts with
-    # one TF thread, which can move a calibrated scale and so vela's weight compression by a
-    # hair (0.007% seen).
+    # The shards measured in-process, the whole collection in workers; the files are written
+    # directly from the spec (the CLI's default; the converter path is tested in
+    # test_tflite_writer), so both give vela the same bytes and the same estimate.
     in_process = {r["arch"]: float(r["ethos_u85_ms"]) for f in files
                   for r in csv.DictReader(f.open(newline=""))}
     for r in rows:
-        assert float(r["ethos_u85_ms"]) == pytest.approx(in_process[r["arch"]], rel=1e-3)
+        assert float(r["ethos_u85_ms"]) == in_process[r["arch"]]
     merged = tmp_path / "merged.csv"
     assert collect_latency.merge(files, merged) == 2
     rows = list(csv.DictReader(merged.open(newline="")))
