@@ -277,16 +277,18 @@ def test_ctrl_c_then_another_file_of_the_same_size_is_never_spliced(server, isol
     # A real Ctrl-C, of a real process (pytest-xdist workers do not turn SIGINT into
     # KeyboardInterrupt): the fetch is unpinned, so no hash could catch a splice.
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from mhmodels import weights as W; "
-         "W.fetch(sys.argv[1], progress=False)", server.url("/s.bin")],
+        # Python's own Ctrl-C handler, whatever SIGINT disposition the worker passed down (an
+        # inherited SIG_IGN left the client waiting out the server: seen in a full run)
+        [sys.executable, "-c", "import signal, sys; "
+         "signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from mhmodels import weights as W; W.fetch(sys.argv[1], progress=False)",
+         server.url("/s.bin")],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
         assert server.partial_sent.wait(120), "the download never started"
         proc.send_signal(signal.SIGINT)
-        # generous: on a loaded 2-core host the interrupted process (TensorFlow imported) once
-        # took over 60 s to unwind and exit; the test is about what it leaves, not how fast
-        _, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=60)
     finally:
         server.stop.set()
         if proc.poll() is None:
