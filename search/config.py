@@ -240,8 +240,9 @@ def calibrate_cpu_cost_models(config: SearchConfig, num_archs: int, image_size: 
         return []
     if "://" in str(config.model_dir) or (Path(config.model_dir) / CONFIG_FILE).exists():
         return []
-    todo = [hw for hw in config.hardware if calibrated_file_name(hw) and not any(
-        (d / calibrated_file_name(hw)).is_file() for d in cost_model_dirs())]
+    names = {hw: calibrated_file_name(hw) for hw in config.hardware}  # None: not this CPU
+    todo = [hw for hw, name in names.items()
+            if name and not any((d / name).is_file() for d in cost_model_dirs())]
     if todo:
         print(f"calibrating the {', '.join(todo)} cost model(s) to this host: "
               f"{num_archs} architectures and MobileNetV1 timed at {image_size}x{image_size} "

@@ -173,15 +173,17 @@ class Hardware:
     def measure_choices(self, space, choices, image_size: int = 224, **overrides) -> float:
         """Latency (ms, `statistic`) of an architecture of `space`: measured (its file written
         directly from the spec, `write_formats`: no Keras model, no converter) or looked up."""
-        self._need_measurable()
-        files, _ = write_formats(space.decode(choices), [self.export_format], image_size)
-        return self.latency_ms(self.measure_tflite(files[self.export_format], **overrides))
+        return self._measure_spec(space.decode(choices), image_size, **overrides)
 
     def normalizer_ms(self, image_size: int = 224, **overrides) -> float:
         """C: the latency of MobileNetV1 width 1.0 on this hardware, measured the same way."""
         import mhmodels
-        model = mhmodels.build(NORMALIZER_MODEL, 1.0, input_shape=(image_size, image_size, 3))
-        return self.latency_ms(self.measure_model(model, **overrides))
+        return self._measure_spec(mhmodels.get_spec(NORMALIZER_MODEL), image_size, **overrides)
+
+    def _measure_spec(self, spec, image_size: int, **overrides) -> float:
+        self._need_measurable()
+        files, _ = write_formats(spec, [self.export_format], image_size)
+        return self.latency_ms(self.measure_tflite(files[self.export_format], **overrides))
 
     def _need_measurable(self):
         if not self.measurable:

@@ -601,18 +601,17 @@ def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray,
         for i, hw in exact.items():
             size = run.cost_models[i].image_size
             scale[i] = hw.measure_choices(run.space, choices, size) / lat[i]
-        f = float(np.asarray(reward_lib.latency_metric((lat * scale)[None], run.normalizers,
-                                                       config.metric)).reshape(-1)[0])
+
+        def corrected_f(batch, scale=scale):
+            lat = predicted_latencies(run.cost_models, batch) * scale
+            return np.asarray(reward_lib.latency_metric(lat, run.normalizers, config.metric))
+        f = float(corrected_f(np.asarray(choices)[None]).reshape(-1)[0])
         rounds.append({**{config.hardware[i]: round(float(scale[i]), 4) for i in exact},
                        "f": round(f, 4)})
         if abs(f / target - 1) < best_error:
             best, best_error = choices, abs(f / target - 1)
         if best_error <= tolerance:
             break
-
-        def corrected_f(batch, scale=scale):
-            lat = predicted_latencies(run.cost_models, batch) * scale
-            return np.asarray(reward_lib.latency_metric(lat, run.normalizers, config.metric))
         moved = most_probable_on_target(log_probs, choices, corrected_f, target, tolerance)
         if np.array_equal(moved, choices):
             break
