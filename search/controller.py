@@ -201,8 +201,17 @@ def most_probable_on_target(log_probs: np.ndarray, start: Sequence[int], predict
     log_probs: ``[D, max_choices]`` log-probabilities (padding very negative). predict_f:
     ``[n, D] int -> [n]`` the search's metric f of each architecture (the cost models).
     """
+    return on_target_path(log_probs, start, predict_f, target, tolerance, max_moves)[-1]
+
+
+def on_target_path(log_probs: np.ndarray, start: Sequence[int], predict_f, target: float,
+                   tolerance: float = 0.02, max_moves: int = 200) -> list[np.ndarray]:
+    """Every architecture `most_probable_on_target`'s greedy moves pass through, ``start``
+    first and its answer last: the candidates an exact pricing chooses among when the
+    predictions it moved by are not exact (`search.loop._on_exact_target`)."""
     log_probs = np.asarray(log_probs, np.float64)
     choices = np.array(start, np.int64)
+    path = [choices]
     valid = log_probs > -1e3  # padding slots are never chosen
     for _ in range(max_moves):
         error = abs(float(np.asarray(predict_f(choices[None])).reshape(-1)[0]) / target - 1.0)
@@ -220,4 +229,5 @@ def most_probable_on_target(log_probs: np.ndarray, start: Sequence[int], predict
         if not np.isfinite(score).any():
             break
         choices = candidates[int(np.argmin(score))]
-    return choices
+        path.append(choices)
+    return path

@@ -208,6 +208,24 @@ def test_on_target_decode_keeps_an_argmax_already_on_target():
     assert list(most_probable_on_target(log_probs, start, f_of, 4.0)) == [0, 1]
 
 
+def test_on_target_path_is_every_single_move_of_the_decode():
+    """The exact landing prices each architecture the decode passes through
+    (search.loop._on_exact_target): start first, one decision per move, the answer last."""
+    from search.controller import most_probable_on_target, on_target_path
+    log_probs = np.log(np.array([[0.5, 0.3, 0.2], [0.6, 0.4, 1e-12], [0.9, 0.1, 1e-12]]))
+    log_probs[1:, 2] = -1e9  # padding
+    cost = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 0.0], [1.0, 1.5, 0.0]])
+
+    def f_of(batch):
+        return cost[np.arange(3), batch].sum(axis=1)
+    start = np.array([0, 0, 0])  # f = 3
+    path = on_target_path(log_probs, start, f_of, 5.5, tolerance=0.0)
+    # per nat lost: decision 1 (0.41 nats for +1), then 0 (0.51 for +1), then 2 (2.2 for +0.5)
+    assert [list(p) for p in path] == [[0, 0, 0], [0, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert list(path[-1]) == list(most_probable_on_target(log_probs, start, f_of, 5.5, 0.0))
+    assert [list(p) for p in on_target_path(log_probs, start, f_of, 3.0)] == [[0, 0, 0]]
+
+
 def test_scaled_beta_keeps_the_papers_penalty_to_noise_ratio():
     from search.config import PAPER_BETA, SearchConfig, resolve_reward_settings, scaled_beta
     assert scaled_beta(4096) == pytest.approx(PAPER_BETA)

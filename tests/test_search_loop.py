@@ -447,11 +447,13 @@ def test_entry_records_predicted_f_and_lands_on_target(tmp_path, monkeypatch):
     assert argmax.choices.tolist() == final["argmax_choices"] == [0] * len(space.num_choices)
 
 
-def test_the_published_architecture_lands_on_t_by_vela_not_only_by_the_cost_model():
-    """Deterministic hardware (vela) price the decoded architecture exactly and the decode is
-    redone with that hardware's predictions scaled by exact / predicted: the published
-    architecture is within the tolerance of T in vela's own numbers (the Ethos-U85 model errs
-    by 7-25% on searched architectures, docs/search_target.md)."""
+@pytest.mark.parametrize("target,seed", [(0.7, 3), (0.85, 0)])
+def test_the_published_architecture_lands_on_t_by_vela_not_only_by_the_cost_model(target, seed):
+    """Deterministic hardware (vela) price the decoded architecture exactly and the decode's
+    moves are replayed with that hardware's predictions scaled by exact / predicted, every
+    architecture on the way priced exactly: the published architecture is within the
+    tolerance of T in vela's own numbers (the Ethos-U85 model errs by 7-25% on searched
+    architectures, docs/search_target.md). The second case misses by 17% at first."""
     from types import SimpleNamespace
     from search.config import SearchConfig
     from search.controller import most_probable_on_target
@@ -462,27 +464,28 @@ def test_the_published_architecture_lands_on_t_by_vela_not_only_by_the_cost_mode
     space = get_space("multi_hw")
     cm = load_cost_model("ethos_u85", space=space)
     config = SearchConfig(model_dir="/tmp/unused", hardware=("ethos_u85",), metric="single",
-                          target=0.7, target_tolerance=0.02)
+                          target=target, target_tolerance=0.02)
     run = SimpleNamespace(config=config, cost_models=[cm], normalizers=[cm.normalizer_ms],
                           space=space)
     sizes = np.asarray(space.num_choices)
     log_probs = np.where(np.arange(sizes.max())[None] < sizes[:, None], 0.0, -1e9)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     log_probs = log_probs + np.where(log_probs == 0.0, rng.normal(0, 0.3, log_probs.shape), 0)
     argmax = np.argmax(log_probs, axis=1)
     first = most_probable_on_target(
         log_probs, argmax, lambda b: predicted_f(run.cost_models, run.normalizers, "single", b),
-        0.7, 0.02)
+        target, 0.02)
     hw = get_hardware("ethos_u85")
     first_ms = hw.measure_choices(space, first)
     choices, rounds = _on_exact_target(run, log_probs, argmax, first)
     assert rounds and rounds[0]["ethos_u85"] == pytest.approx(
         first_ms / float(cm.predict(first[None])[0]), rel=1e-3)
     assert rounds[0]["f"] == pytest.approx(first_ms / cm.normalizer_ms, rel=1e-3)
+    assert rounds[0]["moved"] == 0 and (len(rounds) == 1) == (abs(rounds[0]["f"] / target - 1)
+                                                              <= 0.02)
     exact_f = hw.measure_choices(space, choices) / cm.normalizer_ms
-    assert exact_f == pytest.approx(min((r["f"] for r in rounds), key=lambda f: abs(f / 0.7 - 1)),
-                                    rel=1e-3)  # the closest round's architecture is published
-    assert abs(exact_f / 0.7 - 1) <= 0.02, (rounds, exact_f)
+    assert any(r["f"] == pytest.approx(exact_f, rel=1e-3) for r in rounds)  # priced, recorded
+    assert abs(exact_f / target - 1) <= 0.02, (rounds, exact_f)
     # stand-in hardware (no exact source) leave the decode alone
     stand_in = SimpleNamespace(config=SearchConfig(model_dir="/tmp/unused", hardware=("hw_a",)))
     assert _on_exact_target(stand_in, log_probs, argmax, first)[1] == []
