@@ -147,6 +147,15 @@ class FeatureLayout:
     num_decisions: int
     descriptors: np.ndarray  # (num_features, len(PHYSICAL)) per-entry physical features
     entry_stage: np.ndarray  # (num_features,) stage of each entry
+    # (num_decisions, max choices): each choice -> the lowest one decoding to the same
+    # network (space.choice_representatives); every choice is read through it.
+    representatives: np.ndarray | None = None
+
+    def representative(self, choices: np.ndarray) -> np.ndarray:
+        """`choices` (N, D) with every choice replaced by its representative."""
+        if self.representatives is None:
+            return choices
+        return self.representatives[np.arange(choices.shape[1])[None, :], choices]
 
     def indices(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, num_slots) flat indices and (N, num_slots) 0/1 presence."""
@@ -154,6 +163,7 @@ class FeatureLayout:
             a, offsets, pcol, pmin = self.matrices()
             self._np = (a.astype(np.float64), offsets.astype(np.int64), pcol, pmin)
         a, offsets, pcol, pmin = self._np
+        choices = self.representative(np.asarray(choices, np.int64))
         # Float matmul (BLAS) is exact here: indices are small integers.
         idx = (choices @ a).astype(np.int64) + offsets
         mask = (choices[:, pcol] >= pmin).astype(np.float64)
@@ -260,7 +270,8 @@ class _Tables:
 
     def layout(self) -> FeatureLayout:
         return FeatureLayout(self.slots, self.offset, len(self.space.decisions),
-                             np.asarray(self.desc), np.asarray(self.stage_of))
+                             np.asarray(self.desc), np.asarray(self.stage_of),
+                             self.space.choice_representatives())
 
 
 def _add_stage_table(tables: _Tables, s: int, h_out: int) -> None:
@@ -428,9 +439,12 @@ class LinearCostModel:
     def tf_constants(self):
         import tensorflow as tf
         a, offsets, pcol, pmin = self.layout.matrices()
+        rep = self.layout.representatives
         return dict(a=tf.constant(a), offsets=tf.constant(offsets), pcol=tf.constant(pcol),
                     pmin=tf.constant(pmin), w=tf.constant(self.weights, tf.float32),
-                    bias=tf.constant(self.bias, tf.float32))
+                    bias=tf.constant(self.bias, tf.float32),
+                    rep=None if rep is None else tf.constant(rep.reshape(-1), tf.int32),
+                    rep_width=0 if rep is None else rep.shape[1])
 
     def predict_tf(self, choices):
         """TF ops only: int tensor (D,) -> scalar, (N, D) -> (N,), float32 milliseconds.
@@ -445,7 +459,9 @@ class LinearCostModel:
         single = x.shape.rank == 1
         x2 = tf.reshape(x, [1, -1]) if single else x
         xi = tf.cast(x2, tf.int32)
-        xf = tf.cast(x2, tf.float32)
+        if c["rep"] is not None:  # each choice read as its representative (see indices)
+            xi = tf.gather(c["rep"], xi + c["rep_width"] * tf.range(tf.shape(xi)[1])[None, :])
+        xf = tf.cast(xi, tf.float32)
         idx = tf.cast(tf.round(tf.matmul(xf, c["a"])), tf.int32) + c["offsets"][None, :]
         present = tf.cast(tf.gather(xi, c["pcol"], axis=1) >= c["pmin"][None, :], tf.float32)
         out = c["bias"] + tf.reduce_sum(tf.gather(c["w"], idx) * present, axis=1)

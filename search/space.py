@@ -157,6 +157,23 @@ class SearchSpace:
                     arr[self.index[f"stage{s}/block{b}/{field}"]] = 0
         return arr
 
+    def choice_representatives(self) -> np.ndarray:
+        """[D, max choices] int: for each decision and choice, the lowest choice of that
+        decision that decodes to the same network whatever the other decisions are (padding:
+        0). Why: filter ratios that round to the same channel count are one network under
+        several encodings (stage 0: ratios 0.5-1.25 are all 32 channels), and a cost model
+        indexed by the raw choice would price them differently (the Ethos-U85's by up to
+        14%); `search.cost_model` reads every choice through this table."""
+        sizes = self.num_choices
+        table = np.zeros((len(sizes), max(sizes)), np.int64)
+        for d, n in enumerate(sizes):
+            table[d, :n] = np.arange(n)
+        for s in range(len(self.stages)):
+            d = self.index[f"stage{s}/filter_ratio"]
+            filters = [self.stage_filters(s, r) for r in range(sizes[d])]
+            table[d, :sizes[d]] = [filters.index(f) for f in filters]
+        return table
+
     # -- decoding ----------------------------------------------------------------------------
     def active_blocks(self, choices: Sequence[int]) -> list[ActiveBlock]:
         arr = self.check(choices)

@@ -602,15 +602,17 @@ def test_repeated_architectures_are_averaged_or_refused(tmp_path, space, capsys)
 
 
 def test_ethos_u85_error_stays_where_it_was_measured(space):
-    """The U85 model's known limit (docs/hardware.md): held-out MAPE 5.6% on 848 architectures
-    (7.0% on 306), zoo models -6.9% / +1.6% (were -12% / +7%) even though they are in its
-    data. Bounds at today's values, so a regression fails; the 4% goal of issue #24 is open."""
+    """The U85 model's known limit (docs/hardware.md): held-out MAPE 5.5% on 848 architectures
+    (7.0% on 306), zoo models -14.4% / +3.1% even though they are in its data (-6.9% / +1.6%
+    before choices were read through their representatives: the one-hot level's lambda, chosen
+    by CV, went from 10 to 100 at equal CV error, 5.385 vs 5.383%). Bounds at today's values,
+    so a regression fails; the 4% goal of issue #24 is open."""
     import mhmodels
     model = load_cost_model("ethos_u85", space=space)
     assert model.metrics["num_archs"] >= 800
-    assert model.metrics["holdout_mape"] <= 6.0 and model.metrics["cv_mape"] <= 6.0
+    assert model.metrics["holdout_mape"] <= 5.6 and model.metrics["cv_mape"] <= 5.6
     rows = {r["arch"]: r for r in csv.DictReader(open(DEFAULT_DIR / "data" / "npu_latency.csv"))}
-    for name, bound in (("multi_max", 7.5), ("multi_avg", 2.5)):
+    for name, bound in (("multi_max", 15.0), ("multi_avg", 3.5)):
         choices = space.canonical(space.choices_for(mhmodels.get_spec(name)))
         true = float(rows[space.encode(choices)]["ethos_u85_ms"])
         assert abs(model.predict(choices) / true - 1) * 100 <= bound
@@ -675,3 +677,29 @@ def test_grouped_layout_sees_group_sizes(grouped_space):
         rows.append(layout.design(c[None])[0] @ layout.descriptors)
     madds = [r[PHYSICAL.index("group3_madds")] for r in rows]
     assert madds[0] == 0 < madds[1] < madds[2]
+
+
+@pytest.mark.parametrize("hardware", ["ethos_u85", "cpu_float"])
+def test_one_network_under_several_encodings_gets_one_price(space, hardware):
+    """Filter ratios that round to the same channel count (stage 0: ratios 0.5-1.25 are all
+    32 channels) encode one network several ways; the shipped models read every choice
+    through space.choice_representatives, so they price it once, in numpy and in TF (the raw
+    choices differed by up to 14% on the U85)."""
+    import tensorflow as tf
+    model = load_cost_model(hardware, space=space)
+    rep = space.choice_representatives()
+    ratio = space.index["stage0/filter_ratio"]
+    assert [space.stage_filters(0, r) for r in range(7)] == [32] * 5 + [64] * 2
+    assert list(rep[ratio, :7]) == [0, 0, 0, 0, 0, 5, 5]
+    rng = np.random.default_rng(0)
+    a = np.stack([space.sample(rng) for _ in range(64)])
+    b = a.copy()
+    for s in range(len(space.stages)):
+        d = space.index[f"stage{s}/filter_ratio"]
+        for n in range(len(b)):
+            b[n, d] = rng.choice(np.flatnonzero(rep[d] == rep[d, a[n, d]]))
+    assert np.mean(np.any(a != b, axis=1)) > 0.5
+    assert all(space.decode(x).to_dict() == space.decode(y).to_dict() for x, y in zip(a, b))
+    np.testing.assert_allclose(model.predict(b), model.predict(a), rtol=1e-12)
+    np.testing.assert_allclose(model.predict_tf(tf.constant(b)).numpy(), model.predict(a),
+                               rtol=1e-5)
