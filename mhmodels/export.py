@@ -462,7 +462,8 @@ def _convert(model, frontend: str, qat: bool, quantization: str, representative_
 # (benchmarks/grouped_forms.py --mode=archs, vela 5.2, 224): on 40 random multi_hw_grouped
 # architectures not used to make the rule (seed 11) per layer / native is 0.932 in geometric
 # mean (max 0.997), per layer / split 0.870 (max 1.013), within 1% of the better whole form
-# on 39; on the 40 of seed 7, 0.949 (max 1.011) and 0.880 (max 1.004). LiteRT/XNNPACK on the
+# on 39; on the 40 of seed 7, 0.949 (max 1.011) and 0.880 (max 1.004); on the five V2 models
+# split's latency (tiny: +0.5%), 3-8% below native. LiteRT/XNNPACK on the
 # CPU runs the native form as fast or faster (float and int8: within noise to 10%), with
 # fewer ops.
 GROUPED_CONV_BY_TARGET = {"cpu_float": "native", "cpu_int8": "native", "ethos-u": "split",
