@@ -3,6 +3,7 @@ layer and over whole architectures (issue #20: the U85's per-layer form rule).
 
     python benchmarks/grouped_forms.py --mode=layers --output=runs/forms/layers.csv
     python benchmarks/grouped_forms.py --mode=archs --output=runs/forms/archs.csv --archs=40
+    python benchmarks/grouped_forms.py --mode=additivity --output=runs/forms/add.csv --archs=8
 
 `--mode=layers`: one probe network per grouped layer geometry of the `multi_hw_grouped`
 space (stage, stride 1 or the stage's entry stride, grouped type, expansion, kernel, filter
@@ -15,6 +16,13 @@ form the per-layer rule picks (`mhmodels.grouped_forms.layer_form`).
 `--mode=archs`: random architectures of the space (seed `--seed`, uniform), each written
 native, split and in the per-layer form `--form`, priced by vela: the end-to-end check of
 the rule (geometric means of per-layer / native and per-layer / split).
+
+`--mode=additivity`: is a block's cost the same in every network? For each stage of
+`--stages` (default 0-2) and each block type, block 1 of the stage goes from expansion 2 to 6
+inside `--archs` random architectures (the stage's and earlier stages' widths fixed at 1.0,
+kernel 3), each written in the hardware's own form; one row per (stage, type, context) with
+the latency difference. An additive cost model needs the difference to be the same in every
+context.
 """
 from __future__ import annotations
 
@@ -38,7 +46,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags (defined when run, so that tests may import the probes)."""
-    flags.DEFINE_enum("mode", "layers", ["layers", "archs"], "Probe layers or whole architectures.")
+    flags.DEFINE_enum("mode", "layers", ["layers", "archs", "additivity"],
+                      "Probe layers, whole architectures, or one block's cost across contexts.")
     flags.DEFINE_string("output", None, "CSV written (one row per probe / architecture).")
     flags.DEFINE_string("hardware", "ethos_u85", "The vela hardware priced.")
     flags.DEFINE_string("form", "auto:u85", "The per-layer form checked against native / split.")
@@ -163,6 +172,36 @@ def probe_archs(space, hw, writer) -> list[dict]:
     return rows
 
 
+def probe_additivity(space, hw, writer) -> None:
+    """Block 1's expansion 2 -> 6 in `--archs` random contexts per stage and block type."""
+    import numpy as np
+    from search.hardware import write_formats
+    from search.space import EXPANSIONS, FILTER_RATIOS
+    ms = lambda c: hw.latency_ms(hw.measure_tflite(write_formats(  # noqa: E731
+        space.decode(space.canonical(c)), [hw.export_format], FLAGS.image_size)[0][
+        hw.export_format]))
+    for stage in [int(s) for s in FLAGS.stages] or (0, 1, 2):
+        for block_type in space.block_types:
+            rng = np.random.default_rng(FLAGS.seed)
+            deltas = []
+            for i in range(FLAGS.archs):
+                c = space.sample(rng)
+                for s in range(stage + 1):
+                    c[space.index[f"stage{s}/filter_ratio"]] = FILTER_RATIOS.index(1.0)
+                nb = space.index[f"stage{stage}/num_blocks"]
+                c[nb] = max(c[nb], 1)
+                c[space.index[f"stage{stage}/block1/type"]] = space.block_types.index(block_type)
+                c[space.index[f"stage{stage}/block1/kernel"]] = 0
+                low, high = c.copy(), c.copy()
+                low[space.index[f"stage{stage}/block1/expansion"]] = EXPANSIONS.index(2)
+                high[space.index[f"stage{stage}/block1/expansion"]] = EXPANSIONS.index(6)
+                deltas.append(ms(high) - ms(low))
+                writer.writerow({"stage": stage, "block_type": block_type, "context": i,
+                                 "delta_ms": round(deltas[-1], 6)})
+            print(f"  stage {stage} {block_type}: e2 -> e6 median {np.median(deltas):.3f} ms, "
+                  f"spread {max(deltas) - min(deltas):.3f}", flush=True)
+
+
 def summary(rows: list[dict]) -> str:
     """Geometric means of per-layer / native and per-layer / split, and the worst cases."""
     ratio = lambda a, b: [r["per_layer_ms"] / r[b] for r in rows]  # noqa: E731
@@ -185,15 +224,17 @@ def main(argv):
     space, hw = get_space(SPACE), get_hardware(FLAGS.hardware)
     out = Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ([f.name for f in dataclasses.fields(LayerProbe)] +
-              ["native_ms", "split_ms", "split_minus_native_ms", "rule"]
-              if FLAGS.mode == "layers" else
-              ["arch", "grouped_blocks", "native_ms", "split_ms", "per_layer_ms"])
+    fields = {"layers": [f.name for f in dataclasses.fields(LayerProbe)] +
+              ["native_ms", "split_ms", "split_minus_native_ms", "rule"],
+              "archs": ["arch", "grouped_blocks", "native_ms", "split_ms", "per_layer_ms"],
+              "additivity": ["stage", "block_type", "context", "delta_ms"]}[FLAGS.mode]
     with out.open("w", newline="", buffering=1) as f:  # line-buffered: rows as they come
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         if FLAGS.mode == "layers":
             print(f"{probe_layers(space, hw, writer)} layer probes", flush=True)
+        elif FLAGS.mode == "additivity":
+            probe_additivity(space, hw, writer)
         else:
             print(summary(probe_archs(space, hw, writer)), flush=True)
     print(f"{FLAGS.hardware}: {time.time() - t0:.0f} s -> {out}", file=sys.stderr)
