@@ -13,13 +13,14 @@ from types import ModuleType
 from typing import Any, Iterable, Mapping, Sequence
 
 from mhmodels import layers as L
+from mhmodels.grouped_forms import GROUPED_CONV_FORMS  # noqa: F401 (re-exported)
 from mhmodels.spec import LayerSpec, ModelSpec, group_count, round8, scale_filters
 
 FRONTENDS = ("keras", "tf_keras")
 # How a grouped convolution is written: one Conv2D(groups=g) ('native', one CONV_2D in
-# TFLite) or split -> g convs -> concat ('split'); which runs faster depends on the hardware
-# (see `mhmodels.export.grouped_conv_form`).
-GROUPED_CONV_FORMS = ("native", "split")
+# TFLite), split -> g convs -> concat ('split'), or per layer by a rule ('auto:u85'); which
+# runs faster depends on the hardware (see `mhmodels.export.grouped_conv_form` and
+# `mhmodels.grouped_forms`, where GROUPED_CONV_FORMS is defined; imported above).
 POOLINGS = (None, "avg", "max")
 DEFAULT_INPUT_SHAPE = (224, 224, 3)
 
@@ -235,9 +236,10 @@ def build_model(spec: ModelSpec, width: float = 1.0, *,
       input_normalization: (scale, offset) per RGB channel of a fixed `Rescaling` layer
         ('input_normalization') before the stem: a checkpoint trained on another input than
         our [-1, 1] (see `mhmodels.preprocessing.input_normalization`). None: no such layer.
-      grouped_conv: 'native' (one grouped Conv2D) or 'split' (split -> one conv per group ->
-        concat) for the grouped convs of blocks with `group_size`; the same function either
-        way (`split_grouped_weights` maps native weights to the split form).
+      grouped_conv: 'native' (one grouped Conv2D), 'split' (split -> one conv per group ->
+        concat) or a per-layer form ('auto:u85': each conv's form by a measured rule,
+        `mhmodels.grouped_forms`) for the grouped convs of blocks with `group_size`; the same
+        function either way (`with_grouped_conv` maps weights between forms).
     Returns:
       A functional model of the front-end; `build_args(model)` tells how it was built.
     Raises:
@@ -466,7 +468,8 @@ def float32_copy(model):
 
 
 def with_grouped_conv(model, form: str):
-    """`model` with its grouped convolutions written in `form` ('native' or 'split').
+    """`model` with its grouped convolutions written in `form` ('native', 'split' or a
+    per-layer form such as 'auto:u85').
 
     The same function: a copy built by `build_model` from the model's build record in the same
     front-end, the weights copied by name, a native grouped kernel (K, K, Cin/g, Cout) handed
@@ -475,7 +478,9 @@ def with_grouped_conv(model, form: str):
 
     Args:
       model: a Keras 3 or tf_keras model built by `build_model` (it carries a build record).
-      form: 'native' (one grouped Conv2D) or 'split' (split -> conv per group -> concat).
+      form: 'native' (one grouped Conv2D), 'split' (split -> conv per group -> concat) or a
+        per-layer form (`mhmodels.grouped_forms.GROUPED_CONV_FORMS`); layer by layer, the
+        same mapping serves mixed models.
     Returns:
       The model in `form`, computing the same logits; `model` itself when already in `form`.
     Raises:

@@ -343,10 +343,12 @@ def export_tflite(model, path: str | os.PathLike, quantization: str = "float",
       batch_size: the graph's static batch (default 1, what on-device interpreters and NPU
         compilers want); None leaves it dynamic (shape ops then stay in the graph).
       grouped_conv: write the grouped convolutions of a float mhmodels model 'native' (one
-        CONV_2D) or 'split' (SPLIT -> CONV_2D per group -> CONCATENATION); None keeps the
-        model's form. `grouped_conv_form(target)` says which form runs faster where. A QAT
-        model keeps the form it was quantized in (quantize `mhmodels.with_grouped_conv(model,
-        form)` for the other one).
+        CONV_2D), 'split' (SPLIT -> CONV_2D per group -> CONCATENATION) or per layer
+        ('auto:u85': each conv's form by a measured rule, `mhmodels.grouped_forms`, the
+        rule the direct writer follows too); None keeps the model's form.
+        `grouped_conv_form(target)` says which form runs faster where. A QAT model keeps
+        the form it was quantized in (quantize `mhmodels.with_grouped_conv(model, form)`
+        for another one).
     Returns:
       An `ExportResult`: usable as the path, with size, seconds and op counts.
     Raises:
@@ -451,21 +453,32 @@ def _convert(model, frontend: str, qat: bool, quantization: str, representative_
 # 224): on U55 / U65 vela's estimate is lower for the split form on all five
 # MobileNet-EdgeTPU-V2 models (3-8%) and on 40 of 40 random multi_hw_grouped architectures
 # (geometric mean 5%; a native grouped CONV_2D is split by vela itself, its fused ReLU left as
-# a separate pass after the concat). On the U85 it depends on the architecture: split is faster
-# on 19 of those 40 (by up to 22%) but up to 2.1x slower on the others, 7.8% slower in
-# geometric mean, so the U85 gets the native form. LiteRT/XNNPACK on the CPU runs the native
-# form as fast or faster (float and int8: within noise to 10%), with fewer ops.
+# a separate pass after the concat). On the U85 neither whole form wins: split is faster on 19
+# of those 40 (by up to 22%) but up to 2.1x slower on the others, 7.8% slower in geometric
+# mean, because the faster form depends on the layer (up to +9.2 ms for one split conv of 5
+# input channels per group; up to -0.52 ms for a split regular g32 conv at 28x28). So the U85
+# gets 'auto:u85': each grouped conv native or split by `mhmodels.grouped_forms.U85_RULE`
+# (read from 916 per-layer vela probes, its comment gives them). End to end
+# (benchmarks/grouped_forms.py --mode=archs, vela 5.2, 224): on 40 random multi_hw_grouped
+# architectures not used to make the rule (seed 11) per layer / native is 0.932 in geometric
+# mean (max 0.997), per layer / split 0.870 (max 1.013), within 1% of the better whole form
+# on 39; on the 40 of seed 7, 0.949 (max 1.011) and 0.880 (max 1.004); on the five V2 models
+# split's latency (tiny: +0.5%), 3-8% below native. LiteRT/XNNPACK on the
+# CPU runs the native form as fast or faster (float and int8: within noise to 10%), with
+# fewer ops.
 GROUPED_CONV_BY_TARGET = {"cpu_float": "native", "cpu_int8": "native", "ethos-u": "split",
-                          "ethos-u85": "native"}
+                          "ethos-u85": "auto:u85"}
 
 
 def grouped_conv_form(target: str) -> str:
-    """'native' or 'split': the faster form of a grouped conv on `target`.
+    """The form of grouped convs that runs faster on `target`: 'native', 'split' or a
+    per-layer form ('auto:u85', `mhmodels.grouped_forms`).
 
     Args:
       target: 'cpu_float', 'cpu_int8', or a hardware name starting 'ethos-u' / 'ethos_u' /
-        'u55' / 'u65' / 'u85' (an Arm NPU compiled by vela: split, native on the U85); other
-        names get 'native' (one op: what the converter writes for a Keras grouped Conv2D).
+        'u55' / 'u65' / 'u85' (an Arm NPU compiled by vela: split on the U55 / U65, per layer
+        on the U85); other names get 'native' (one op: what the converter writes for a Keras
+        grouped Conv2D).
     """
     name = target.lower().replace("_", "-")
     if name.startswith(("ethos-u85", "u85")):
@@ -477,10 +490,10 @@ def grouped_conv_form(target: str) -> str:
 
 def _in_grouped_form(model, form: str, qat: bool):
     """`model` in grouped-conv `form` (see `export_tflite`)."""
-    from mhmodels.builder import GROUPED_CONV_FORMS, build_args, with_grouped_conv
+    from mhmodels.builder import build_args, with_grouped_conv
+    from mhmodels.grouped_forms import check_form
 
-    if form not in GROUPED_CONV_FORMS:
-        raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got {form!r}")
+    check_form(form)
     if qat:
         from mhmodels.qat import recorded_build_args
         recorded = recorded_build_args(model).get("grouped_conv", "native")

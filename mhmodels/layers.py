@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from mhmodels.grouped_forms import layer_form
 from mhmodels.spec import LayerSpec
 
 BN_EPSILON = 1e-3
@@ -83,7 +84,11 @@ def grouped_conv_bn(k: ModuleType, x: Tensor, filters: int, kernel: int, stride:
     The same function either way. The split form keeps BN and activation inside each group
     (as the Model Garden's GroupConv2D does) so that every CONV_2D fuses its ReLU and tfmot
     folds each BN; its channel split is a `ChannelSplit` layer (one SPLIT op in TFLite).
+    A per-layer `form` ('auto:u85') picks one of the two for this conv from its geometry
+    (`mhmodels.grouped_forms.layer_form`, which the direct TFLite writer asks too).
     """
+    form = layer_form(form, height=x.shape[1], in_channels=channels(x), out_channels=filters,
+                      groups=groups, kernel=kernel, stride=stride)
     if form == "native" or groups == 1:
         x = k.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                             groups=groups, kernel_initializer=conv_init(k), name=name)(x)
@@ -144,7 +149,7 @@ def block(k: ModuleType, x: Tensor, layer: LayerSpec, filters: int, hidden: int,
     """One body block with channel counts already resolved for the width multiplier.
 
     `groups` (from `LayerSpec.group_size`) makes the KxK conv of an ibn / fused_ibn grouped,
-    written in the `grouped_conv` form ('native' or 'split').
+    written in the `grouped_conv` form ('native', 'split' or per layer, e.g. 'auto:u85').
     """
     if layer.kind == "conv":
         return conv_bn(k, x, filters, layer.kernel, layer.stride, layer.activation, name,

@@ -19,7 +19,8 @@ BatchNormalization folded into conv biases, ReLU / ReLU6 fused into the producin
   fused -> [CONV_2D KxK] [SE] CONV_2D 1x1 [ADD]
   grouped (group_size): the KxK conv (ibn: in place of the depthwise) is one CONV_2D of
            filter depth in / groups ('native'), or SPLIT -> CONV_2D per group ->
-           CONCATENATION ('split'), as `export_tflite(..., grouped_conv=form)` writes it
+           CONCATENATION ('split'), or either per layer ('auto:u85', `grouped_forms`), as
+           `export_tflite(..., grouped_conv=form)` writes it
   SE    -> MEAN, CONV_2D 1x1 (relu), CONV_2D 1x1 (relu6; the hard sigmoid's +3 in its bias),
            MUL (1/6, a scalar constant), MUL (broadcast over the image)
   top   -> MEAN (keep_dims when the spec has top layers), 1x1 CONV_2Ds, FULLY_CONNECTED
@@ -44,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mhmodels.builder import ResolvedLayer, check_input_shape, resolve
+from mhmodels.grouped_forms import check_form, layer_form
 from mhmodels.spec import ModelSpec
 
 QUANTIZATIONS = ("float", "int8")
@@ -119,15 +121,11 @@ class GraphWriter:
     """
 
     def __init__(self, quantization: str, seed: int = 0, grouped_conv: str = "native"):
-        from mhmodels.builder import GROUPED_CONV_FORMS
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got "
                              f"{quantization!r}")
-        if grouped_conv not in GROUPED_CONV_FORMS:
-            raise ValueError(f"grouped_conv must be one of {GROUPED_CONV_FORMS}, got "
-                             f"{grouped_conv!r}")
         self.quantization = quantization
-        self.grouped_conv = grouped_conv
+        self.grouped_conv = check_form(grouped_conv)
         self.native_grouped = False  # a CONV_2D with groups > 1 was written
         self.rng = np.random.default_rng(seed)
         self.tensors: list[_Tensor] = []
@@ -260,10 +258,13 @@ class GraphWriter:
                 groups: int | None) -> int:
         """A KxK conv of `groups` groups (None: a plain conv) in this writer's form:
         'native' one CONV_2D, 'split' SPLIT -> CONV_2D per group -> CONCATENATION (the split
-        tensors keep the input's quantization, as the converter writes them)."""
-        if not groups or groups == 1 or self.grouped_conv == "native":
-            return self.conv(x, filters, kernel, stride, act, name, groups=groups or 1)
+        tensors keep the input's quantization, as the converter writes them); a per-layer
+        form picks one of the two for this conv (`grouped_forms.layer_form`, as the builder)."""
         n, h, w, c = self.shape(x)
+        if not groups or groups == 1 or layer_form(
+                self.grouped_conv, height=h, in_channels=c, out_channels=filters,
+                groups=groups, kernel=kernel, stride=stride) == "native":
+            return self.conv(x, filters, kernel, stride, act, name, groups=groups or 1)
         axis = self._constant(f"{name}/split_axis", np.array(3, np.int32))
         source = self.tensors[x]
         parts = [self._add(_Tensor(f"{name}/split{i}", (n, h, w, c // groups), source.dtype,
@@ -559,7 +560,8 @@ def write_tflite(spec: ModelSpec, width: float = 1.0, *, quantization: str = "in
       input_shape: (height, width, 3), fixed.
       num_classes: classifier outputs.
       seed: of the random weights.
-      grouped_conv: the form of grouped convolutions, 'native' or 'split' (as
+      grouped_conv: the form of grouped convolutions, 'native', 'split' or per layer
+        ('auto:u85', `mhmodels.grouped_forms`) (as
         `export_tflite(..., grouped_conv=...)`; `mhmodels.export.grouped_conv_form(target)`
         says which a hardware runs faster).
     Returns:

@@ -19,7 +19,9 @@ recorded with every measurement and cost model, and `measure_tflite` / `latency_
 One int8 export serves every int8 hardware (`measure_all` exports once per format). A model
 with grouped convolutions (`LayerSpec.group_size`) is written in the form each hardware runs
 faster (`mhmodels.export.grouped_conv_form`): the format `int8+split` for the Ethos-U55 and
-U65, `int8` (native) for the U85 and the CPU; without grouped convolutions the two are one file.
+U65, `int8+auto:u85` (each grouped conv native or split by a measured per-layer rule,
+`mhmodels.grouped_forms`) for the U85, `int8` (native) for the CPU; without grouped
+convolutions they are one file.
 
 The normaliser C of a hardware is the latency of MobileNetV1 width 1.0 measured the same way
 (paper section 6.2); the cost model stores the value it was fitted with (`normalizer_ms`).
@@ -69,15 +71,19 @@ def representative_data(image_size: int, num_batches: int = 1, seed: int = 0):
             for _ in range(num_batches)]
 
 
-SPLIT_SUFFIX = "+split"
+FORM_SEPARATOR = "+"
 
 
 def split_format(fmt: str) -> tuple[str, str]:
     """An export format -> (quantization, grouped-conv form): 'int8+split' -> ('int8',
-    'split'), 'float' -> ('float', 'native')."""
-    if fmt.endswith(SPLIT_SUFFIX):
-        return fmt[:-len(SPLIT_SUFFIX)], "split"
-    return fmt, "native"
+    'split'), 'int8+auto:u85' -> ('int8', 'auto:u85'), 'float' -> ('float', 'native')."""
+    quantization, sep, form = fmt.partition(FORM_SEPARATOR)
+    return (quantization, form) if sep else (fmt, "native")
+
+
+def format_of(quantization: str, form: str) -> str:
+    """The export format of a quantization and a grouped-conv form (native: no suffix)."""
+    return quantization if form == "native" else f"{quantization}{FORM_SEPARATOR}{form}"
 
 
 def _has_grouped_conv(model) -> bool:
@@ -86,10 +92,11 @@ def _has_grouped_conv(model) -> bool:
 
 def export_bytes(model, quantization: str, image_size: int | None = None) -> bytes:
     """Export a Keras model to TFLite bytes with the project's one exporter. `quantization`
-    is an export format: with '+split' the grouped convolutions are written split."""
+    is an export format: with '+<form>' the grouped convolutions are written in that form
+    ('+split', '+auto:u85')."""
     from mhmodels.export import export_tflite
     quantization, form = split_format(quantization)
-    kwargs = {"grouped_conv": form} if form == "split" and _has_grouped_conv(model) else {}
+    kwargs = {"grouped_conv": form} if form != "native" and _has_grouped_conv(model) else {}
     if quantization in ("int8", "uint8"):
         size = image_size or int(model.input_shape[1])
         kwargs["representative_data"] = representative_data(size)
@@ -114,13 +121,13 @@ class Hardware:
 
     @property
     def export_format(self) -> str | None:
-        """The file this hardware runs: its quantization, + '+split' where grouped convs run
-        faster split (`mhmodels.export.grouped_conv_form`)."""
+        """The file this hardware runs: its quantization, + '+<form>' where grouped convs run
+        faster in another form than native (`mhmodels.export.grouped_conv_form`): '+split'
+        on the U55 / U65, '+auto:u85' (per layer) on the U85."""
         from mhmodels.export import grouped_conv_form
         if self.quantization is None:
             return None
-        form = grouped_conv_form(self.grouped_conv_target)
-        return self.quantization + (SPLIT_SUFFIX if form == "split" else "")
+        return format_of(self.quantization, grouped_conv_form(self.grouped_conv_target))
 
     @property
     def grouped_conv_target(self) -> str:

@@ -130,7 +130,7 @@ def test_export_grouped_conv_option_writes_either_form(model, images, tmp_path):
         np.testing.assert_allclose(E.predict_tflite(result, images[:1]), expected, atol=1e-4)
     assert [E.grouped_conv_form(t) for t in ("cpu_float", "cpu_int8", "ethos_u55", "u65",
                                                 "u85", "ethos-u85-256")] == \
-        ["native", "native", "split", "split", "native", "native"]
+        ["native", "native", "split", "split", "auto:u85", "auto:u85"]
 
 
 V2 = ["tiny", "xs", "s", "m", "l"]

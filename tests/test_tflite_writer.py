@@ -29,10 +29,12 @@ CASES = [(name, q) for name in ZOO for q in ("int8", "float")] + \
     [(f"space:{seed}", q) for seed in (1, 2, 3) for q in ("int8", "float")] if FULL else \
     [("mobilenet_v3_small", "int8"), ("mobilenet_edgetpu", "int8"), ("mobilenet_v1", "float"),
      ("space:1", "int8"), ("space:2", "float")]
-# The grouped space (issue #20) in both forms of its grouped convs: 'grouped:<seed>:<form>'.
-CASES += [(f"grouped:{seed}:{form}", q) for seed in (1, 2) for form in ("native", "split")
-          for q in ("int8", "float")] if FULL else \
-    [("grouped:1:split", "int8"), ("grouped:2:native", "float")]
+# The grouped space (issue #20) in every form of its grouped convs: 'grouped:<seed>:<form>';
+# 'auto:u85' is the U85's per-layer form, mixed in these specs (seed 2 at 48x48: 4 grouped
+# convs split, 6 native), so both paths must take the same per-layer decisions.
+CASES += [(f"grouped:{seed}:{form}", q) for seed in (1, 2)
+          for form in ("native", "split", "auto:u85") for q in ("int8", "float")] if FULL else \
+    [("grouped:1:split", "int8"), ("grouped:2:native", "float"), ("grouped:2:auto:u85", "int8")]
 
 
 def spec_of(name: str):
@@ -46,7 +48,7 @@ def spec_of(name: str):
 
 def form_of(name: str) -> str:
     """The grouped-conv form a case is exported in ('grouped:<seed>:<form>'; else native)."""
-    return name.split(":")[2] if name.startswith("grouped:") else "native"
+    return name.split(":", 2)[2] if name.startswith("grouped:") else "native"
 
 
 def trained_like(model, seed: int = 0):
@@ -181,23 +183,34 @@ def test_collection_rows_equal_with_either_export(space_name):
         assert fast["ethos_u55_cpu_ops"] == slow["ethos_u55_cpu_ops"] == 0
 
 
+def _grouped_native(ops) -> int:
+    """Native grouped KxK CONV_2Ds among `ops` (filter depth below the input's)."""
+    return sum(op.name == "CONV_2D" and op.inputs[1].shape[-1] < op.inputs[0].shape[-1]
+               and op.inputs[1].shape[1] > 1 for op in ops)
+
+
 def test_each_hardware_gets_its_grouped_conv_form():
     """Ethos-U55 / U65 files hold the grouped convs split (SPLIT / CONCATENATION), the CPU's
-    and the U85's native (grouped CONV_2D, version 6); a spec without grouped convs is one int8
-    file for both."""
+    native (grouped CONV_2D, version 6), the U85's (any U85 configuration) each conv in the
+    form of the per-layer rule: here both; a spec without grouped convs is one int8 file for
+    all."""
     from search.hardware import get_hardware, write_formats
     hws = [get_hardware(n) for n in ("cpu_int8", "ethos_u55", "ethos_u65", "ethos_u85",
                                      "cpu_float", "vela:ethos-u85-256:Ethos_U85_SYS_DRAM_Low:"
                                      "Dedicated_Sram_384KB")]
-    assert [hw.export_format for hw in hws] == ["int8", "int8+split", "int8+split", "int8",
-                                                "float", "int8"]
+    assert [hw.export_format for hw in hws] == ["int8", "int8+split", "int8+split",
+                                                "int8+auto:u85", "float", "int8+auto:u85"]
     files, _ = write_formats(spec_of("grouped:2:native"), [hw.export_format for hw in hws],
                              SIZE)
-    names = {f: [op.name for op in tflite_structure(data)] for f, data in files.items()}
+    ops = {f: tflite_structure(data) for f, data in files.items()}
+    names = {f: [op.name for op in o] for f, o in ops.items()}
     assert "SPLIT" in names["int8+split"] and "CONCATENATION" in names["int8+split"]
     assert "SPLIT" not in names["int8"] and "SPLIT" not in names["float"]
-    native = [op for op in tflite_structure(files["int8"]) if op.name == "CONV_2D"]
-    assert any(op.inputs[1].shape[-1] < op.inputs[0].shape[-1] and op.inputs[1].shape[1] > 1
-               for op in native) and {op.version for op in native} == {6}
-    files, _ = write_formats(mhmodels.get_spec("multi_max"), ["int8", "int8+split"], SIZE)
-    assert files["int8"] is files["int8+split"]
+    assert not _grouped_native(ops["int8+split"])
+    native = [op for op in ops["int8"] if op.name == "CONV_2D"]
+    assert _grouped_native(native) and {op.version for op in native} == {6}
+    # seed 2 at width 1.0, 48x48: 6 of its grouped convs split, 4 native
+    assert names["int8+auto:u85"].count("SPLIT") == 6 and _grouped_native(ops["int8+auto:u85"]) == 4
+    formats = ["int8", "int8+split", "int8+auto:u85"]
+    files, _ = write_formats(mhmodels.get_spec("multi_max"), formats, SIZE)
+    assert files["int8"] is files["int8+split"] is files["int8+auto:u85"]
