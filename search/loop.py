@@ -586,7 +586,7 @@ def _exact_hardware(run: _Run) -> dict[int, Any]:
 def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray, list]:
     """Land on T by the exact latency of the deterministic hardware, not only their cost
     models: the searched architectures are where a cost model errs most (measured: the U85
-    model, 5.6% held-out on random architectures, was 7-25% off on what the searches chose,
+    model, 5.5% held-out on random architectures, was 7-25% off on what the searches chose,
     and its error swung from -17% to +21% between two decodes a few decisions apart).
 
     The cost-model landing is priced exactly; if it misses, the decode's greedy moves are
@@ -596,8 +596,10 @@ def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray,
     closest, and a round whose first move made things worse forbids that move for the next
     (the U85 has cliffs no additive model has: one expansion step of the first block moved it
     by 46% where its model said 6%). Published: the most probable priced architecture within
-    the tolerance, else the closest. -> (choices, every priced architecture's {hardware: exact / predicted, "f": exact
-    f, "moved": decisions changed from the cost-model landing})."""
+    the tolerance, else the closest.
+
+    Returns (choices, one record per priced architecture: {hardware: exact / predicted,
+    "f": exact f, "moved": decisions changed from the cost-model landing})."""
     from .controller import on_target_path
     config, exact = run.config, _exact_hardware(run)
     if not exact or config.target_tolerance <= 0:
