@@ -59,6 +59,9 @@ CSV_PREFIX = "csv:"
 VELA_PREFIX = "vela:"
 # Keys of `config()` that describe the host rather than the measurement: informative only.
 INFORMATIVE_KEYS = ("host",)
+# Keys added to `config()` after files were recorded without them: a record that lacks one
+# is read as matching (it predates the key); a record that holds another value does not.
+LATER_KEYS = ("grouped_conv_form",)
 
 
 def representative_data(image_size: int, num_batches: int = 1, seed: int = 0):
@@ -133,6 +136,12 @@ class Hardware:
     def grouped_conv_target(self) -> str:
         """The target name `grouped_conv_form` knows this hardware by."""
         return self.name
+
+    @property
+    def grouped_conv_form(self) -> str:
+        """How this hardware's files write grouped convs ('native', 'split', 'auto:u85'):
+        recorded in `config()`, since the same network prices differently in each form."""
+        return split_format(self.export_format)[1]
 
     @property
     def statistic(self) -> str:
@@ -220,6 +229,7 @@ class LiteRTHardware(Hardware):
         from importlib.metadata import version
         return {"tool": "litert", "litert_version": version("ai-edge-litert"),
                 "quantization": self.quantization, "use_xnnpack": self.use_xnnpack,
+                "grouped_conv_form": self.grouped_conv_form,
                 "threads": self.threads, "statistic": self.statistic,
                 "host": current_host(self.threads)["cpu_model"]}
 
@@ -249,7 +259,8 @@ class VelaHardware(Hardware):
         return "ethos-u85" if self.vela.accelerator.startswith("ethos-u85") else "ethos-u"
 
     def config(self) -> dict:
-        return {**self.vela.to_dict(), "quantization": self.quantization}
+        return {**self.vela.to_dict(), "quantization": self.quantization,
+                "grouped_conv_form": self.grouped_conv_form}
 
     def column_suffixes(self) -> tuple[str, ...]:
         return ("ms", "cpu_ops")
@@ -303,7 +314,9 @@ def same_config(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> boo
     """Two recorded `config()`s describe the same measurement (the host is informative)."""
     if a is None or b is None:
         return False
-    strip = lambda c: {k: v for k, v in c.items() if k not in INFORMATIVE_KEYS}  # noqa: E731
+    later = {k for k in LATER_KEYS if k not in a or k not in b}
+    strip = lambda c: {k: v for k, v in c.items()  # noqa: E731
+                       if k not in INFORMATIVE_KEYS and k not in later}
     return strip(a) == strip(b)
 
 

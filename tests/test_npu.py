@@ -156,7 +156,9 @@ def test_shipped_npu_cost_models(name, tmp_path):
     cm = load_cost_model(name)
     hw = get_hardware(name)
     recorded = {k: v for k, v in cm.hardware_config.items() if k != "vela_version"}
-    assert recorded == {k: v for k, v in hw.config().items() if k != "vela_version"}
+    # recorded before the grouped-conv form was a key (this space has no grouped convs)
+    assert recorded == {k: v for k, v in hw.config().items()
+                        if k != "vela_version" and k in recorded}
     assert cm.statistic == "latency_ms" and cm.image_size == 224 and cm.normalizer_ms > 0
     m = cm.metrics
     assert m["num_archs"] >= 100
@@ -167,6 +169,32 @@ def test_shipped_npu_cost_models(name, tmp_path):
     (tmp_path / f"{name}.json").write_text(json.dumps(data))
     with pytest.raises(CostModelError, match="refit it on data of this configuration"):
         load_cost_model(name, directory=tmp_path)
+
+
+def test_grouped_conv_form_is_part_of_the_configuration(tmp_path):
+    """The grouped space's models record the form they were priced in (the U55 split, the
+    U85 per layer): the same file claiming native is refused for the U55, and a record that
+    predates the key matches any form."""
+    from search.hardware import same_config
+    from search.space import get_space
+    space = get_space("multi_hw_grouped")
+    cm = load_cost_model("ethos_u55", space=space)
+    assert cm.hardware_config["grouped_conv_form"] == "split"
+    assert get_hardware("ethos_u85").config()["grouped_conv_form"] == "auto:u85"
+    assert get_hardware("cpu_int8").config()["grouped_conv_form"] == "native"
+    data = cm.to_dict()
+    data["hardware_config"] = dict(data["hardware_config"], grouped_conv_form="native")
+    path = tmp_path / "ethos_u55.multi_hw_grouped.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CostModelError, match="grouped_conv_form"):
+        load_cost_model("ethos_u55", directory=tmp_path, space=space)
+    del data["hardware_config"]["grouped_conv_form"]
+    path.write_text(json.dumps(data))
+    assert load_cost_model("ethos_u55", directory=tmp_path, space=space).bias == cm.bias
+    current = get_hardware("ethos_u55").config()
+    older = {k: v for k, v in current.items() if k != "grouped_conv_form"}
+    assert same_config(current, older) and same_config(older, current)
+    assert not same_config(current, dict(current, grouped_conv_form="native"))
 
 
 def test_npu_cost_models_disagree_with_cpu_ones():
