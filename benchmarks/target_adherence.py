@@ -187,8 +187,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, metric in zip(axes[0], metrics):
         for i, budget in enumerate(budgets):
             pts = [r for r in rows if r["metric"] == metric and r["budget"] == budget]
-            ax.scatter([r["target"] + 0.01 * (i - 1) for r in pts],
-                       [r["measured_f"] for r in pts], label=f"{budget} steps", s=18)
+            ax.scatter([r["target"] + 0.01 * (i - (len(budgets) - 1) / 2) for r in pts],
+                       [r["measured_f"] for r in pts], label=f"{budget} steps", s=18,
+                       zorder=3)  # above the band
         ts = sorted({r["target"] for r in rows})
         lo, hi = min(ts) * 0.8, max(ts) * 1.2
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="f = T")
