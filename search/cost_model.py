@@ -622,13 +622,13 @@ def check_hardware_config(model: LinearCostModel, hardware: str, source: str) ->
     system config and memory mode, the same LiteRT settings and grouped-conv form (one network
     prices differently split and native). Another tool version only warns (its numbers may
     have moved); files without a recorded configuration (or key) are accepted."""
-    from .hardware import CSV_PREFIX, INFORMATIVE_KEYS, LATER_KEYS, get_hardware
+    from .hardware import CSV_PREFIX, get_hardware, uncompared_keys
     recorded = model.hardware_config
     if recorded is None or str(hardware).endswith(".json") or \
             str(hardware).startswith(CSV_PREFIX):
         return
     current = get_hardware(hardware).config()
-    skip = set(INFORMATIVE_KEYS) | {k for k in LATER_KEYS if k not in recorded}
+    skip = uncompared_keys(current, recorded)
     versions = {k for k in set(current) | set(recorded) if k.endswith("_version")}
     differ = sorted(k for k in (set(current) | set(recorded)) - skip - versions
                     if current.get(k) != recorded.get(k))

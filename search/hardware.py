@@ -127,10 +127,9 @@ class Hardware:
         """The file this hardware runs: its quantization, + '+<form>' where grouped convs run
         faster in another form than native (`mhmodels.export.grouped_conv_form`): '+split'
         on the U55 / U65, '+auto:u85' (per layer) on the U85."""
-        from mhmodels.export import grouped_conv_form
         if self.quantization is None:
             return None
-        return format_of(self.quantization, grouped_conv_form(self.grouped_conv_target))
+        return format_of(self.quantization, self.grouped_conv_form)
 
     @property
     def grouped_conv_target(self) -> str:
@@ -141,7 +140,8 @@ class Hardware:
     def grouped_conv_form(self) -> str:
         """How this hardware's files write grouped convs ('native', 'split', 'auto:u85'):
         recorded in `config()`, since the same network prices differently in each form."""
-        return split_format(self.export_format)[1]
+        from mhmodels.export import grouped_conv_form
+        return grouped_conv_form(self.grouped_conv_target)
 
     @property
     def statistic(self) -> str:
@@ -310,13 +310,18 @@ class CsvHardware(Hardware):
         return table[NORMALIZER_MODEL]
 
 
+def uncompared_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
+    """Keys two recorded `config()`s are not compared on: the informative ones, and a
+    LATER_KEYS key that one of them predates."""
+    return set(INFORMATIVE_KEYS) | {k for k in LATER_KEYS if k not in a or k not in b}
+
+
 def same_config(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     """Two recorded `config()`s describe the same measurement (the host is informative)."""
     if a is None or b is None:
         return False
-    later = {k for k in LATER_KEYS if k not in a or k not in b}
-    strip = lambda c: {k: v for k, v in c.items()  # noqa: E731
-                       if k not in INFORMATIVE_KEYS and k not in later}
+    skip = uncompared_keys(a, b)
+    strip = lambda c: {k: v for k, v in c.items() if k not in skip}  # noqa: E731
     return strip(a) == strip(b)
 
 
