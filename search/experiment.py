@@ -65,6 +65,7 @@ DEFAULT_HARDWARE = ("cpu_float", "ethos_u55", "ethos_u85")
 DEFAULT_BASELINES = ("multi_avg", "multi_max", "mobilenet_v2", "mobilenet_v3_large_min",
                      "mobilenet_edgetpu")
 SETTINGS_JSON = "experiment.json"
+SEARCH_KINDS = ("single",) + MULTI_METRICS  # a single-hardware search per hardware, avg, max
 
 
 @dataclass
@@ -92,6 +93,8 @@ class ExperimentConfig:
     data_dir: str | None = None
     space: str = "multi_hw"  # of every search (search.space.get_space: a name or a file)
     space_for: tuple[str, ...] = ()  # "hw:space": that hardware's single-hardware search
+    searches: tuple[str, ...] = SEARCH_KINDS  # which searches of a seed run (a subset: e.g.
+    # `single` alone compares spaces of one hardware, search.compare_spaces)
 
     # Fields that may change between runs on one --output_dir (the rest must not).
     FREE = ("output_dir", "seeds", "measure_rounds")
@@ -101,8 +104,11 @@ class ExperimentConfig:
         data["hardware"], data["baselines"] = list(self.hardware), list(self.baselines)
         data["widths"] = list(self.widths)
         data["space_for"] = list(self.space_for)
+        data["searches"] = list(self.searches)
         if data["space"] == "multi_hw" and not data["space_for"]:
             data.pop("space"), data.pop("space_for")  # the settings of runs before --space
+        if tuple(self.searches) == SEARCH_KINDS:
+            data.pop("searches")  # likewise before --searches
         return {k: v for k, v in data.items() if k not in self.FREE}
 
 
@@ -116,9 +122,16 @@ def validate(config: ExperimentConfig) -> None:
     """One line naming the flag for any setting the experiment cannot run with."""
     from .hardware import get_hardware
     hardware = list(config.hardware)
-    if len(hardware) < 2:
-        raise ValueError("--hardware: name at least two hardware (the experiment compares "
-                         "single- with multi-hardware searches)")
+    searches = list(config.searches)
+    unknown = [s for s in searches if s not in SEARCH_KINDS]
+    if not searches or unknown or len(set(searches)) != len(searches):
+        raise ValueError(f"--searches={','.join(searches)}: a non-empty subset of "
+                         f"{','.join(SEARCH_KINDS)} without repeats")
+    multi = [s for s in searches if s != "single"]
+    if not hardware or (multi and len(hardware) < 2):
+        raise ValueError(f"--hardware: name at least two hardware for the multi-hardware "
+                         f"searches ({','.join(multi)}); one is enough with --searches=single"
+                         if hardware else "--hardware: name at least one hardware")
     if len(set(hardware)) != len(hardware):
         raise ValueError(f"--hardware={','.join(hardware)}: a hardware is listed twice")
     for name in hardware:
@@ -207,8 +220,10 @@ def entry_name(seed: int, label: str) -> str:
 
 def _search_labels(config: ExperimentConfig) -> list[tuple[str, str, tuple[str, ...]]]:
     """(label, metric, hardware) of every search of one seed."""
-    out = [(f"single_{_slug(hw)}", "single", (hw,)) for hw in config.hardware]
-    return out + [(f"searched_{m}", m, tuple(config.hardware)) for m in MULTI_METRICS]
+    out = ([(f"single_{_slug(hw)}", "single", (hw,)) for hw in config.hardware]
+           if "single" in config.searches else [])
+    return out + [(f"searched_{m}", m, tuple(config.hardware)) for m in MULTI_METRICS
+                  if m in config.searches]
 
 
 def _write_json(path: str | os.PathLike, data: Any) -> None:
@@ -699,13 +714,16 @@ def define_flags() -> None:
     flags.DEFINE_list("space_for", [], "<hardware>:<space>,...: the space of that hardware's "
                       "single-hardware search instead of --space (e.g. "
                       "ethos_u55:multi_hw@ethos_u55); spaces of one base space.")
+    flags.DEFINE_list("searches", list(SEARCH_KINDS), "Searches of every seed: `single` (one "
+                      "per hardware), `avg`, `max`; e.g. --searches=single with one --hardware "
+                      "to compare search spaces of that hardware (search.compare_spaces).")
     flags.DEFINE_integer("jobs", 1, "Searches / trainings run in this many processes at once "
                          "(measurements always run one at a time).")
     flags.mark_flag_as_required("output_dir")
 
 FLAG_GROUPS = {
     "experiment": ("output_dir", "mode", "seeds", "jobs"),
-    "searches": ("hardware", "space", "space_for", "search_steps", "target", "beta", "width",
+    "searches": ("hardware", "searches", "space", "space_for", "search_steps", "target", "beta", "width",
                  "widths"),
     "training": ("train_steps", "image_size", "batch_size", "dataset", "data_dir"),
     "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size",

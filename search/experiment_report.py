@@ -193,6 +193,8 @@ def comparisons(single_labels: Sequence[str], rows: list[dict]) -> list[dict]:
             multi.append(mine[f"searched_{m}"])
             best.append(winner)
             winners.append(winner["label"])
+        if not multi:  # that multi-hardware search (or any single one) was not run
+            continue
         for key, name in (("mn_norm_max", "MN-Norm max"), ("mn_norm_avg", "MN-Norm avg"),
                           ("top1", "top-1")):
             scale = 100.0 if key == "top1" else 1.0
@@ -256,6 +258,8 @@ def table3(single_labels: Sequence[str], rows: list[dict]) -> tuple[str, list[di
              **{m: (f"one multi-hardware search ({m})", 1) for m in MULTI_METRICS}}
     csv_rows = []
     for key, (name, n) in names.items():
+        if not cost[key]["wall"]:  # not among the experiment's --searches
+            continue
         lines.append(f"| {name} | {n} | {pm(cost[key]['wall'], 0)} | "
                      f"{pm(cost[key]['steps'], 0)} |")
         row = {"row": "cost", "strategy": name, "searches": n}

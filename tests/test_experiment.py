@@ -36,6 +36,10 @@ def test_validate_names_the_flag():
     E.validate(E.ExperimentConfig(**base))
     cases = [
         (dict(hardware=("cpu_float",)), "--hardware: name at least two"),
+        (dict(hardware=("cpu_float",), searches=("single", "max")), "one is enough with "
+                                                                    "--searches=single"),
+        (dict(searches=()), "--searches=: a non-empty subset"),
+        (dict(searches=("single", "min")), "--searches=single,min"),
         (dict(hardware=("cpu_float", "cpu_float")), "listed twice"),
         (dict(hardware=("cpu_float", "no_such")), "--hardware: unknown hardware 'no_such'"),
         (dict(hardware=("cpu_float", "csv:/tmp/lat.csv")), "cannot measure new architectures"),
@@ -50,6 +54,15 @@ def test_validate_names_the_flag():
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             E.validate(E.ExperimentConfig(**{**base, **change}))
+    # Single-hardware searches alone (comparing spaces of one hardware): one hardware is enough.
+    one = E.ExperimentConfig(output_dir="/tmp/x", hardware=("ethos_u55",), searches=("single",))
+    E.validate(one)
+    assert E._search_labels(one) == [("single_ethos_u55", "single", ("ethos_u55",))]
+    assert [label for label, _, _ in E._search_labels(E.ExperimentConfig(**base))] == [
+        "single_cpu_float", "single_ethos_u55", "searched_avg", "searched_max"]
+    # The default is left out of the recorded settings (directories from before the flag).
+    assert "searches" not in E.ExperimentConfig(**base).identity()
+    assert one.identity()["searches"] == ["single"]
 
 
 def test_settings_are_recorded_and_other_settings_refused(tmp_path):
@@ -126,6 +139,12 @@ def test_table3_leads_with_the_paired_comparison_against_the_best_single_search(
     cost = [r for r in csv_rows if r["row"] == "cost"]
     assert [r["searches"] for r in cost] == [2, 1, 1]
     assert cost[0]["wall_mean"] == 210 and cost[0]["steps_mean"] == 200
+    # Single-hardware searches only (--searches=single): no comparison, one cost row.
+    singles_only = [r for r in rows if r["label"].startswith("single_")]
+    assert R.comparisons(singles, singles_only) == []
+    text, csv_rows = R.table3(singles, singles_only)
+    assert [r["strategy"] for r in csv_rows] == ["2 single-hardware searches"]
+    assert "multi-hardware search (" not in text
 
 
 def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
