@@ -299,3 +299,35 @@ def test_compare_spaces_pairs_seeds_and_refuses_other_settings(tmp_path):
     (runs["reduced"] / "experiment.json").write_text(json.dumps({"search_steps": 600}))
     with pytest.raises(ValueError, match="differ in more than their space"):
         compare(runs)
+
+
+def test_shipped_spaces_are_what_the_rule_derives_from_their_data():
+    """Every shipped space is re-derived from the profile its rule names (docs/block_profiles/
+    spaces_data/, in the checkout): the same mask. The U55's drops stage 3's fused blocks and
+    caps stage 4 at two blocks (1,295 vela-priced networks); a fused stage-3 block is refused."""
+    checked = 0
+    for path in sorted(space_lib.SHIPPED_SPACES_DIR.glob("*.json")):
+        shipped = get_space(path.stem)
+        sources = shipped.rule["profile"].split(",")
+        choices, latencies, size = rs.read_profile([ROOT / p for p in sources],
+                                                   shipped.rule["hardware"], shipped.base)
+        assert len(choices) == shipped.rule["architectures"] and size == 224
+        again = rs.derive(shipped.base, choices, latencies, path.stem,
+                          min_samples=shipped.rule["min_samples"],
+                          depth_share=shipped.rule["depth_share"])
+        assert again.allowed == shipped.allowed, path.stem
+        checked += 1
+    assert checked >= 5
+    u55 = get_space("multi_hw@ethos_u55")
+    assert u55.allowed == {"stage3/type": ["ibn"], "stage4/num_blocks": [1, 2]}
+    assert u55.rule["architectures"] == 1295 and u55.rule["size_fraction"] == 1 / 32
+    base = u55.base
+    arch = base.sample(np.random.default_rng(0))
+    for b in range(4):
+        arch[base.index[f"stage3/block{b}/type"]] = base.decisions[
+            base.index[f"stage3/block{b}/type"]].choices.index("fused_ibn")
+    arch[base.index["stage3/num_blocks"]] = base.decisions[
+        base.index["stage3/num_blocks"]].choices.index(4)
+    with pytest.raises(ValueError, match="stage3/block0/type='fused_ibn' is outside "
+                                         "space 'multi_hw@ethos_u55'"):
+        u55.check(arch)
