@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,12 +310,27 @@ def run_train_unit(config: ExperimentConfig, seed: int, label: str, model: str,
         seed=seed, model_dir=str(model_dir), mode="train_and_eval", eval_every_epoch=False,
         checkpoint_every=max(10, config.train_steps // 3), keep_checkpoints=1, progress=False,
         log_every=max(1, config.train_steps)))
-    record = {"kind": "train", "seed": seed, "label": label, "model": model, "width": width,
-              "top1": float(result.metrics["top1"]),
-              "eval_count": int(result.metrics["count"]), "steps": int(result.step),
-              "wall_s": time.time() - start}
+    record = train_record(result, seed, label, model, width, time.time() - start)
     _write_json(done_path, record)
     return record
+
+
+class Interrupted(RuntimeError):
+    """A unit stopped before its end by SIGINT / SIGTERM, checkpointed: the experiment stops
+    there (nothing is recorded for that unit) and a rerun resumes it."""
+
+
+def train_record(result, seed: int, label: str, model: str, width: float, wall_s: float
+                 ) -> dict:
+    """The result file of a training unit; `Interrupted` if the training stopped early (a
+    signal: `mhmodels.train` checkpoints and returns without a final evaluation)."""
+    if result.step < result.total_steps or "top1" not in result.metrics:
+        raise Interrupted(f"training {label} (seed {seed}) stopped at step {result.step} of "
+                          f"{result.total_steps}, checkpointed; rerun the same command to "
+                          "resume")
+    return {"kind": "train", "seed": seed, "label": label, "model": model, "width": width,
+            "top1": float(result.metrics["top1"]), "eval_count": int(result.metrics["count"]),
+            "steps": int(result.step), "wall_s": wall_s}
 
 
 def _run_unit(args: tuple) -> dict:
@@ -756,7 +772,11 @@ def main(argv):
     from mhmodels.locking import check_unlocked
     check_unlocked(config.output_dir, "experiment", flag="--output_dir")  # before TF loads
     start = time.time()
-    run_experiment(config, jobs=FLAGS.jobs)
+    try:
+        run_experiment(config, jobs=FLAGS.jobs)
+    except Interrupted as stop:  # a signal: one line, not a traceback; the rerun resumes
+        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        return 1
     print(f"total wall time {time.time() - start:.0f} s")
     return 0
 

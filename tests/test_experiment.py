@@ -176,6 +176,26 @@ def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_training_stopped_by_a_signal_is_not_recorded_and_resumes(tmp_path):
+    """mhmodels.train returns early (checkpointed, no final evaluation) on SIGINT / SIGTERM, as
+    with --stop_at_step: the experiment's training unit must stop with one clear line, not
+    record a result (nor fail on the missing top-1), and its rerun finishes the training."""
+    from mhmodels import train as T
+    cfg = dict(model="multi_max", width=0.25, dataset="digits", image_size=32, batch_size=16,
+               steps=3, seed=0, model_dir=str(tmp_path / "t"), mode="train_and_eval",
+               eval_every_epoch=False, progress=False, log_every=3, checkpoint_every=1)
+    first = T.train(T.TrainConfig(**cfg, stop_at_step=2))
+    assert (first.step, first.total_steps) == (2, 3) and "top1" not in first.metrics
+    with pytest.raises(E.Interrupted, match=r"training multi_max@0.75 \(seed 0\) stopped at "
+                                            r"step 2 of 3, checkpointed; rerun"):
+        E.train_record(first, 0, "multi_max@0.75", "multi_max", 0.75, 1.0)
+    second = T.train(T.TrainConfig(**cfg))
+    record = E.train_record(second, 0, "multi_max@0.75", "multi_max", 0.75, 1.0)
+    assert second.resumed_from == 2 and record["steps"] == 3
+    assert 0.0 <= record["top1"] <= 1.0 and record["eval_count"] > 100
+
+
+@pytest.mark.slow
 def test_small_experiment_resumes_after_a_kill_and_reports_every_model(tmp_path):
     out = tmp_path / "exp"
     cmd = [sys.executable, "-m", "search.experiment", f"--output_dir={out}", "--mode=small",
