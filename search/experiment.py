@@ -94,8 +94,7 @@ class ExperimentConfig:
     data_dir: str | None = None
     space: str = "multi_hw"  # of every search (search.space.get_space: a name or a file)
     space_for: tuple[str, ...] = ()  # "hw:space": that hardware's single-hardware search
-    searches: tuple[str, ...] = SEARCH_KINDS  # which searches of a seed run (a subset: e.g.
-    # `single` alone compares spaces of one hardware, search.compare_spaces)
+    searches: tuple[str, ...] = SEARCH_KINDS  # of every seed; `single` alone: spaces compared
 
     # Fields that may change between runs on one --output_dir (the rest must not).
     FREE = ("output_dir", "seeds", "measure_rounds")
@@ -739,8 +738,8 @@ def define_flags() -> None:
 
 FLAG_GROUPS = {
     "experiment": ("output_dir", "mode", "seeds", "jobs"),
-    "searches": ("hardware", "searches", "space", "space_for", "search_steps", "target", "beta", "width",
-                 "widths"),
+    "searches": ("hardware", "searches", "space", "space_for", "search_steps", "target", "beta",
+                 "width", "widths"),
     "training": ("train_steps", "image_size", "batch_size", "dataset", "data_dir"),
     "comparison": ("baselines", "random_k", "random_tolerance", "measure_image_size",
                    "measure_rounds", "calibration_archs"),
