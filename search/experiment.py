@@ -128,10 +128,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ValueError(f"--searches={','.join(searches)}: a non-empty subset of "
                          f"{','.join(SEARCH_KINDS)} without repeats")
     multi = [s for s in searches if s != "single"]
-    if not hardware or (multi and len(hardware) < 2):
+    if not hardware:
+        raise ValueError("--hardware: name at least one hardware")
+    if multi and len(hardware) < 2:
         raise ValueError(f"--hardware: name at least two hardware for the multi-hardware "
-                         f"searches ({','.join(multi)}); one is enough with --searches=single"
-                         if hardware else "--hardware: name at least one hardware")
+                         f"searches ({','.join(multi)}); one is enough with --searches=single")
     if len(set(hardware)) != len(hardware):
         raise ValueError(f"--hardware={','.join(hardware)}: a hardware is listed twice")
     for name in hardware:
