@@ -841,6 +841,62 @@ def merge_duplicates(space, choices, latencies, lines, source) -> tuple[np.ndarr
             np.asarray([float(np.mean([latencies[i] for i in g])) for g in groups.values()]))
 
 
+def data_paths(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One collected CSV, or several (a sequence, or one string of comma-separated paths)."""
+    if data is None:
+        raise ValueError("no latency data: pass at least one collect_latency CSV")
+    if isinstance(data, os.PathLike):
+        return [Path(data)]
+    items = data.split(",") if isinstance(data, str) else list(data)
+    paths = [Path(p) for p in (str(i).strip() for i in items) if p]
+    if not paths:
+        raise ValueError("no latency data: pass at least one collect_latency CSV")
+    return paths
+
+
+def read_datasets(data, hardware: str, space) -> tuple:
+    """`read_dataset` over one or several collections of `hardware` (streams collected
+    apart, e.g. into files of different column sets): the rows pooled, one per architecture
+    (`merge_duplicates` across the files), the normalisers' mean. Refused unless every file
+    records the same configuration of `hardware` and the same image size: data measured
+    differently is not one dataset."""
+    paths = data_paths(data)
+    if len(paths) == 1:
+        return read_dataset(paths[0], hardware, space)
+    from .collect_latency import config_path, read_config, read_host
+    from .hardware import same_config
+    first = paths[0]
+    config, host, size = (read_config(first) or {}).get(hardware), read_host(first), \
+        image_size_of(first)
+    choices, lat, labels, normalizers = [], [], [], []
+    for path in paths:
+        other = (read_config(path) or {}).get(hardware)
+        if other is None:
+            raise ValueError(f"{path}: {config_path(path).name} records no {hardware} "
+                             "configuration, so its rows cannot be pooled with another file's")
+        if not same_config(other, config):
+            raise ValueError(f"{path} measured {hardware} configured as {other}, {first} as "
+                             f"{config}: data of different configurations cannot be pooled")
+        if config and config.get("tool") == "litert" and \
+                host_id(read_host(path)) != host_id(host):
+            raise ValueError(f"{path} was timed on {describe_host(read_host(path))}, {first} "
+                             f"on {describe_host(host)}: CPU timings of two hosts cannot be "
+                             "pooled")
+        if image_size_of(path) != size:
+            raise ValueError(f"{path} holds {image_size_of(path)}x{image_size_of(path)} "
+                             f"inputs, {first} {size}x{size}: fit one size")
+        c, y, normalizer = read_dataset(path, hardware, space)
+        choices.extend(c)
+        lat.extend(y)
+        labels.extend(f"{path.name}:{i}" for i in range(len(y)))
+        normalizers.append(normalizer)
+    if max(normalizers) > MAX_DUPLICATE_RATIO * min(normalizers):
+        raise ValueError(f"{', '.join(map(str, paths))}: their mobilenet_v1 rows "
+                         f"({', '.join(f'{v:g}' for v in normalizers)} ms) disagree")
+    choices, lat = merge_duplicates(space, choices, lat, labels, ", ".join(map(str, paths)))
+    return choices, lat, float(np.mean(normalizers))
+
+
 def image_size_of(path) -> int:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -865,12 +921,13 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     if is_csv:  # csv:<path>: latencies measured elsewhere
         data = hardware[len(CSV_PREFIX):]  # its own file (--data is for collected CSVs)
         hardware = hardware_id(hardware)
-    choices, y, normalizer = read_dataset(data, hardware, space)
+    paths = data_paths(data)
+    choices, y, normalizer = read_datasets(paths, hardware, space)
     if len(y) < MIN_FIT_ARCHS:
         raise ValueError(f"{data}: {len(y)} architectures measured for {hardware}; a fit needs "
                          f"at least {MIN_FIT_ARCHS} (held-out and 5-fold CV checks), "
                          f"{command('search.collect_latency')} --num_archs=200 appends more")
-    image_size = image_size_of(data)
+    image_size = image_size_of(paths[0])
     layout = build_layout(space, image_size)
     n = len(y)
     rng = np.random.default_rng(seed)
@@ -891,18 +948,18 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     train_pred = layout.design(choices) @ w + b
     metrics["train_spearman"] = round(spearman(train_pred, y), 4)
     metrics["train_mape"] = round(mape(train_pred, y), 3)
-    metrics["data"] = Path(data).name
+    metrics["data"] = ",".join(p.name for p in paths)
     from .collect_latency import read_config
     from .hardware import get_hardware
     try:  # a column of a named hardware; another name is latencies measured elsewhere
         statistic = "as measured (csv)" if is_csv else get_hardware(hardware).statistic
     except ValueError:
         statistic = "as measured (csv)"
-    config = None if is_csv else (read_config(data) or {}).get(hardware)
+    config = None if is_csv else (read_config(paths[0]) or {}).get(hardware)
     host = None
     if not is_csv and (config or {}).get("tool") == "litert":
         from .collect_latency import read_host
-        host = read_host(data)
+        host = read_host(paths[0])
     return LinearCostModel(hardware=hardware, space_name=space_name, weights=w, bias=b,
                            normalizer_ms=normalizer, image_size=image_size, version=version,
                            decision_sizes=tuple(space.num_choices), statistic=statistic,

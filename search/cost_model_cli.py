@@ -25,8 +25,10 @@ from .cost_model_report import calibration_summary, fit_and_save, fit_summary
 
 def define_flags() -> None:
     flags.DEFINE_bool("fit", False, "Fit cost models from --data and write them.")
-    flags.DEFINE_string("data", str(DEFAULT_DIR / "data" / "cpu_latency.csv"),
-                        "CSV written by search.collect_latency (or arch,latency_ms).")
+    flags.DEFINE_list("data", [str(DEFAULT_DIR / "data" / "cpu_latency.csv")],
+                      "CSV(s) written by search.collect_latency (or arch,latency_ms); several "
+                      "collections of one hardware configuration are pooled, one row per "
+                      "architecture.")
     flags.DEFINE_list("hardware", ["cpu_float", "cpu_int8", "cpu_ref_float"],
                       "Hardware columns of --data to fit (csv:<path> fits that file).")
     flags.DEFINE_string("space", "multi_hw", "Search space name or space file "

@@ -601,6 +601,36 @@ def test_repeated_architectures_are_averaged_or_refused(tmp_path, space, capsys)
         fit(bad, "cpu_float")
 
 
+def test_collections_are_pooled_only_when_measured_alike(tmp_path, space, capsys):
+    """fit(data=[a, b]): streams collected into separate files (e.g. with other hardware
+    columns) fit as one dataset, an architecture in both once; files of another configuration,
+    another host or another input size are refused, naming both files."""
+    config = {"cpu_float": {"tool": "litert", "format": "float", "threads": 1}}
+    host = {"cpu_model": "Test CPU", "machine": "x86_64", "isa": ["avx2"], "litert": "1.0"}
+
+    def collection(name, seed, extra=(), cfg=config, hst=host):
+        path = _small_csv(tmp_path / f"{name}.csv", space, n=25, seed=seed, extra_rows=extra)
+        (tmp_path / f"{name}.hardware.json").write_text(json.dumps({"hardware": cfg,
+                                                                    "host": hst}))
+        return path
+
+    shared = space.encode(space.canonical(random_choices(space, 1, seed=42)[0]))
+    a = collection("a", 3, [f"{shared},64,2.0"])
+    b = collection("b", 4, [f"{shared},64,2.2"])
+    model = fit([a, b], "cpu_float")
+    assert model.metrics["num_archs"] == 25 + 25 + 1 and model.metrics["data"] == "a.csv,b.csv"
+    assert "2 rows measure 1 architectures more than once" in capsys.readouterr().err
+    assert model.normalizer_ms == pytest.approx(2.5) and model.host == host
+    assert fit(f"{a},{b}", "cpu_float").metrics["num_archs"] == 51  # the flag's form
+    other_config = collection("c", 5, cfg={"cpu_float": {**config["cpu_float"], "threads": 2}})
+    other_host = collection("d", 6, hst={**host, "cpu_model": "Other CPU"})
+    for other, message in ((other_config, "data of different configurations cannot be pooled"),
+                           (other_host, "CPU timings of two hosts cannot be pooled")):
+        with pytest.raises(ValueError, match=message) as err:
+            fit([a, other], "cpu_float")
+        assert str(a) in str(err.value) and str(other) in str(err.value)
+
+
 def test_ethos_u85_error_stays_where_it_was_measured(space):
     """The U85 model's known limit (docs/hardware.md): held-out MAPE 5.5% on 848 architectures
     (7.0% on 306), zoo models -14.4% / +3.1% even though they are in its data (-6.9% / +1.6%
