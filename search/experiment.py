@@ -379,11 +379,34 @@ def _run_units(config: ExperimentConfig, work: list[tuple[str, dict]], jobs: int
             report(i, record)
         return
     import multiprocessing
+    import signal
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+    # SIGTERM reaches this process only (a `kill`, a preemption): as Ctrl-C, stop the workers
+    # here. They ignore SIGINT (a terminal's Ctrl-C reaches the whole group): this process
+    # alone decides, so a worker outliving its experiment cannot write into a directory the
+    # rerun is using.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pool = ctx.Pool(jobs, initializer=_ignore_sigint, maxtasksperchild=1)
+    try:
         args = [(kind, config, kwargs) for kind, kwargs in todo]
         for i, record in enumerate(pool.imap_unordered(_run_unit, args), 1):
             report(i, record)
+        pool.close()
+    except KeyboardInterrupt:
+        # terminate() sends SIGTERM and waits: a training checkpoints first (mhmodels.train),
+        # a search resumes from its last checkpoint.
+        pool.terminate()
+        raise Interrupted(f"{what} stopped by a signal with units in progress in {jobs} "
+                          "processes, checkpointed; rerun the same command to resume") from None
+    finally:
+        pool.terminate()
+        pool.join()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_sigint() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,14 +510,16 @@ def measure_all_architectures(config: ExperimentConfig,
                               hardware) -> dict[str, dict]:
     """Measure every model of `todo` ({measure_key: (label, spec, width)}) not measured yet.
 
-    Each is built at its width and exported once per format; deterministic hardware (vela) is
+    Each is written from its spec at its width once per format (`mhmodels.tflite_writer`, as
+    collection does: the converter's graph, equal in vela's estimate and in CPU time within
+    noise, tests/test_tflite_writer.py; milliseconds instead of seconds per export);
+    deterministic hardware (vela) is
     measured once; timed hardware (LiteRT on this CPU) in `measure_rounds` rounds over all the
     architectures, keeping each one's minimum, so a burst of load on the host moves no single
     model. One JSON per architecture (cached: a rerun measures only what is missing).
     """
-    import mhmodels
     from mhmodels.profile import profile
-    from .hardware import export_formats
+    from .hardware import write_formats
     results = {d: _read_json(_measure_path(config, d), "measurement") for d in todo
                if _measure_path(config, d).is_file()}
     pending = {d: v for d, v in todo.items() if d not in results}
@@ -508,8 +533,7 @@ def measure_all_architectures(config: ExperimentConfig,
         start = time.time()
         latency = {hw.name: float("nan") for hw in hardware}
         try:
-            model = mhmodels.build(spec, width, input_shape=(size, size, 3))
-            files = export_formats(model, [hw.export_format for hw in hardware], size)
+            files, _ = write_formats(spec, [hw.export_format for hw in hardware], size, width)
             for hw in hardware:
                 if hw.deterministic:
                     latency[hw.name] = hw.latency_ms(hw.measure_tflite(files[hw.export_format]))

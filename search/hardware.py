@@ -348,9 +348,9 @@ def export_formats(model, formats: Sequence[str], image_size: int | None = None
 EXPORTS = ("direct", "converter")
 
 
-def write_formats(spec, formats: Sequence[str], image_size: int = 224):
-    """({format: TFLite bytes}, Profile) of a spec written directly, one file per distinct
-    file (as `export_formats`); the profile is its params / MAdds."""
+def write_formats(spec, formats: Sequence[str], image_size: int = 224, width: float = 1.0):
+    """({format: TFLite bytes}, Profile) of a spec at `width` written directly, one file per
+    distinct file (as `export_formats`); the profile is its params / MAdds."""
     from mhmodels.tflite_writer import write_graph
     grouped = any(b.group_size for b in spec.blocks)
     files, out, profile = {}, {}, None
@@ -358,8 +358,8 @@ def write_formats(spec, formats: Sequence[str], image_size: int = 224):
         key = fmt if grouped else split_format(fmt)[0]
         if key not in files:
             q, form = split_format(key)
-            graph = write_graph(spec, quantization=q, input_shape=(image_size, image_size, 3),
-                                grouped_conv=form)
+            graph = write_graph(spec, width, quantization=q,
+                                input_shape=(image_size, image_size, 3), grouped_conv=form)
             files[key], profile = graph.to_bytes(), graph.profile
         out[fmt] = files[key]
     return out, profile
