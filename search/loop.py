@@ -586,7 +586,7 @@ def _exact_hardware(run: _Run) -> dict[int, Any]:
 def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray, list]:
     """Land on T by the exact latency of the deterministic hardware, not only their cost
     models: the searched architectures are where a cost model errs most (measured: the U85
-    model, 5.5% held-out on random architectures, was 7-25% off on what the searches chose,
+    model, then 5.5% held-out on random architectures, was 7-25% off on what the searches chose,
     and its error swung from -17% to +21% between two decodes a few decisions apart).
 
     The cost-model landing is priced exactly; if it misses, the decode's greedy moves are
