@@ -924,9 +924,10 @@ def fit(data: str | os.PathLike | None, hardware: str, space_name: str = "multi_
     paths = data_paths(data)
     choices, y, normalizer = read_datasets(paths, hardware, space)
     if len(y) < MIN_FIT_ARCHS:
-        raise ValueError(f"{data}: {len(y)} architectures measured for {hardware}; a fit needs "
-                         f"at least {MIN_FIT_ARCHS} (held-out and 5-fold CV checks), "
-                         f"{command('search.collect_latency')} --num_archs=200 appends more")
+        raise ValueError(f"{', '.join(map(str, paths))}: {len(y)} architectures measured for "
+                         f"{hardware}; a fit needs at least {MIN_FIT_ARCHS} (held-out and "
+                         f"5-fold CV checks), {command('search.collect_latency')} "
+                         "--num_archs=200 appends more")
     image_size = image_size_of(paths[0])
     layout = build_layout(space, image_size)
     n = len(y)

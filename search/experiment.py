@@ -385,7 +385,10 @@ def _run_units(config: ExperimentConfig, work: list[tuple[str, dict]], jobs: int
     # here. They ignore SIGINT (a terminal's Ctrl-C reaches the whole group): this process
     # alone decides, so a worker outliving its experiment cannot write into a directory the
     # rerun is using.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
     pool = ctx.Pool(jobs, initializer=_ignore_sigint, maxtasksperchild=1)
     try:
         args = [(kind, config, kwargs) for kind, kwargs in todo]
@@ -393,15 +396,15 @@ def _run_units(config: ExperimentConfig, work: list[tuple[str, dict]], jobs: int
             report(i, record)
         pool.close()
     except KeyboardInterrupt:
-        # terminate() sends SIGTERM and waits: a training checkpoints first (mhmodels.train),
-        # a search resumes from its last checkpoint.
-        pool.terminate()
         raise Interrupted(f"{what} stopped by a signal with units in progress in {jobs} "
                           "processes, checkpointed; rerun the same command to resume") from None
     finally:
+        # terminate() sends SIGTERM to the workers and waits for them: a training checkpoints
+        # first (mhmodels.train), a search resumes from its last checkpoint.
         pool.terminate()
         pool.join()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _ignore_sigint() -> None:
@@ -512,11 +515,11 @@ def measure_all_architectures(config: ExperimentConfig,
 
     Each is written from its spec at its width once per format (`mhmodels.tflite_writer`, as
     collection does: the converter's graph, equal in vela's estimate and in CPU time within
-    noise, tests/test_tflite_writer.py; milliseconds instead of seconds per export);
-    deterministic hardware (vela) is
-    measured once; timed hardware (LiteRT on this CPU) in `measure_rounds` rounds over all the
-    architectures, keeping each one's minimum, so a burst of load on the host moves no single
-    model. One JSON per architecture (cached: a rerun measures only what is missing).
+    noise, tests/test_tflite_writer.py; milliseconds instead of seconds per export).
+    Deterministic hardware (vela) is measured once; timed hardware (LiteRT on this CPU) in
+    `measure_rounds` rounds over all the architectures, keeping each one's minimum, so a burst
+    of load on the host moves no single model. One JSON per architecture (cached: a rerun
+    measures only what is missing).
     """
     from mhmodels.profile import profile
     from .hardware import write_formats
