@@ -633,9 +633,9 @@ def test_collections_are_pooled_only_when_measured_alike(tmp_path, space, capsys
 
 def test_ethos_u85_error_stays_where_it_was_measured(space):
     """The U85 model (docs/hardware.md): held-out MAPE 3.3% on 7,024 architectures (4.9% on
-    1,615, 5.5% on 848, 7.0% on 306: its error was variance and fell with data), and small
-    models are no longer over-predicted (issue #24 measured +13-17%). The zoo models sit in
-    the error's tail (-15.5% / +5.7%, 99th percentile 16%) although they are in its data.
+    1,615, 5.5% on 848, 7.0% on 306: its error was variance and fell with data), with no
+    bias on small models. The zoo models sit in the error's tail (-15.5% / +5.7%; 99th
+    percentile 16%) although they are in its data.
     Bounds at today's values, so a regression fails."""
     import mhmodels
     from search.cost_model import read_datasets
