@@ -865,6 +865,9 @@ def read_datasets(data, hardware: str, space) -> tuple:
         return read_dataset(paths[0], hardware, space)
     from .collect_latency import config_path, read_config, read_host
     from .hardware import same_config
+    for path in paths:  # before the configurations: a missing file has none to compare
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
     first = paths[0]
     config, host, size = (read_config(first) or {}).get(hardware), read_host(first), \
         image_size_of(first)

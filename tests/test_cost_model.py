@@ -629,6 +629,8 @@ def test_collections_are_pooled_only_when_measured_alike(tmp_path, space, capsys
         with pytest.raises(ValueError, match=message) as err:
             fit([a, other], "cpu_float")
         assert str(a) in str(err.value) and str(other) in str(err.value)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope.csv'} does not exist"):
+        fit([a, tmp_path / "nope.csv"], "cpu_float")  # not "records no cpu_float configuration"
 
 
 def test_ethos_u85_error_stays_where_it_was_measured(space):
