@@ -15,9 +15,10 @@ For every seed it runs, with one recipe for all:
    uniformly from the space whose predicted f (that search's metric over its hardware) is
    within ``--random_tolerance`` of the search's result, reported as the mean and spread of
    all of them (never a best-of-K pick on the evaluation split), drawn from the search's space;
-3. trains every searched model, the random ones and the zoo baselines (``--baselines``) at the
-   proxy width times every ``--widths`` multiplier with one identical recipe
-   (``mhmodels.train``) and evaluates them on the held-out validation split;
+3. trains every searched model and the zoo baselines (``--baselines``) at the proxy width
+   times every ``--widths`` multiplier, the random ones at 1.0 only (they are already matched
+   to their search's point; curves are for the models compared across points), with one
+   identical recipe (``mhmodels.train``) and evaluates them on the held-out validation split;
 4. measures every distinct architecture at every width on every hardware: LiteRT on this CPU
    (the minimum of ``--measure_rounds`` rounds over all architectures), vela's estimate for
    the Ethos-U NPUs (never the cost models), with MobileNetV1 measured in the same rounds as
@@ -86,7 +87,7 @@ class ExperimentConfig:
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     random_k: int = 3  # per search group, matched on that group's predicted f
     random_tolerance: float = 0.05
-    widths: tuple[float, ...] = (0.75, 1.0, 1.25)  # every model also at these multipliers
+    widths: tuple[float, ...] = (0.75, 1.0, 1.25)  # searched and baselines at these (random: 1.0)
     calibration_archs: int = 24  # CPU cost models calibrated on this host first (0: as found)
     measure_image_size: int = 224
     measure_rounds: int = 5  # timed hardware: rounds over all architectures, min kept
@@ -627,7 +628,7 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
     models = _models(config, seeds, searches, cost_models)
     work = []
     for (seed, label), model in models.items():
-        for width in config.widths:
+        for width in widths_of(config, label):
             key = label if width == 1.0 else f"{label}@{width:g}"
             work.append(("train", dict(seed=seed, label=key, model=model, width=width,
                                        done_path=str(out / f"seed{seed}" / "train"
@@ -655,6 +656,13 @@ def _run_experiment(config: ExperimentConfig, jobs: int) -> dict:
         train["measurement"] = by_key[measure_key(spec, train["width"])]
         train["digest"] = spec_digest(spec)
     return _report(config, seeds, searches, trainings, specs, hardware, normalizers)
+
+
+def widths_of(config: ExperimentConfig, label: str) -> tuple[float, ...]:
+    """The multipliers `label` is trained and measured at: a random control's architectures
+    are drawn at their search's predicted f, so only 1.0 (a third of the trainings they would
+    cost at three widths); the searched models and the baselines get the curves."""
+    return (1.0,) if label.startswith("random_") else tuple(config.widths)
 
 
 def _models(config: ExperimentConfig, seeds, searches: dict, cost_models
@@ -734,8 +742,9 @@ def define_flags() -> None:
                        "hardware; avg / max: f_avg / f_max).")
     flags.DEFINE_float("beta", None, "Reward latency coefficient of every search (default: "
                        "the search's, scaled to its held-out batch).")
-    flags.DEFINE_list("widths", ["0.75", "1.0", "1.25"], "Width multipliers every model is "
-                      "also trained and measured at (curves of accuracy against f_max).")
+    flags.DEFINE_list("widths", ["0.75", "1.0", "1.25"], "Width multipliers every searched "
+                      "and baseline model is also trained and measured at (curves of accuracy "
+                      "against f_max); the random control is trained at 1.0.")
     flags.DEFINE_list("baselines", list(DEFAULT_BASELINES), "Zoo models trained and measured "
                       "beside the searched ones.")
     flags.DEFINE_integer("random_k", 3, "Random architectures per seed and search, matched on "

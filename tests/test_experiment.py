@@ -176,6 +176,17 @@ def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
     assert sorted(again.values()) == sorted(p for p, l in drawn.items() if l == "searched_max")
 
 
+def test_widths_curve_the_compared_models_and_not_the_random_control():
+    """The width curves are for models compared across operating points (searched and
+    baselines); a random control is drawn at its search's point, so it trains at 1.0 only: in
+    the 8-seed experiment that is 120 trainings instead of 360."""
+    config = E.ExperimentConfig(output_dir="/tmp/x", widths=(0.75, 1.0, 1.25))
+    assert E.widths_of(config, "searched_max") == (0.75, 1.0, 1.25)
+    assert E.widths_of(config, "single_ethos_u55") == (0.75, 1.0, 1.25)
+    assert E.widths_of(config, "mobilenet_v2") == (0.75, 1.0, 1.25)
+    assert E.widths_of(config, E.random_label("searched_max", 2)) == (1.0,)
+
+
 @pytest.mark.slow
 def test_a_training_stopped_by_a_signal_is_not_recorded_and_resumes(tmp_path):
     """mhmodels.train returns early (checkpointed, no final evaluation) on SIGINT / SIGTERM, as
