@@ -608,8 +608,17 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
             log.debug("space %s uses its base space %s's cost model %s", space.name,
                       base_space(space).name, path)
         space = base_space(space)  # a reduced space predicts with its base space's model
-    if space is not None and (space.name != model.space_name or
-                              tuple(space.num_choices) != tuple(model.decision_sizes)):
+    if space is not None and space.name != model.space_name and str(hardware).endswith(".json"):
+        raise CostModelError(f"{path} is fitted for space {model.space_name!r}, not "
+                             f"{space.name!r}")
+    if space is not None and space.name != model.space_name:
+        raise CostModelError(
+            f"no {hardware_id(hardware)} cost model for space {space.name!r} in "
+            f"{', '.join(str(d) for d in cost_model_dirs(directory))} (the one found, {path}, "
+            f"is fitted for {model.space_name!r}); collect and fit one: "
+            f"{command('search.collect_latency')} --space={space.name} ... && "
+            f"{command('search.cost_model')} --fit --space={space.name} ...")
+    if space is not None and tuple(space.num_choices) != tuple(model.decision_sizes):
         raise CostModelError(f"{path}: fitted for space {model.space_name!r} with decision sizes "
                              f"{list(model.decision_sizes)}, not {space.name!r} with "
                              f"{list(space.num_choices)}")

@@ -177,8 +177,19 @@ def test_roundtrip_and_shape_validation(tmp_path, space):
         load_cost_model("nonexistent_hw", directory=tmp_path)
     other = get_space("multi_hw")
     other.name = "other"
-    with pytest.raises(CostModelError, match="space"):
+    with pytest.raises(CostModelError, match=r"no cpu_float cost model for space 'other' .* "
+                                             r"is fitted for 'multi_hw'\); collect and fit one"):
         load_cost_model("cpu_float", directory=tmp_path, space=other)
+    # The shipped U85 model is the paper space's only (docs/grouped.md says why): one line
+    # saying so, not two 70-number decision-size lists.
+    with pytest.raises(CostModelError, match=r"^no ethos_u85 cost model for space "
+                                             r"'multi_hw_grouped' in [^\n]*--space=multi_hw_grouped"
+                                             r" \.\.\.$") as err:
+        load_cost_model("ethos_u85", space=get_space("multi_hw_grouped"))
+    assert len(str(err.value)) < 500
+    with pytest.raises(CostModelError, match=r"cpu_float.json is fitted for space 'multi_hw', "
+                                             r"not 'other'$"):
+        load_cost_model(str(path), space=other)
 
 
 # -- hardware ------------------------------------------------------------------------------
