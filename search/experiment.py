@@ -692,7 +692,8 @@ def _report(config: ExperimentConfig, seeds, searches, trainings, specs, hardwar
     singles = [label for label, metric, _ in _search_labels(config) if metric == "single"]
     rows = report.build_rows(hardware, searches, trainings, normalizers)
     t2_md, t2_rows = report.table2(labels, config.baselines, rows, hardware, normalizers)
-    t3_md, t3_rows = report.table3(singles, rows)
+    t3_md, t3_rows = report.table3(singles, rows, config.target,
+                                   labels + list(config.baselines))
     searched = {key: spec for key, spec in specs.items() if key[1] in labels}
     header = (f"Proxy task: {config.dataset} at {config.image_size}x{config.image_size}, width "
               f"{config.width}; {len(seeds)} seed(s); search {config.search_steps} steps, "

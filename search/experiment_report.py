@@ -217,9 +217,77 @@ def _verdict(c: dict) -> str:
     return "no difference resolved"
 
 
-def table3(single_labels: Sequence[str], rows: list[dict]) -> tuple[str, list[dict]]:
-    """Table 3: the paired comparison first, then the search cost (N searches vs one)."""
+def accuracy_at(curve: Sequence[dict], key: str, f: float) -> float:
+    """Top-1 (%) of one model and seed at MN-Norm `key` = f, linearly interpolated along its
+    width curve (one row per width multiplier); NaN where the curve does not reach f (no
+    extrapolation) or has one point."""
+    points = sorted((r[key], 100.0 * r["top1"]) for r in curve)
+    xs = [x for x, _ in points]
+    if len(points) < 2 or not xs[0] <= f <= xs[-1]:
+        return float("nan")
+    return float(np.interp(f, xs, [y for _, y in points]))
+
+
+def matched_comparisons(single_labels: Sequence[str], rows: list[dict], target: float
+                        ) -> list[dict]:
+    """The paper's comparison at a matched point, per multi metric m: top-1 of searched_m
+    minus the best single-hardware search's, both read off their width curves at MN-Norm m =
+    `target` (seeds where every curve compared reaches it; the best single one is the most
+    accurate there, picked with hindsight, which favours the single searches). A model that
+    is smaller than the others cannot look better here: all are at the same latency."""
+    out = []
+    for m in MULTI_METRICS:
+        key = f"mn_norm_{m}"
+        multi, best, winners, seeds = [], [], [], []
+        for seed in sorted({r["seed"] for r in rows}):
+            mine = [r for r in rows if r["seed"] == seed]
+            at = {label: accuracy_at([r for r in mine if r["label"] == label], key, target)
+                  for label in (f"searched_{m}", *single_labels)}
+            singles = {s: a for s, a in at.items() if s in single_labels and np.isfinite(a)}
+            if not np.isfinite(at[f"searched_{m}"]) or not singles:
+                continue
+            winner = max(singles, key=singles.get)
+            multi.append(at[f"searched_{m}"])
+            best.append(singles[winner])
+            winners.append(winner)
+            seeds.append(seed)
+        if multi:
+            out.append({"metric": m, "quantity": f"top-1 at MN-Norm {m} = {target:g}",
+                        "winners": winners, "seeds": seeds,
+                        **paired_difference(multi, best), "multi_mean": float(np.mean(multi)),
+                        "best_single_mean": float(np.mean(best))})
+    return out
+
+
+def matched_table(labels: Sequence[str], rows: list[dict], target: float) -> str:
+    """Every model with a width curve: its top-1 at MN-Norm max = `target` (mean and 95% CI
+    over the seeds whose curve reaches it), beside its width-1.0 point."""
+    lines = [f"| model | seeds reaching f_max = {target:g} | top-1 (%) there | 95% CI | "
+             "top-1 (%) at width 1.0 | MN-Norm max at width 1.0 |", "|---|---|---|---|---|---|"]
+    for label in labels:
+        mine = [r for r in rows if r["label"] == label]
+        seeds = sorted({r["seed"] for r in mine})
+        if len({r["width"] for r in mine}) < 2:
+            continue
+        at = [accuracy_at([r for r in mine if r["seed"] == s], "mn_norm_max", target)
+              for s in seeds]
+        at = [a for a in at if np.isfinite(a)]
+        one = [r for r in mine if r["width"] == 1.0]
+        mean, low, high = mean_ci(at) if at else (float("nan"),) * 3
+        ci = f"[{low:.1f}, {high:.1f}]" if np.isfinite(low) else "-"
+        lines.append(f"| {label} | {len(at)} of {len(seeds)} | "
+                     f"{mean:.1f} | {ci} | {pm([100 * r['top1'] for r in one], 1)} | "
+                     f"{pm([r['mn_norm_max'] for r in one], 3)} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def table3(single_labels: Sequence[str], rows: list[dict], target: float | None = None,
+           labels: Sequence[str] = ()) -> tuple[str, list[dict]]:
+    """Table 3: the paired comparison first (at width 1.0; then, with width curves and a
+    `target`, at the matched point MN-Norm = target), then the search cost (N searches vs
+    one); with `labels` (searches and baselines) each one's top-1 at the matched point."""
     comps = comparisons(single_labels, rows)
+    matched = matched_comparisons(single_labels, rows, target) if target else []
     lines = ["**One multi-hardware search vs the best of the single-hardware searches** "
              "(per seed, the single search with the lowest measured MN-Norm of the same "
              "metric; differences multi - best single, 95% CI over seeds):", "",
@@ -238,6 +306,24 @@ def table3(single_labels: Sequence[str], rows: list[dict]) -> tuple[str, list[di
         if winners:
             lines.append(f"\nBest single-hardware search per seed by MN-Norm {m}: "
                          + ", ".join(f"seed {i}: {w}" for i, w in enumerate(winners)) + ".")
+    if matched:
+        lines += ["", f"At a matched point: top-1 read off each model's width curve "
+                  f"(widths {', '.join(f'{w:g}' for w in sorted({r['width'] for r in rows}))})"
+                  f" at MN-Norm = {target:g}, per seed; the best single-hardware search is the "
+                  "most accurate one there:", "",
+                  "| search | quantity | seeds | multi | best single | difference | 95% CI | "
+                  "t | reading |", "|---|---|---|---|---|---|---|---|---|"]
+        for c in matched:
+            ci = f"[{c['low']:+.1f}, {c['high']:+.1f}]" if np.isfinite(c["low"]) else "-"
+            t = f"{c['t']:.2f}" if np.isfinite(c["t"]) else "-"
+            lines.append(f"| searched_{c['metric']} | {c['quantity']} | {c['n']} | "
+                         f"{c['multi_mean']:.1f} | {c['best_single_mean']:.1f} | "
+                         f"{c['mean']:+.1f} | {ci} | {t} | "
+                         f"{_verdict({**c, 'quantity': 'top-1'})} |")
+        table = matched_table(labels, rows, target) if labels else ""
+        if table:
+            lines += ["", f"Each model's top-1 at MN-Norm max = {target:g} (its width curve "
+                      "read there):", "", table.rstrip("\n")]
     at_one = [r for r in rows if r["width"] == 1.0]
     seeds = sorted({r["seed"] for r in at_one})
     cost = {"single": {"wall": [], "steps": []}, **{m: {"wall": [], "steps": []}
@@ -266,10 +352,11 @@ def table3(single_labels: Sequence[str], rows: list[dict]) -> tuple[str, list[di
         for what in ("wall", "steps"):
             row[f"{what}_mean"], row[f"{what}_std"] = mean_std(cost[key][what])
         csv_rows.append(row)
-    for c in comps:
-        csv_rows.append({"row": "paired", "strategy": f"searched_{c['metric']}",
-                         "quantity": c["quantity"], "n": c["n"], "difference": c["mean"],
-                         "ci_low": c["low"], "ci_high": c["high"], "t": c["t"]})
+    for kind, cs in (("paired", comps), ("paired at matched point", matched)):
+        for c in cs:
+            csv_rows.append({"row": kind, "strategy": f"searched_{c['metric']}",
+                             "quantity": c["quantity"], "n": c["n"], "difference": c["mean"],
+                             "ci_low": c["low"], "ci_high": c["high"], "t": c["t"]})
     return "\n".join(lines) + "\n", csv_rows
 
 

@@ -148,6 +148,47 @@ def test_table3_leads_with_the_paired_comparison_against_the_best_single_search(
     assert "multi-hardware search (" not in text
 
 
+def test_accuracy_is_compared_at_a_matched_point_on_the_width_curves():
+    """A smaller model cannot pass for a better one: each model's top-1 is read off its width
+    curve at MN-Norm = T and the paired difference taken there."""
+    # A curve: f_max 0.8 -> 70%, 1.2 -> 80%: at 1.0 it reads 75% (linear); outside, NaN.
+    curve = [_row(0, "x", 0.70, 0.8, 0, width=0.75), _row(0, "x", 0.80, 1.2, 0)]
+    assert R.accuracy_at(curve, "mn_norm_max", 1.0) == pytest.approx(75.0)
+    assert np.isnan(R.accuracy_at(curve, "mn_norm_max", 1.3))
+    assert np.isnan(R.accuracy_at(curve[:1], "mn_norm_max", 0.8))  # one point: no curve
+    singles = ["single_cpu_float", "single_ethos_u55"]
+
+    def curve_of(seed, label, points):
+        return [_row(seed, label, top1, f, 100, width=w) for w, f, top1 in points]
+    rows = []
+    for seed, (cpu, u55, multi) in enumerate([
+            # seed 0: at f_max = 1 the CPU search reads 0.82, the U55 one 0.85 (best), max 0.80
+            ([(0.75, 0.9, 0.80), (1.0, 1.3, 0.88)],
+             [(0.75, 0.6, 0.81), (1.0, 1.1, 0.86)],
+             [(0.75, 0.8, 0.70), (1.0, 1.0, 0.80), (1.25, 1.3, 0.90)]),
+            # seed 1: the U55 curve stops below 1.0 (not compared); CPU 0.90, max 0.93
+            ([(0.75, 0.8, 0.85), (1.0, 1.2, 0.95)],
+             [(0.75, 0.5, 0.80), (1.0, 0.9, 0.90)],
+             [(0.75, 0.6, 0.85), (1.0, 1.0, 0.93)]),
+            # seed 2: the max search never reaches 1.0: the seed drops out
+            ([(0.75, 0.8, 0.85), (1.0, 1.2, 0.95)],
+             [(0.75, 0.8, 0.85), (1.0, 1.2, 0.95)],
+             [(0.75, 0.5, 0.85), (1.0, 0.7, 0.93)])]):
+        rows += curve_of(seed, "single_cpu_float", cpu) + curve_of(seed, "single_ethos_u55", u55)
+        rows += curve_of(seed, "searched_max", multi)
+    (c,) = R.matched_comparisons(singles, rows, 1.0)  # no searched_avg rows: max only
+    assert c["metric"] == "max" and c["seeds"] == [0, 1]
+    assert c["winners"] == ["single_ethos_u55", "single_cpu_float"]
+    assert c["differences"] == pytest.approx([80.0 - 85.0, 93.0 - 90.0])
+    text, csv_rows = R.table3(singles, rows, 1.0, ["searched_max", "single_cpu_float"])
+    assert "| searched_max | top-1 at MN-Norm max = 1 | 2 | 86.5 | 87.5 | -1.0 |" in text
+    assert "| searched_max | 2 of 3 | 86.5 |" in text  # its curve reaches 1.0 in seeds 0, 1
+    assert [r["difference"] for r in csv_rows if r["row"] == "paired at matched point"] == \
+        pytest.approx([-1.0])
+    assert "**" not in text.split("\n", 1)[1]
+    assert "At a matched point" not in R.table3(singles, rows)[0]  # no target: not shown
+
+
 def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
     from search.cost_model import load_cost_model
     from search.reward import latency_metric
