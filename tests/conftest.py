@@ -23,13 +23,6 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Slow tests first: `-n 2` ends when its last test does, so the long ones (up to five
-    minutes each) start early and the hundreds of short ones fill in behind them, instead of
-    one long test running alone at the end. Stable otherwise (file order)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(autouse=True)
 def _own_mhmodels_home(tmp_path_factory, monkeypatch):
     """Each test starts from an empty $MHMODELS_HOME (subprocesses inherit it): no test sees
