@@ -281,6 +281,30 @@ def matched_table(labels: Sequence[str], rows: list[dict], target: float) -> str
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def _matched_lines(matched: list[dict], rows: list[dict], target: float | None,
+                   labels: Sequence[str]) -> list[str]:
+    """Table 3's matched-point section (nothing without width curves)."""
+    if not matched:
+        return []
+    widths = ", ".join(f"{w:g}" for w in sorted({r["width"] for r in rows}))
+    lines = ["", f"At a matched point: top-1 read off each model's width curve (widths "
+             f"{widths}) at MN-Norm = {target:g}, per seed; the best single-hardware search is "
+             "the most accurate one there:", "",
+             "| search | quantity | seeds | multi | best single | difference | 95% CI | t | "
+             "reading |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in matched:
+        ci = f"[{c['low']:+.1f}, {c['high']:+.1f}]" if np.isfinite(c["low"]) else "-"
+        t = f"{c['t']:.2f}" if np.isfinite(c["t"]) else "-"
+        lines.append(f"| searched_{c['metric']} | {c['quantity']} | {c['n']} | "
+                     f"{c['multi_mean']:.1f} | {c['best_single_mean']:.1f} | {c['mean']:+.1f} | "
+                     f"{ci} | {t} | {_verdict({**c, 'quantity': 'top-1'})} |")
+    table = matched_table(labels, rows, target) if labels else ""
+    if table:
+        lines += ["", f"Each model's top-1 at MN-Norm max = {target:g} (its width curve read "
+                  "there):", "", table.rstrip("\n")]
+    return lines
+
+
 def table3(single_labels: Sequence[str], rows: list[dict], target: float | None = None,
            labels: Sequence[str] = ()) -> tuple[str, list[dict]]:
     """Table 3: the paired comparison first (at width 1.0; then, with width curves and a
@@ -306,24 +330,7 @@ def table3(single_labels: Sequence[str], rows: list[dict], target: float | None 
         if winners:
             lines.append(f"\nBest single-hardware search per seed by MN-Norm {m}: "
                          + ", ".join(f"seed {i}: {w}" for i, w in enumerate(winners)) + ".")
-    if matched:
-        lines += ["", f"At a matched point: top-1 read off each model's width curve "
-                  f"(widths {', '.join(f'{w:g}' for w in sorted({r['width'] for r in rows}))})"
-                  f" at MN-Norm = {target:g}, per seed; the best single-hardware search is the "
-                  "most accurate one there:", "",
-                  "| search | quantity | seeds | multi | best single | difference | 95% CI | "
-                  "t | reading |", "|---|---|---|---|---|---|---|---|---|"]
-        for c in matched:
-            ci = f"[{c['low']:+.1f}, {c['high']:+.1f}]" if np.isfinite(c["low"]) else "-"
-            t = f"{c['t']:.2f}" if np.isfinite(c["t"]) else "-"
-            lines.append(f"| searched_{c['metric']} | {c['quantity']} | {c['n']} | "
-                         f"{c['multi_mean']:.1f} | {c['best_single_mean']:.1f} | "
-                         f"{c['mean']:+.1f} | {ci} | {t} | "
-                         f"{_verdict({**c, 'quantity': 'top-1'})} |")
-        table = matched_table(labels, rows, target) if labels else ""
-        if table:
-            lines += ["", f"Each model's top-1 at MN-Norm max = {target:g} (its width curve "
-                      "read there):", "", table.rstrip("\n")]
+    lines += _matched_lines(matched, rows, target, labels)
     at_one = [r for r in rows if r["width"] == 1.0]
     seeds = sorted({r["seed"] for r in at_one})
     cost = {"single": {"wall": [], "steps": []}, **{m: {"wall": [], "steps": []}
