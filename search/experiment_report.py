@@ -275,10 +275,57 @@ def matched_table(labels: Sequence[str], rows: list[dict], target: float) -> str
         one = [r for r in mine if r["width"] == 1.0]
         mean, low, high = mean_ci(at) if at else (float("nan"),) * 3
         ci = f"[{low:.1f}, {high:.1f}]" if np.isfinite(low) else "-"
+        there = f"{mean:.1f}" if np.isfinite(mean) else "-"
         lines.append(f"| {label} | {len(at)} of {len(seeds)} | "
-                     f"{mean:.1f} | {ci} | {pm([100 * r['top1'] for r in one], 1)} | "
+                     f"{there} | {ci} | {pm([100 * r['top1'] for r in one], 1)} | "
                      f"{pm([r['mn_norm_max'] for r in one], 3)} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def random_comparisons(search_labels: Sequence[str], rows: list[dict]) -> list[dict]:
+    """Each search against its own random control, per seed: the search's top-1 and measured
+    f (its own metric) minus the mean of the K random architectures drawn at its predicted f
+    (width 1.0). Does the search find more accurate models than chance at the same price?"""
+    at_one = [r for r in rows if r["width"] == 1.0]
+    out = []
+    for label in search_labels:
+        pairs = {"top1": ([], []), "measured_f": ([], []), "madds_m": ([], [])}
+        for seed in sorted({r["seed"] for r in at_one}):
+            mine = [r for r in at_one if r["seed"] == seed and r["label"] == label]
+            randoms = [r for r in at_one if r["seed"] == seed
+                       and matched_search(r["label"]) == label]
+            if not mine or not randoms:
+                continue
+            for key, (a, b) in pairs.items():
+                scale = 100.0 if key == "top1" else 1.0
+                a.append(scale * float(mine[0][key]))
+                b.append(scale * float(np.mean([float(r[key]) for r in randoms])))
+        for key, (a, b) in pairs.items():
+            if a:
+                out.append({"search": label, "quantity": key, **paired_difference(a, b),
+                            "search_mean": float(np.mean(a)), "random_mean": float(np.mean(b))})
+    return out
+
+
+def _random_lines(randoms: list[dict]) -> list[str]:
+    """Table 3's search-vs-random section (nothing without a random control)."""
+    if not randoms:
+        return []
+    names = {"top1": ("top-1 (%)", 1), "measured_f": ("measured f", 3),
+             "madds_m": ("MAdds (M)", 0)}
+    lines = ["", "Each search against its random control (per seed, the search minus the "
+             "mean of its K random architectures drawn at the search's predicted f; 95% CI "
+             "over seeds):", "",
+             "| search | quantity | seeds | search | random (mean of K) | difference | 95% CI "
+             "| t |", "|---|---|---|---|---|---|---|---|"]
+    for c in randoms:
+        name, digits = names[c["quantity"]]
+        ci = (f"[{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]" if np.isfinite(c["low"])
+              else "-")
+        t = f"{c['t']:.2f}" if np.isfinite(c["t"]) else "-"
+        lines.append(f"| {c['search']} | {name} | {c['n']} | {c['search_mean']:.{digits}f} | "
+                     f"{c['random_mean']:.{digits}f} | {c['mean']:+.{digits}f} | {ci} | {t} |")
+    return lines
 
 
 def _matched_lines(matched: list[dict], rows: list[dict], target: float | None,
@@ -331,6 +378,9 @@ def table3(single_labels: Sequence[str], rows: list[dict], target: float | None 
             lines.append(f"\nBest single-hardware search per seed by MN-Norm {m}: "
                          + ", ".join(f"seed {i}: {w}" for i, w in enumerate(winners)) + ".")
     lines += _matched_lines(matched, rows, target, labels)
+    randoms = random_comparisons(list(single_labels) + [f"searched_{m}" for m in MULTI_METRICS],
+                                 rows)
+    lines += _random_lines(randoms)
     at_one = [r for r in rows if r["width"] == 1.0]
     seeds = sorted({r["seed"] for r in at_one})
     cost = {"single": {"wall": [], "steps": []}, **{m: {"wall": [], "steps": []}
@@ -364,6 +414,10 @@ def table3(single_labels: Sequence[str], rows: list[dict], target: float | None 
             csv_rows.append({"row": kind, "strategy": f"searched_{c['metric']}",
                              "quantity": c["quantity"], "n": c["n"], "difference": c["mean"],
                              "ci_low": c["low"], "ci_high": c["high"], "t": c["t"]})
+    for c in randoms:
+        csv_rows.append({"row": "search vs random control", "strategy": c["search"],
+                         "quantity": c["quantity"], "n": c["n"], "difference": c["mean"],
+                         "ci_low": c["low"], "ci_high": c["high"], "t": c["t"]})
     return "\n".join(lines) + "\n", csv_rows
 
 

@@ -189,6 +189,29 @@ def test_accuracy_is_compared_at_a_matched_point_on_the_width_curves():
     assert "At a matched point" not in R.table3(singles, rows)[0]  # no target: not shown
 
 
+def test_each_search_is_compared_with_the_mean_of_its_own_random_control():
+    """Per seed: the search minus the mean of the K random architectures drawn for it; the
+    other group's randoms and other widths do not enter."""
+    def row(seed, label, top1, f, madds, width=1.0):
+        return {**_row(seed, label, top1, f, 0, width=width), "measured_f": f, "madds_m": madds}
+    rows = [row(0, "searched_max", 0.90, 1.00, 300), row(0, "random_searched_max_0", 0.80,
+                                                         0.90, 400),
+            row(0, "random_searched_max_1", 0.70, 1.10, 500),
+            row(1, "searched_max", 0.85, 0.98, 280), row(1, "random_searched_max_0", 0.95,
+                                                         1.02, 420),
+            row(1, "random_searched_max_1", 0.55, 0.20, 10, width=0.75),  # not width 1.0
+            row(1, "random_single_cpu_float_0", 0.10, 3.0, 9)]  # another group's control
+    comps = {c["quantity"]: c for c in R.random_comparisons(["searched_max"], rows)}
+    assert comps["top1"]["differences"] == pytest.approx([90.0 - 75.0, 85.0 - 95.0])
+    assert comps["measured_f"]["differences"] == pytest.approx([0.0, 0.98 - 1.02])
+    assert comps["madds_m"]["random_mean"] == pytest.approx((450 + 420) / 2)
+    assert R.random_comparisons(["single_cpu_float"], rows) == []  # no search rows
+    text, csv_rows = R.table3(["single_cpu_float"], rows)
+    assert "| searched_max | top-1 (%) | 2 | 87.5 | 85.0 | +2.5 |" in text
+    assert [r["difference"] for r in csv_rows if r["row"] == "search vs random control"
+            and r["quantity"] == "top1"] == pytest.approx([2.5])
+
+
 def test_random_control_is_drawn_per_search_group_at_its_predicted_f(tmp_path):
     from search.cost_model import load_cost_model
     from search.reward import latency_metric
