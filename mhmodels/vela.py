@@ -34,6 +34,11 @@ class VelaError(RuntimeError):
     """vela is missing, rejected the configuration, or could not compile the graph."""
 
 
+class VelaCompileError(VelaError):
+    """vela could not compile this graph for this target (e.g. its tensors do not fit the
+    SRAM): a property of the model, not of the set-up, so a collection skips the model."""
+
+
 @dataclass(frozen=True)
 class VelaConfig:
     """One Ethos-U target: accelerator, a `System_Config` and a `Memory_Mode` of vela.ini."""
@@ -166,7 +171,7 @@ def estimate_tflite(model: bytes | str | os.PathLike, config: VelaConfig) -> Vel
         except SystemExit as exit_:  # argparse errors
             rc = exit_.code
         except Exception as err:  # noqa: BLE001 - vela raises many types; keep its words
-            raise VelaError(f"vela failed for {config.accelerator} / {config.system}: "
+            raise VelaCompileError(f"vela failed for {config.accelerator} / {config.system}: "
                             f"{type(err).__name__}: {err}\n{_tail(_read(log_path))}") from err
         text = _read(log_path)
         summary = os.path.join(tmp, f"model_summary_{config.system}.csv")

@@ -44,6 +44,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -283,8 +284,11 @@ def collect(hardware: Sequence[Hardware], num_archs: int, output: str | os.PathL
             num_shards: int = 1, export: str = "converter") -> int:
     """Append measurements until `output` holds `num_archs` architectures; returns the count.
 
-    `anchors`: zoo model names inside the space (e.g. multi_max) measured first, as rows keyed
-    by their choices like any sampled architecture. `workers`: processes that build, export
+    `anchors`: zoo model names inside the space (e.g. multi_max) or architecture keys,
+    measured first, as rows keyed by their choices like any sampled architecture. An
+    architecture vela cannot compile (`mhmodels.vela.VelaCompileError`, e.g. its tensors do
+    not fit the SRAM) is skipped with one line, listed in `skipped_path(output)` so a rerun
+    does not try it again, and replaced by another sample. `workers`: processes that build, export
     and measure in parallel (rows are appended as they finish). `shard` of `num_shards`: this
     file gets positions shard, shard + num_shards, ... of the first `num_archs` distinct
     architectures of the seed's sequence (anchors on shard 0 only, the normaliser on every
@@ -336,13 +340,38 @@ def _measured_keys(path: Path, columns, hardware, space, image_size: int) -> set
     return {r["arch"] for r in rows}
 
 
+SKIPPED_COLUMNS = ("arch", "image_size", "error")
+
+
+def skipped_path(output: str | os.PathLike) -> Path:
+    """Beside the CSV: the architectures vela could not compile (`VelaCompileError`), so a
+    rerun does not try them again: ``npu.csv`` -> ``npu.skipped.csv``."""
+    path = Path(output)
+    return path.with_name(path.stem + ".skipped.csv")
+
+
+def read_skipped(output: str | os.PathLike, image_size: int) -> set[str]:
+    """The architectures `output`'s collection skipped at `image_size`."""
+    path = skipped_path(output)
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as f:
+        return {r["arch"] for r in csv.DictReader(f)
+                if r.get("image_size") == str(image_size)}
+
+
+ARCH_KEY = re.compile(r"\d+(-\d+)+")  # an architecture's choices, as the CSV keys it
+
+
 def _first_keys(space, done: set[str], anchors: Sequence[str]) -> list[str]:
-    """What is measured before any sample: the normaliser, then the zoo `anchors`, each
-    unless the file has it."""
+    """What is measured before any sample: the normaliser, then the `anchors` (zoo model
+    names or architecture keys of the space), each unless the file has it."""
     import mhmodels
     first = [] if NORMALIZER_MODEL in done else [NORMALIZER_MODEL]
     for name in anchors:
-        key = space.encode(space.canonical(space.choices_for(mhmodels.get_spec(name))))
+        choices = space.parse(name) if ARCH_KEY.fullmatch(name) else \
+            space.choices_for(mhmodels.get_spec(name))
+        key = space.encode(space.canonical(choices))
         if key not in done and key not in first:
             first.append(key)
     return first
@@ -353,11 +382,12 @@ class _KeySource:
     seed's samples. `done` is the file's set of keys, which grows as rows are written."""
 
     def __init__(self, space, seed: int, fused_prob, num_archs: int, first: list[str],
-                 done: set[str]):
+                 done: set[str], skipped: set[str] = frozenset()):
         self.space, self.fused_prob, self.num_archs = space, fused_prob, num_archs
-        self.first, self.done = first, done
+        self.first, self.done, self.skipped = first, done, set(skipped)
         self.rng = np.random.default_rng(seed)
         self.attempts = 0
+        self.failed = 0  # keys handed out in this run that vela could not compile
 
     def draw(self) -> str:
         self.attempts += 1
@@ -366,18 +396,10 @@ class _KeySource:
         return self.space.encode(self.space.canonical(sample(self.space, self.rng,
                                                              self.fused_prob)))
 
-    def missing(self, target: int):
+    def missing(self, target: int) -> "_Missing":
         """The first keys, then samples not in the file until it would hold `num_archs`
         (`target`: what it holds once the first keys are in)."""
-        yield from self.first
-        queued = set(self.first)
-        while target < self.num_archs:
-            key = self.draw()
-            if key in self.done or key in queued:
-                continue
-            queued.add(key)
-            target += 1
-            yield key
+        return _Missing(self, target)
 
     def of_shard(self, shard: int, num_shards: int):
         """The first keys, then this shard's positions of the seed's first `num_archs`
@@ -390,8 +412,35 @@ class _KeySource:
                 continue
             position = len(sequence)
             sequence.add(key)
-            if position % num_shards == shard and key not in self.done:
+            if position % num_shards == shard and key not in self.done | self.skipped:
                 yield key
+
+
+class _Missing:
+    """`_KeySource.missing` as an iterator that may go on after it stopped: a key that vela
+    could not compile (counted in `failed` once its worker reports) asks for one more, even
+    after every key was handed out."""
+
+    def __init__(self, keys: _KeySource, target: int):
+        self.keys, self.target = keys, target
+        self.first = list(keys.first)
+        self.queued = set(self.first)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.first:
+            return self.first.pop(0)
+        k = self.keys
+        while self.target - k.failed < k.num_archs:
+            key = k.draw()
+            if key in k.done or key in self.queued or key in k.skipped:
+                continue
+            self.queued.add(key)
+            self.target += 1
+            return key
+        raise StopIteration
 
 
 class _Recorder:
@@ -400,6 +449,7 @@ class _Recorder:
     def __init__(self, path: Path, columns, done: set[str], have: int, total: int,
                  progress: bool):
         self.path, self.columns, self.done, self.have = path, columns, done, have
+        self.start = have
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -414,6 +464,23 @@ class _Recorder:
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(s_per_arch=f"{row['seconds']:.1f}")
+
+    def skipped(self, key: str, err: Exception, image_size: int, keys: "_KeySource") -> None:
+        """One architecture vela could not compile: one line, a row beside the CSV, and the
+        key source draws another; many of them mean the set-up, not the models, is wrong."""
+        keys.failed += 1
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"[collect] skipping {key}: {first}", file=sys.stderr)
+        side = skipped_path(self.path)
+        new = not side.exists() or side.stat().st_size == 0
+        _append(side, ("arch,image_size,error\n" if new else "")
+                + _format_row(SKIPPED_COLUMNS, {"arch": key, "image_size": image_size,
+                                                "error": first}))
+        measured = self.have - self.start
+        if keys.failed >= 20 and keys.failed > measured:
+            raise RuntimeError(f"vela could not compile {keys.failed} of the "
+                               f"{keys.failed + measured} architectures tried in this run "
+                               f"(last: {first}); check the hardware configuration")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -437,11 +504,17 @@ class _Deadline:
 
 
 def _measure_in_process(keys, finished, out_of_time, hardware, image_size, overrides, space,
-                        export: str) -> None:
+                        export: str, skipped) -> None:
+    from mhmodels.vela import VelaCompileError
     for i, key in enumerate(keys):
         if out_of_time():
             break
-        finished(MEASURE[export](key, hardware, image_size, overrides, space))
+        try:
+            row = MEASURE[export](key, hardware, image_size, overrides, space)
+        except VelaCompileError as err:
+            skipped(key, err)
+            continue
+        finished(row)
         if export == "converter" and i % 20 == 19:
             import keras
             keras.backend.clear_session()
@@ -459,40 +532,46 @@ def _collect(hardware, num_archs, output, space_name, image_size, seed, override
     path, columns = Path(output), columns_for(hardware)
     done = _measured_keys(path, columns, hardware, space, image_size)
     deadline = _Deadline(max_seconds, time.time())
-    first = _first_keys(space, done, anchors)
+    skipped_keys = read_skipped(path, image_size)
+    first = _first_keys(space, done | skipped_keys, anchors)
     have = len(done - {NORMALIZER_MODEL})
     new_first = sum(k != NORMALIZER_MODEL for k in first)
-    keys = _KeySource(space, seed, fused_prob, num_archs, first, done)
+    keys = _KeySource(space, seed, fused_prob, num_archs, first, done, skipped_keys)
     if num_shards == 1:
         total, source = num_archs, keys.missing(have + new_first)
     else:
         total = len(range(shard, num_archs, num_shards)) + new_first
         source = keys.of_shard(shard, num_shards)
     recorder = _Recorder(path, columns, done, have, total, progress)
+
+    def skip(key: str, err: Exception) -> None:
+        recorder.skipped(key, err, image_size, keys)
     try:
         if workers == 1:
             _measure_in_process(source, recorder.finished, deadline.passed, hardware,
-                                image_size, overrides, space, export)
+                                image_size, overrides, space, export, skip)
         else:
             _collect_parallel(source, recorder.finished, deadline.passed, hardware,
-                              image_size, overrides, space_name, workers, export)
+                              image_size, overrides, space_name, workers, export, skip)
     finally:
         recorder.close()
     return recorder.have
 
 
 def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrides,
-                      space_name, workers, export: str = "converter") -> None:
-    """Keep `workers` processes busy with `keys`; hand each finished row to `finished`."""
+                      space_name, workers, export: str = "converter", skipped=None) -> None:
+    """Keep `workers` processes busy with `keys`; hand each finished row to `finished`, each
+    architecture vela could not compile to `skipped`."""
     import concurrent.futures as cf
     import multiprocessing
+    from mhmodels.vela import VelaCompileError
     names = [hw.name for hw in hardware]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     # Converter exports leak memory (fresh workers every 50); written files do not.
     with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init,
                                 max_tasks_per_child=50 if export == "converter" else None
                                 ) as pool:
-        pending = set()
+        pending = {}
         source = iter(keys)
         exhausted = False
         try:
@@ -502,13 +581,22 @@ def _collect_parallel(keys, finished, out_of_time, hardware, image_size, overrid
                     if key is None:
                         exhausted = True
                         break
-                    pending.add(pool.submit(_worker_measure, key, names, image_size,
-                                            overrides, space_name, export))
+                    pending[pool.submit(_worker_measure, key, names, image_size,
+                                        overrides, space_name, export)] = key
                 if not pending:
                     break
-                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for future in done:
-                    finished(future.result())
+                    key = pending.pop(future)
+                    try:
+                        row = future.result()
+                    except VelaCompileError as err:
+                        if skipped is None:
+                            raise
+                        skipped(key, err)
+                        exhausted = False  # the source may owe a replacement
+                        continue
+                    finished(row)
                 if out_of_time():
                     exhausted = True
         finally:
@@ -725,8 +813,8 @@ def define_flags():
     flags.DEFINE_float("max_hours", None, "Stop after this much wall time.")
     flags.DEFINE_float("fused_prob", None, "Probability of a fused block (default: uniform "
                        "over the type decision, i.e. 0.5).")
-    flags.DEFINE_list("anchors", [], "Zoo models inside the space measured first "
-                      "(e.g. multi_avg,multi_max).")
+    flags.DEFINE_list("anchors", [], "Zoo models inside the space, or architecture keys "
+                      "(the CSV's arch column), measured first (e.g. multi_avg,multi_max).")
     flags.DEFINE_integer("shard", 0, "This process's shard in [0, --num_shards).",
                          lower_bound=0)
     flags.DEFINE_integer("num_shards", 1, "Split the seed's first --num_archs architectures "

@@ -149,6 +149,37 @@ def test_collection_records_and_enforces_the_configuration(tmp_path):
         collect_latency.collect(hws, 2, out, image_size=32, progress=False)
 
 
+# An architecture of multi_hw_grouped whose 224x224 int8 graph vela cannot fit in the
+# Ethos-U85's 384 KB SRAM ("Failed to allocate tensors. Memory used 393280, limit 393216"):
+# found by a collection that it stopped (2026-12-07, seed 21).
+UNCOMPILABLE_ON_U85 = ("1-2-2-0-2-0-1-3-0-0-0-0-0-0-2-6-3-0-0-2-1-2-2-0-2-0-0-0-3-3-2-0-2-0-1-"
+                       "3-0-0-5-4-0-5-1-4-5-1-1-3-1-3-0-0-0-0-0-0-3-2-5-0-0-0-0-2-4-1-0-5-0-2")
+
+
+@pytest.mark.slow  # worker processes (the path that stopped the collection), 5 vela runs
+def test_an_architecture_vela_cannot_compile_is_skipped_not_fatal(tmp_path, capfd):
+    """One model vela cannot compile must not stop a collection of thousands: it is skipped
+    with one line, listed beside the CSV (a rerun does not retry it) and replaced."""
+    from search.space import get_space
+    hws = parse_hardware_list("ethos_u85")
+    space = get_space("multi_hw_grouped")
+    key = space.encode(space.canonical(space.parse(UNCOMPILABLE_ON_U85)))
+    out = tmp_path / "u85.csv"
+    kwargs = dict(space_name="multi_hw_grouped", export="direct", progress=False, seed=4)
+    assert collect_latency.collect(hws, 2, out, anchors=[key], workers=2, **kwargs) == 2
+    assert f"[collect] skipping {key}: vela failed" in capfd.readouterr().err
+    assert "Failed to allocate tensors" in collect_latency.skipped_path(out).read_text()
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and key not in {r["arch"] for r in rows}  # normaliser + 2 others
+    assert all(float(r["ethos_u85_ms"]) > 0 for r in rows)
+    assert collect_latency.read_skipped(out, 224) == {key}
+    # A rerun asked for one more does not try the skipped one again.
+    assert collect_latency.collect(hws, 3, out, anchors=[key], **kwargs) == 3  # in process
+    assert "skipping" not in capfd.readouterr().err
+    assert collect_latency.skipped_path(out).read_text().count(key) == 1
+
+
 @pytest.mark.parametrize("name", NPUS)
 def test_shipped_npu_cost_models(name, tmp_path):
     """Fitted on vela estimates of architectures measured here; their configuration is the
