@@ -70,7 +70,7 @@ def _fit(FLAGS) -> int:
     for hw in FLAGS.hardware:
         model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
         print(fit_summary(hw, model, output_dir / model_file_name(hardware_id(model.hardware),
-                                                                  FLAGS.space)))
+                                                                  model.space_name)))
     if not FLAGS.output_dir:
         print(f"{command('search')} reads these before the shipped models ({DEFAULT_DIR})")
     else:

@@ -431,6 +431,23 @@ def test_fit_goes_to_the_user_dir_and_never_over_shipped_files(tmp_path, space, 
     assert shipped.read_bytes() == before
 
 
+def test_a_fit_for_a_reduced_space_file_is_named_by_its_base_space(tmp_path, space):
+    """A reduced space fits its base's model, so the file is the base's name, where the
+    loader looks (the space's file path in the name made a nested junk path)."""
+    from search.cost_model_report import fit_and_save
+    from search.space import ReducedSpace, write_space_file
+    space_file = tmp_path / "spaces" / "mine.json"
+    space_file.parent.mkdir()
+    write_space_file(ReducedSpace(space, {"type": ["ibn"]}, "multi_hw@mine"), space_file)
+    out = tmp_path / "out"
+    model = fit_and_save(_small_csv(tmp_path / "lat.csv", space), "cpu_float", out,
+                         space_name=str(space_file), plot=False)
+    assert model.space_name == "multi_hw"
+    assert sorted(p.name for p in out.rglob("*")) == ["cpu_float.json"]
+    assert load_cost_model("cpu_float", directory=out, space=space).source == \
+        str(out / "cpu_float.json")
+
+
 def test_a_cost_model_without_normaliser_stops_the_search_before_it_starts(tmp_path, space):
     from search.loop import SearchConfig, run_search
     model = load_cost_model("cpu_float", space=space)
