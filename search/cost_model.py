@@ -552,6 +552,13 @@ def model_file_name(hardware_id: str, space_name: str = DEFAULT_SPACE) -> str:
         f"{hardware_id}.{space_name}.json"
 
 
+def space_label(space_name: str) -> str:
+    """The name a space's cost model files carry: a registered space's, or a reduced space's
+    own name (from its file's "name" when given by path, never the path)."""
+    from .space import get_space
+    return get_space(space_name).name
+
+
 def calibrated_file_name(hardware: str, host: Mapping[str, Any] | None = None) -> str | None:
     """`<hardware>@<host id>.json`: the name `calibrate_cost_model` gives a CPU hardware's
     model calibrated on `host` (default: this one); None for hardware that is not this CPU."""
@@ -570,20 +577,24 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
 
     `hardware` may also be a path to a .json file or `csv:<path>` (its id is the file stem).
     With `space` given, its name and decision sizes must match the file's. A reduced space
-    (`search.space.ReducedSpace`: a mask over a base space, same decisions and indices) uses
-    its base space's model unchanged: the check is against the base. The file read is in the
-    model's `source`; a space other than multi_hw is looked up as `<hardware>.<space>.json`
+    (`search.space.ReducedSpace`: a mask over a base space, same decisions and indices) reads
+    a model fitted on its own data (`<hardware>.<reduced name>.json`) first, else its base
+    space's unchanged: the check is against the base. The file read is in the model's
+    `source`; a space other than multi_hw is looked up as `<hardware>.<space>.json`
     (`model_file_name`) first.
     """
     from .hardware import hardware_id
+    from .space import base_space
     if str(hardware).endswith(".json"):
         path = Path(hardware)
     else:
         names = [f"{hardware_id(hardware)}.json"]
-        if space is not None and space.name != DEFAULT_SPACE:
-            names.insert(0, model_file_name(hardware_id(hardware), space.name))
+        for s in ([] if space is None else [base_space(space), space]):  # own name first
+            name = model_file_name(hardware_id(hardware), s.name)
+            if s.name != DEFAULT_SPACE and name not in names:
+                names.insert(0, name)
         calibrated = calibrated_file_name(hardware)
-        if calibrated and (space is None or space.name == DEFAULT_SPACE):
+        if calibrated and (space is None or base_space(space).name == DEFAULT_SPACE):
             # a model calibrated on this very host beats every other
             names.insert(0, calibrated)
         candidates = [d / n for n in names for d in cost_model_dirs(directory)]
@@ -603,7 +614,6 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
     model = LinearCostModel.from_dict(data, source=str(path))
     check_hardware_config(model, hardware, source=str(path))
     if space is not None:
-        from .space import base_space
         if base_space(space) is not space:
             log.debug("space %s uses its base space %s's cost model %s", space.name,
                       base_space(space).name, path)

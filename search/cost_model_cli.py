@@ -19,7 +19,7 @@ from absl import flags
 from mhmodels import cli
 from mhmodels.cli import command
 
-from .cost_model import DEFAULT_DIR, calibrate_cost_models, model_file_name
+from .cost_model import DEFAULT_DIR, calibrate_cost_models, model_file_name, space_label
 from .cost_model_report import calibration_summary, fit_and_save, fit_summary
 
 
@@ -70,7 +70,7 @@ def _fit(FLAGS) -> int:
     for hw in FLAGS.hardware:
         model = fit_and_save(FLAGS.data, hw, output_dir, FLAGS.space, FLAGS.plot)
         print(fit_summary(hw, model, output_dir / model_file_name(hardware_id(model.hardware),
-                                                                  model.space_name)))
+                                                                  space_label(FLAGS.space))))
     if not FLAGS.output_dir:
         print(f"{command('search')} reads these before the shipped models ({DEFAULT_DIR})")
     else:

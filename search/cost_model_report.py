@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from .cost_model import LinearCostModel, fit, model_file_name, model_space
+from .cost_model import LinearCostModel, fit, model_file_name, space_label
 
 
 def scatter_plot(true, pred, path, title: str, cv=None) -> None:
@@ -45,8 +45,9 @@ def holdout_title(name: str, model: LinearCostModel, num_holdout: int, num_cv: i
 def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = None,
                  space_name="multi_hw", plot: bool = True) -> LinearCostModel:
     """Fit and write `<output_dir>/<hardware>.json` (+ a held-out PNG); another space than
-    multi_hw: `<hardware>.<space>.json` (`cost_model.model_file_name`; a reduced space's
-    base space names it, as its model is the base's).
+    multi_hw: `<hardware>.<space>.json` (`cost_model.model_file_name`; a reduced space, by
+    short name or file, is named by its own name: the model of its data, which that space
+    reads before its base's).
 
     output_dir defaults to the user's `$MHMODELS_HOME/cost_models` (read by the search before
     the shipped models); a shipped file is never overwritten (checked before fitting).
@@ -54,8 +55,7 @@ def fit_and_save(data, hardware: str, output_dir: str | os.PathLike | None = Non
     from mhmodels.files import check_writable_dir, refuse_shipped, user_cost_model_dir
     from .hardware import hardware_id
     out = Path(output_dir) if output_dir else user_cost_model_dir()
-    # A reduced space (a name or a file) fits its base's model, so it is named by the base.
-    name = model_file_name(hardware_id(hardware), model_space(space_name).name)[:-len(".json")]
+    name = model_file_name(hardware_id(hardware), space_label(space_name))[:-len(".json")]
     targets = [out / f"{name}.json"] + ([out / f"{name}_holdout.png"] if plot else [])
     for target in targets:
         refuse_shipped(target, "--output_dir")

@@ -431,9 +431,9 @@ def test_fit_goes_to_the_user_dir_and_never_over_shipped_files(tmp_path, space, 
     assert shipped.read_bytes() == before
 
 
-def test_a_fit_for_a_reduced_space_file_is_named_by_its_base_space(tmp_path, space):
-    """A reduced space fits its base's model, so the file is the base's name, where the
-    loader looks (the space's file path in the name made a nested junk path)."""
+def test_a_fit_for_a_reduced_space_is_that_space_s_model(tmp_path, space):
+    """A fit on a reduced space's data is named by the space's own name (not its file's path,
+    which made a nested junk path); that space reads it before its base's, the base never."""
     from search.cost_model_report import fit_and_save
     from search.space import ReducedSpace, write_space_file
     space_file = tmp_path / "spaces" / "mine.json"
@@ -442,10 +442,13 @@ def test_a_fit_for_a_reduced_space_file_is_named_by_its_base_space(tmp_path, spa
     out = tmp_path / "out"
     model = fit_and_save(_small_csv(tmp_path / "lat.csv", space), "cpu_float", out,
                          space_name=str(space_file), plot=False)
-    assert model.space_name == "multi_hw"
-    assert sorted(p.name for p in out.rglob("*")) == ["cpu_float.json"]
-    assert load_cost_model("cpu_float", directory=out, space=space).source == \
-        str(out / "cpu_float.json")
+    assert model.space_name == "multi_hw"  # the base's decisions
+    mine = out / "cpu_float.multi_hw@mine.json"
+    assert sorted(p.name for p in out.rglob("*")) == [mine.name]
+    assert load_cost_model("cpu_float", directory=out, space=get_space(str(space_file))
+                           ).source == str(mine)
+    with pytest.raises(FileNotFoundError, match="no cost model"):  # not the base's model
+        load_cost_model("cpu_float", directory=out, space=space)
 
 
 def test_a_cost_model_without_normaliser_stops_the_search_before_it_starts(tmp_path, space):

@@ -246,11 +246,11 @@ def test_shipped_spaces_load_by_short_name():
     assert shipped, "no shipped reduced spaces"
     for path in shipped:
         space = get_space(path.stem)
-        assert space.name == path.stem and space.base.name == "multi_hw"
+        assert space.name == path.stem and space.base.name in space_lib.SPACES
         assert path.stem in space_lib.known_spaces()
         rule = space.rule
         assert rule["hardware"] and rule["architectures"] > 0 and rule["date"]
-        assert path.stem == "multi_hw@" + "+".join(rule["hardware"])
+        assert path.stem == f"{space.base.name}@" + "+".join(rule["hardware"])
 
 
 def test_experiment_space_flags():
@@ -308,6 +308,8 @@ def test_shipped_spaces_are_what_the_rule_derives_from_their_data():
     checked = 0
     for path in sorted(space_lib.SHIPPED_SPACES_DIR.glob("*.json")):
         shipped = get_space(path.stem)
+        if "profile" not in shipped.rule:  # another rule (multi_hw_grouped@ethos_u85)
+            continue
         sources = shipped.rule["profile"].split(",")
         choices, latencies, size = rs.read_profile([ROOT / p for p in sources],
                                                    shipped.rule["hardware"], shipped.base)
