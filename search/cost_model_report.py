@@ -35,9 +35,10 @@ def scatter_plot(true, pred, path, title: str, cv=None) -> None:
 
 
 def holdout_title(name: str, model: LinearCostModel, num_holdout: int, num_cv: int) -> str:
-    """The scatter plot's title: held-out and 5-fold CV Spearman / MAPE of a fitted model."""
+    """The scatter plot's title: held-out and 5-fold CV Spearman / MAPE of a fitted model
+    (the name on its own line: a reduced space's model name is too long to share one)."""
     m = model.metrics
-    return (f"{name}: held-out {num_holdout} archs, Spearman "
+    return (f"{name}\nheld-out {num_holdout} archs: Spearman "
             f"{m['holdout_spearman']:.3f}, MAPE {m['holdout_mape']:.1f}%\n5-fold CV over "
             f"{num_cv}: Spearman {m['cv_spearman']:.3f}, MAPE {m['cv_mape']:.1f}%")
 
