@@ -622,10 +622,13 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
         raise CostModelError(f"{path} is fitted for space {model.space_name!r}, not "
                              f"{space.name!r}")
     if space is not None and space.name != model.space_name:
+        reduced = _reduced_spaces_with_a_model(hardware_id(hardware), space.name, directory)
+        hint = (f"; the reduced space {', '.join(reduced)} has one (--space={reduced[0]})"
+                if reduced else "")
         raise CostModelError(
             f"no {hardware_id(hardware)} cost model for space {space.name!r} in "
             f"{', '.join(str(d) for d in cost_model_dirs(directory))} (the one found, {path}, "
-            f"is fitted for {model.space_name!r}); collect and fit one: "
+            f"is fitted for {model.space_name!r}){hint}; collect and fit one: "
             f"{command('search.collect_latency')} --space={space.name} ... && "
             f"{command('search.cost_model')} --fit --space={space.name} ...")
     if space is not None and tuple(space.num_choices) != tuple(model.decision_sizes):
@@ -634,6 +637,14 @@ def load_cost_model(hardware: str, directory: str | os.PathLike | None = None,
                              f"{list(space.num_choices)}")
     model.source = str(path)
     return model
+
+
+def _reduced_spaces_with_a_model(hardware: str, base: str, directory) -> list[str]:
+    """Shipped reduced spaces of `base` that have their own `hardware` model somewhere."""
+    from .space import SHIPPED_SPACES_DIR
+    names = sorted(p.stem for p in SHIPPED_SPACES_DIR.glob(f"{base}@*.json"))
+    return [n for n in names if any((d / model_file_name(hardware, n)).is_file()
+                                    for d in cost_model_dirs(directory))]
 
 
 def check_hardware_config(model: LinearCostModel, hardware: str, source: str) -> None:
