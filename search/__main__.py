@@ -191,6 +191,17 @@ def check_flags():
     return config
 
 
+def _exact_note(final: dict, config) -> str:
+    """Where the landing was priced exactly (vela), say so: the predicted f printed above is
+    the cost models', which may be off on the searched architecture (docs/search_target.md)."""
+    pricing = next((p for p in final.get("exact_pricings", []) if p.get("published")), None)
+    if pricing is None:
+        return ""
+    exact = [hw for hw in config.hardware if hw in pricing]
+    return (f", by its exact price on {', '.join(exact)}: f {pricing['f']:.3f} (the cost "
+            f"models say {final['predicted_f']:.3f})")
+
+
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -230,7 +241,7 @@ def main(argv):
     if final.get("rule") == "on_target" and final.get("decisions_moved"):
         print(f"final architecture: the policy's argmax predicted f {final['argmax_predicted_f']:.3f}; "
               f"{final['decisions_moved']} decision(s) moved to its most likely architecture "
-              f"within {final['tolerance']:.0%} of the target")
+              f"within {final['tolerance']:.0%} of the target" + _exact_note(final, config))
     print(f"zoo entry: {result.entry_path}  (mhmodels.build({config.entry_name!r}))")
     if FLAGS.measure:
         from .config import make_zoo_visible

@@ -560,6 +560,7 @@ def final_architecture(run: _Run) -> tuple[np.ndarray, dict]:
         "argmax_predicted_f": float(predict_f(argmax[None])[0]),
         "predicted_f": float(predict_f(np.asarray(choices)[None])[0]),
         "exact_pricings": pricings,
+        "exact_f": next((p["f"] for p in pricings if p.get("published")), None),
         "decisions_moved": int(np.sum(choices != argmax)),
         "log_prob_lost": float(np.sum(log_probs[rows, argmax] - log_probs[rows, choices]))}
 
@@ -599,7 +600,8 @@ def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray,
     the tolerance, else the closest.
 
     Returns (choices, one record per priced architecture: {hardware: exact / predicted,
-    "f": exact f, "moved": decisions changed from the cost-model landing})."""
+    "f": exact f, "moved": decisions changed from the cost-model landing, and "published":
+    True on the one returned})."""
     from .controller import on_target_path
     config, exact = run.config, _exact_hardware(run)
     if not exact or config.target_tolerance <= 0:
@@ -647,9 +649,11 @@ def _on_exact_target(run: _Run, log_probs, argmax, choices) -> tuple[np.ndarray,
             moved = int(np.flatnonzero(path[1] != current["choices"])[0])
             allowed[moved, path[1][moved]] = -1e9
         current = best()
-    return best()["choices"], [
+    published = best()
+    return published["choices"], [
         {**{config.hardware[i]: round(float(p["scale"][i]), 4) for i in exact},
-         "f": round(p["f"], 4), "moved": int(np.sum(p["choices"] != start))}
+         "f": round(p["f"], 4), "moved": int(np.sum(p["choices"] != start)),
+         **({"published": True} if p is published else {})}
         for p in priced.values()]
 
 

@@ -340,6 +340,12 @@ def test_cli_end_to_end(tmp_path):
     # the default hardware: two CPU formats and two Ethos-U NPUs
     assert entry["provenance"]["hardware"] == ["cpu_float", "cpu_int8", "ethos_u55", "ethos_u85"]
     assert entry["provenance"]["flags"]["metric"] == "max"
+    # the untrained policy's argmax (choice 0 everywhere) is far below T = 1: the landing
+    # moved it there by vela's exact price on the NPUs, and says so beside the model's guess
+    final = entry["provenance"]["final_architecture"]
+    assert final["decisions_moved"] >= 1 and final["exact_f"] is not None, final
+    assert (f"by its exact price on ethos_u55, ethos_u85: f {final['exact_f']:.3f} (the cost "
+            f"models say {final['predicted_f']:.3f})") in proc.stdout
     # the same name again is refused before any work
     proc = subprocess.run(cmd[:1] + cmd[1:3] + [f"--model_dir={tmp_path / 'run2'}"] + cmd[4:],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -488,7 +494,8 @@ def test_the_published_architecture_lands_on_t_by_vela_not_only_by_the_cost_mode
     assert rounds[0]["moved"] == 0 and (len(rounds) == 1) == (abs(rounds[0]["f"] / target - 1)
                                                               <= 0.02)
     exact_f = hw.measure_choices(space, choices) / cm.normalizer_ms
-    assert any(r["f"] == pytest.approx(exact_f, rel=1e-3) for r in rounds)  # priced, recorded
+    published = [r for r in rounds if r.get("published")]  # priced, recorded, marked
+    assert len(published) == 1 and published[0]["f"] == pytest.approx(exact_f, rel=1e-3)
     assert abs(exact_f / target - 1) <= 0.02, (rounds, exact_f)
     # stand-in hardware (no exact source) leave the decode alone
     stand_in = SimpleNamespace(config=SearchConfig(model_dir="/tmp/unused", hardware=("hw_a",)))
