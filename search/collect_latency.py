@@ -412,7 +412,8 @@ class _KeySource:
                 continue
             position = len(sequence)
             sequence.add(key)
-            if position % num_shards == shard and key not in self.done | self.skipped:
+            if (position % num_shards == shard and key not in self.done
+                    and key not in self.skipped):
                 yield key
 
 
