@@ -797,8 +797,16 @@ def read_dataset(path: str | os.PathLike, hardware: str, space) -> tuple:
 
     Every row must hold a valid architecture key and a positive latency; a row that does not
     is an error naming the file and line, never skipped. The `mobilenet_v1` row is the
-    normaliser the search divides by: a file without one is an error.
+    normaliser the search divides by: a file without one is an error. A file whose
+    `.hardware.json` records another space (keys of one space can parse in another and mean
+    other blocks) is an error.
     """
+    from .collect_latency import read_space, space_record
+    recorded, expected = read_space(path), space_record(space)
+    if recorded is not None and [recorded.get(k) for k in expected] != list(expected.values()):
+        raise ValueError(f"{path} holds architectures of space {recorded.get('name')!r}, not "
+                         f"{expected['name']!r}: fit it with "
+                         f"--space={recorded.get('name')}")
     column = f"{hardware}_ms"
     choices, lat, normalizer, sizes, lines = [], [], None, set(), []
     with open(path, newline="") as f:

@@ -765,6 +765,19 @@ def test_the_u85_model_of_the_grouped_space_is_its_reduced_space_s(grouped_space
         reduced.check(fused)
 
 
+def test_data_of_another_space_is_refused(grouped_space):
+    """The paper space's keys parse in the grouped space (its type indices are a prefix) but
+    mean other blocks: the file's recorded space decides, before any row is read."""
+    from search.cost_model import read_dataset
+    with pytest.raises(ValueError, match=r"npu_latency_u85.csv holds architectures of space "
+                                         r"'multi_hw', not 'multi_hw_grouped': fit it with "
+                                         r"--space=multi_hw$"):
+        read_dataset(DEFAULT_DIR / "data" / "npu_latency_u85.csv", "ethos_u85",
+                     get_space("multi_hw_grouped@ethos_u85"))
+    assert len(read_dataset(GROUPED_U85_DATA, "ethos_u85",
+                            get_space("multi_hw_grouped@ethos_u85"))[1]) == 4200
+
+
 def test_grouped_layout_sees_group_sizes(grouped_space):
     """Group sizes 32 and 64 of a grouped block are different table entries with MAdds in
     the grouped columns; the paper space has none of them."""
