@@ -102,8 +102,12 @@ def host_mismatch(model: "LinearCostModel", host: Mapping[str, Any] | None = Non
     threads = (model.hardware_config or {}).get("threads") or (model.host or {}).get("threads")
     here = dict(host) if host is not None else current_host(threads or 1)
     recorded = model.host
-    hint = (f"calibrate it here: python -m search.cost_model --calibrate "
-            f"--hardware={model.hardware}")
+    fit = command("search.cost_model")
+    if model.space_name == DEFAULT_SPACE:
+        hint = f"calibrate it here: {fit} --calibrate --hardware={model.hardware}"
+    else:  # --calibrate covers the paper space's models only
+        hint = (f"refit it here: {command('search.collect_latency')} --hardware="
+                f"{model.hardware} --space={model.space_name} ... && {fit} --fit ...")
     where = getattr(model, "source", None) or model.hardware
     if not recorded:
         return (f"cost model {where} records no host; this host is {describe_host(here)}: "

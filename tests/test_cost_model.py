@@ -494,6 +494,10 @@ def test_host_record_roundtrips_and_a_mismatch_is_one_line(tmp_path, space, caps
     vnni = dict(here, isa=sorted({"avx2", "avx512f", "avx512_vnni", "amx_int8"}))
     assert host_mismatch(model, vnni) is None  # an unknown CPU's features are a lower bound
     assert host_mismatch(load_cost_model("ethos_u85", space=space), avx2_only) is None
+    grouped = load_cost_model("cpu_int8", space=get_space("multi_hw_grouped"))
+    assert "refit it here: python -m search.collect_latency --hardware=cpu_int8 --space=" \
+        "multi_hw_grouped ... && python -m search.cost_model --fit ..." in host_mismatch(
+            grouped, dict(avx2_only, cpu_model="Some Other CPU"))  # --calibrate: paper space
     model.host = dict(here, cpu_model="Some Other CPU")  # a known host: compared exactly
     model.save(tmp_path / "cpu_int8.json")
     again = load_cost_model("cpu_int8", directory=tmp_path, space=space)
